@@ -1,0 +1,164 @@
+"""Command line: ``iofs mount``, ``iofs umount``, ``iofs bench``, ``iofs engines``.
+
+Exit status: 0 success, 1 a failure reported in one line on stderr, 2 bad usage,
+130 interrupted. ``--debug`` adds tracebacks and debug logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from .backends import DEFAULT_ENGINE, ENGINES
+from .errors import IofsError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"iofs: error: {message} (see '{self.prog} --help')\n")
+
+
+def _fuse_option_list(text: str) -> list[str]:
+    options = [o.strip() for o in text.split(",") if o.strip()]
+    if not options:
+        raise argparse.ArgumentTypeError("empty -o option")
+    return options
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="iofs", description="A FUSE filesystem that makes I/O paths visible.")
+    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser("mount", help="mount BACKING at MOUNTPOINT")
+    mount.add_argument("backing", type=Path, metavar="BACKING")
+    mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    mount.add_argument(
+        "-o",
+        dest="fuse_options",
+        type=_fuse_option_list,
+        action="append",
+        default=[],
+        metavar="OPT[,OPT...]",
+        help="FUSE mount options, e.g. allow_other, ro",
+    )
+    mount.add_argument(
+        "--engine",
+        default=DEFAULT_ENGINE,
+        metavar="NAME",
+        help=f"I/O engine for data operations ({', '.join(sorted(ENGINES))}; "
+        f"default {DEFAULT_ENGINE})",
+    )
+    mount.add_argument("-f", "--foreground", action="store_true", help="stay attached")
+    mount.add_argument("--log", type=Path, help="log file (background default: under /run/iofs)")
+    mount.add_argument(
+        "--attr-timeout",
+        type=_positive_float,
+        default=1.0,
+        metavar="S",
+        help="seconds the kernel may cache attributes (default 1)",
+    )
+    mount.add_argument(
+        "--entry-timeout",
+        type=_positive_float,
+        default=1.0,
+        metavar="S",
+        help="seconds the kernel may cache name lookups (default 1)",
+    )
+    mount.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    umount = commands.add_parser("umount", help="unmount (also a mount whose daemon died)")
+    umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    umount.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
+
+    bench = commands.add_parser(
+        "bench", help="run a fio job natively and through iofs, and compare"
+    )
+    bench.add_argument(
+        "--job", type=Path, help="fio job file (default: the built-in quick comparison)"
+    )
+    bench.add_argument("--engine", default=DEFAULT_ENGINE, metavar="NAME")
+    bench.add_argument(
+        "--results", type=Path, default=Path("results"), help="where runs are kept"
+    )
+    bench.add_argument(
+        "--runtime", type=_positive_float, default=None, metavar="S",
+        help="override each fio job's runtime in seconds",
+    )
+    bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    commands.add_parser("engines", help="list the I/O engines and whether they run here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except IofsError as exc:
+        print(f"iofs: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("iofs: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        print(f"iofs: error: unexpected {type(exc).__name__}: {exc} "
+              "(run with --debug for a traceback)", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "mount":
+        from .mount import MountOptions, mount
+
+        mount(
+            MountOptions(
+                backing=args.backing,
+                mountpoint=args.mountpoint,
+                engine=args.engine,
+                fuse_options=frozenset(o for group in args.fuse_options for o in group),
+                foreground=args.foreground,
+                debug=args.debug,
+                attr_timeout=args.attr_timeout,
+                entry_timeout=args.entry_timeout,
+                log_file=args.log,
+            )
+        )
+        return 0
+    if args.command == "umount":
+        from .mount import unmount
+
+        print(f"iofs: {unmount(args.mountpoint, lazy=args.lazy)}")
+        return 0
+    if args.command == "bench":
+        from .bench import run_bench
+
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
+        return run_bench(
+            job=args.job, engine=args.engine, results=args.results, runtime=args.runtime
+        )
+    if args.command == "engines":
+        for name, cls in sorted(ENGINES.items()):
+            reason = cls.probe()
+            status = "available" if reason is None else f"unavailable: {reason}"
+            print(f"{name:12} {cls.capabilities!s:40} {status}")
+        return 0
+    raise AssertionError(args.command)

@@ -1,0 +1,578 @@
+"""The passthrough filesystem: every pyfuse3 operation, served from a backing directory.
+
+Metadata operations run as system calls on the event loop, relative to the O_PATH
+handles in the inode table. Data operations (read, write, fsync) go through the I/O
+engine. Errors cross into FUSE in one place, the `_handler` decorator.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Concatenate, ParamSpec, TypeVar
+
+import pyfuse3
+from pyfuse3 import (
+    EntryAttributes,
+    FileHandleT,
+    FileInfo,
+    FileNameT,
+    FlagT,
+    FUSEError,
+    InodeT,
+    ModeT,
+    ReaddirToken,
+    RequestContext,
+    SetattrFields,
+    StatvfsData,
+    XAttrNameT,
+)
+
+from . import syscalls
+from .backends import Engine
+from .inodes import Inode, InodeTable, key_of
+
+log = logging.getLogger(__name__)
+
+#: Read-only xattr on the mount root that returns the statistics as JSON. It is not
+#: listed by listxattr, so it does not show up in copies or comparisons.
+STATISTICS_XATTR = b"iofs.statistics"
+
+# Flags the kernel may pass to open/create that must not reach the backing open():
+# the kernel has already resolved creation and the final path component, O_NOFOLLOW
+# would refuse the /proc/self/fd magic link, and the backing fd is always buffered
+# (see README: O_DIRECT on the mount bypasses the FUSE page cache, not the backing one).
+_DROPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
+_PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
+
+P = ParamSpec("P")
+R = TypeVar("R")
+FS = TypeVar("FS", bound="Filesystem")
+
+
+def _handler(
+    fn: Callable[Concatenate[FS, P], Awaitable[R]],
+) -> Callable[Concatenate[FS, P], Awaitable[R]]:
+    """Turn errors into FUSE replies: the one place where they cross into FUSE.
+
+    An OSError from the backing filesystem becomes the same errno. Anything else is a
+    bug: it is logged with its traceback and answered with EIO, and the daemon goes on.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(self: FS, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(self, *args, **kwargs)
+        except FUSEError:
+            raise
+        except OSError as exc:
+            raise FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            self.unexpected_errors += 1
+            log.exception("unexpected error in %s%r", fn.__name__, args)
+            raise FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass(eq=False)
+class OpenFile:
+    fd: int
+    inode: Inode
+    #: The opener may not keep set-uid/set-gid bits when it writes (see `write`).
+    kill_privileges: bool
+
+
+@dataclass(eq=False)
+class OpenDir:
+    fd: int  # O_RDONLY | O_DIRECTORY, for listing and fsyncdir
+    inode: Inode
+    entries: list[bytes] | None = None  # snapshot taken when a listing starts
+
+
+class Filesystem(pyfuse3.Operations):
+    """Passthrough of every operation to the directory open as *root_fd*."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(
+        self,
+        root_fd: int,
+        engine: Engine,
+        *,
+        attr_timeout: float = 1.0,
+        entry_timeout: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.inodes = InodeTable(root_fd)
+        self.engine = engine
+        self.attr_timeout = attr_timeout
+        self.entry_timeout = entry_timeout
+        self.as_root = os.geteuid() == 0
+        self.unexpected_errors = 0
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, OpenDir] = {}
+        self._next_dir_handle = 1
+
+    def close(self) -> None:
+        """Close every descriptor the filesystem still holds (after unmount)."""
+        for handle in self._files.values():
+            os.close(handle.fd)
+        for dir_handle in self._dirs.values():
+            os.close(dir_handle.fd)
+        self._files.clear()
+        self._dirs.clear()
+        self.inodes.close()
+
+    # -- helpers ----------------------------------------------------------------------
+    def _attributes(self, inode: Inode, st: os.stat_result) -> EntryAttributes:
+        entry = EntryAttributes()
+        entry.st_ino = inode.id
+        entry.generation = 0
+        entry.entry_timeout = self.entry_timeout
+        entry.attr_timeout = self.attr_timeout
+        entry.st_mode = st.st_mode
+        entry.st_nlink = st.st_nlink
+        entry.st_uid = st.st_uid
+        entry.st_gid = st.st_gid
+        entry.st_rdev = st.st_rdev
+        entry.st_size = st.st_size
+        entry.st_blksize = st.st_blksize
+        entry.st_blocks = st.st_blocks
+        entry.st_atime_ns = st.st_atime_ns
+        entry.st_mtime_ns = st.st_mtime_ns
+        entry.st_ctime_ns = st.st_ctime_ns
+        return entry
+
+    def _lookup(self, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
+        """Find *name* in *parent* without changing any lookup count."""
+        if name == b"." or (name == b".." and parent is self.inodes.root):
+            return parent, os.fstat(parent.fd)
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        known = self.inodes.find(key_of(st))
+        if known is not None:
+            return known, st
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent.fd)
+        try:
+            st = os.fstat(fd)  # the entry may have been replaced since the stat
+        except BaseException:
+            os.close(fd)
+            raise
+        return self.inodes.adopt(fd, st), st
+
+    def _entry(self, parent: Inode, name: bytes) -> EntryAttributes:
+        """Look up *name* and count the lookup the kernel will later forget."""
+        inode, st = self._lookup(parent, name)
+        self.inodes.ref(inode)
+        return self._attributes(inode, st)
+
+    def _created(
+        self, parent: Inode, name: bytes, ctx: RequestContext, opened: int | None = None
+    ) -> EntryAttributes:
+        """Finish creating *name*: give it to the caller, as the kernel would, and look it up.
+
+        *opened* is a descriptor of the new file if there is one, so that the inode is
+        the one created even if the name has been replaced since.
+        """
+        if opened is None:
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent.fd)
+        else:
+            fd = os.open(b"/proc/self/fd/%d" % opened, os.O_PATH)
+        try:
+            if self.as_root:
+                self._give_to_caller(fd, parent, ctx)
+            st = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        inode = self.inodes.adopt(fd, st)
+        self.inodes.ref(inode)
+        return self._attributes(inode, st)
+
+    def _give_to_caller(self, fd: int, parent: Inode, ctx: RequestContext) -> None:
+        """chown a node the root daemon just created to the calling uid/gid.
+
+        In a set-group-ID directory the new node keeps the directory's group, as on
+        the backing filesystem. chown clears set-uid/set-gid on non-directories, so
+        bits the caller asked for are put back afterwards.
+        """
+        path = b"/proc/self/fd/%d" % fd
+        before = os.fstat(fd)
+        gid = -1 if os.fstat(parent.fd).st_mode & stat.S_ISGID else ctx.gid
+        if before.st_uid == ctx.uid and (gid == -1 or before.st_gid == gid):
+            return
+        os.chown(path, ctx.uid, gid)
+        wanted = before.st_mode & _PRIVILEGE_BITS
+        if wanted and not stat.S_ISLNK(before.st_mode):
+            after = os.fstat(fd)
+            if after.st_mode & _PRIVILEGE_BITS != wanted:
+                os.chmod(path, stat.S_IMODE(after.st_mode) | wanted)
+
+    def _file(self, fh: FileHandleT) -> OpenFile:
+        try:
+            return self._files[fh]
+        except KeyError:
+            raise FUSEError(errno.EBADF) from None
+
+    def _dir(self, fh: FileHandleT) -> OpenDir:
+        try:
+            return self._dirs[fh]
+        except KeyError:
+            raise FUSEError(errno.EBADF) from None
+
+    def _open_file(self, fd: int, inode: Inode, ctx: RequestContext) -> FileInfo:
+        kill = False
+        if ctx.uid != 0:
+            mode = os.fstat(fd).st_mode
+            kill = _has_privileges(mode)
+        self._files[fd] = OpenFile(fd, inode, kill)
+        return FileInfo(fh=fd)
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "engine": asdict(self.engine.statistics()),
+            "inodes": len(self.inodes),
+            "open_files": len(self._files),
+            "open_dirs": len(self._dirs),
+            "unexpected_errors": self.unexpected_errors,
+        }
+
+    # -- inodes -----------------------------------------------------------------------
+    @_handler
+    async def lookup(
+        self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext
+    ) -> EntryAttributes:
+        return self._entry(self.inodes[parent_inode], name)
+
+    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
+        for inode_id, count in inode_list:
+            try:
+                self.inodes.forget(inode_id, count)
+            except Exception:  # forget must not raise: nobody would receive the error
+                self.unexpected_errors += 1
+                log.exception("unexpected error forgetting inode %d", inode_id)
+
+    @_handler
+    async def getattr(self, inode: InodeT, ctx: RequestContext) -> EntryAttributes:
+        node = self.inodes[inode]
+        return self._attributes(node, os.fstat(node.fd))
+
+    @_handler
+    async def setattr(
+        self,
+        inode: InodeT,
+        attr: EntryAttributes,
+        fields: SetattrFields,
+        fh: FileHandleT | None,
+        ctx: RequestContext,
+    ) -> EntryAttributes:
+        node = self.inodes[inode]
+        fd = self._file(fh).fd if fh is not None else None
+        path = node.proc_path
+        if fields.update_mode:
+            if node.is_symlink:  # as lchmod(2) on Linux
+                raise FUSEError(errno.EOPNOTSUPP)
+            os.chmod(path, stat.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            os.chown(path, uid, gid)
+        if fields.update_size:
+            if fd is not None:
+                os.ftruncate(fd, attr.st_size)
+            else:
+                os.truncate(path, attr.st_size)
+            if ctx.uid != 0:
+                _drop_privileges(path, os.fstat(node.fd).st_mode)
+        if fields.update_atime or fields.update_mtime:
+            syscalls.utimensat(
+                path,
+                attr.st_atime_ns if fields.update_atime else None,
+                attr.st_mtime_ns if fields.update_mtime else None,
+            )
+        return self._attributes(node, os.fstat(node.fd))
+
+    @_handler
+    async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
+        return os.readlink(b"", dir_fd=self.inodes[inode].fd)
+
+    # -- directory entries ------------------------------------------------------------
+    @_handler
+    async def mknod(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int, ctx: RequestContext
+    ) -> EntryAttributes:
+        parent = self.inodes[parent_inode]
+        os.mknod(name, mode, rdev, dir_fd=parent.fd)
+        return self._created(parent, name, ctx)
+
+    @_handler
+    async def mkdir(
+        self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: RequestContext
+    ) -> EntryAttributes:
+        parent = self.inodes[parent_inode]
+        os.mkdir(name, mode, dir_fd=parent.fd)
+        return self._created(parent, name, ctx)
+
+    @_handler
+    async def symlink(
+        self, parent_inode: InodeT, name: FileNameT, target: FileNameT, ctx: RequestContext
+    ) -> EntryAttributes:
+        parent = self.inodes[parent_inode]
+        os.symlink(target, name, dir_fd=parent.fd)
+        return self._created(parent, name, ctx)
+
+    @_handler
+    async def link(
+        self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT, ctx: RequestContext
+    ) -> EntryAttributes:
+        node = self.inodes[inode]
+        parent = self.inodes[new_parent_inode]
+        # linkat() following the magic link reaches the inode itself, symlinks included.
+        os.link(node.proc_path, new_name, dst_dir_fd=parent.fd, follow_symlinks=True)
+        self.inodes.ref(node)
+        return self._attributes(node, os.fstat(node.fd))
+
+    @_handler
+    async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
+        os.unlink(name, dir_fd=self.inodes[parent_inode].fd)
+
+    @_handler
+    async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
+        os.rmdir(name, dir_fd=self.inodes[parent_inode].fd)
+
+    @_handler
+    async def rename(
+        self,
+        parent_inode_old: InodeT,
+        name_old: FileNameT,
+        parent_inode_new: InodeT,
+        name_new: FileNameT,
+        flags: FlagT,
+        ctx: RequestContext,
+    ) -> None:
+        old_dir = self.inodes[parent_inode_old].fd
+        new_dir = self.inodes[parent_inode_new].fd
+        if flags:
+            syscalls.renameat2(old_dir, name_old, new_dir, name_new, flags)
+        else:
+            os.rename(name_old, name_new, src_dir_fd=old_dir, dst_dir_fd=new_dir)
+
+    # -- files ------------------------------------------------------------------------
+    @_handler
+    async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
+        node = self.inodes[inode]
+        fd = os.open(node.proc_path, flags & ~_DROPPED_OPEN_FLAGS)
+        try:
+            if flags & os.O_TRUNC and ctx.uid != 0:
+                _drop_privileges(node.proc_path, os.fstat(fd).st_mode)
+            return self._open_file(fd, node, ctx)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @_handler
+    async def create(
+        self,
+        parent_inode: InodeT,
+        name: FileNameT,
+        mode: ModeT,
+        flags: FlagT,
+        ctx: RequestContext,
+    ) -> tuple[FileInfo, EntryAttributes]:
+        parent = self.inodes[parent_inode]
+        backing_flags = flags & ~_DROPPED_OPEN_FLAGS
+        try:
+            fd = os.open(name, backing_flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd)
+        except FileExistsError:
+            # Created by someone else since the kernel's lookup: open(2) without O_EXCL
+            # opens the existing file, and it is not ours to chown.
+            if flags & os.O_EXCL:
+                raise
+            fd = os.open(name, backing_flags, dir_fd=parent.fd)
+            try:
+                entry = self._entry(parent, name)
+            except BaseException:
+                os.close(fd)
+                raise
+        else:
+            try:
+                entry = self._created(parent, name, ctx, opened=fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        return self._open_file(fd, self.inodes[entry.st_ino], ctx), entry
+
+    @_handler
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        return await self.engine.read(self._file(fh).fd, off, size)
+
+    @_handler
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
+        handle = self._file(fh)
+        written = await self.engine.write(handle.fd, off, buf)
+        if handle.kill_privileges:
+            # libfuse asks the kernel to leave this to us (FUSE_CAP_HANDLE_KILLPRIV):
+            # a write by an unprivileged opener clears set-uid/set-gid, as natively.
+            handle.kill_privileges = False
+            _drop_privileges(handle.inode.proc_path, os.fstat(handle.fd).st_mode)
+        return written
+
+    @_handler
+    async def flush(self, fh: FileHandleT) -> None:
+        # close(2) of a duplicate reports errors the backing filesystem defers to close.
+        os.close(os.dup(self._file(fh).fd))
+
+    @_handler
+    async def release(self, fh: FileHandleT) -> None:
+        handle = self._files.pop(fh, None)
+        if handle is not None:
+            os.close(handle.fd)
+
+    @_handler
+    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
+        await self.engine.fsync(self._file(fh).fd, datasync)
+
+    # -- directories ------------------------------------------------------------------
+    @_handler
+    async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
+        node = self.inodes[inode]
+        fd = os.open(node.proc_path, os.O_RDONLY | os.O_DIRECTORY)
+        handle = self._next_dir_handle
+        self._next_dir_handle += 1
+        self._dirs[handle] = OpenDir(fd, node)
+        return handle
+
+    @_handler
+    async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
+        """List a snapshot taken when the listing starts (offset 0).
+
+        Offsets are positions in the snapshot, so entries created or removed while a
+        listing is under way can neither be skipped nor repeated; a rewind (offset 0)
+        takes a fresh snapshot. Entries gone since the snapshot are left out.
+        """
+        handle = self._dir(fh)
+        if start_id == 0 or handle.entries is None:
+            handle.entries = [b".", b"..", *map(os.fsencode, os.listdir(handle.fd))]
+        parent = handle.inode
+        for index in range(start_id, len(handle.entries)):
+            name = handle.entries[index]
+            if name in (b".", b".."):
+                # Reported, never counted: the kernel does not link dot entries.
+                node, st = self._dot_entry(parent, name)
+                if not pyfuse3.readdir_reply(token, name, self._attributes(node, st), index + 1):
+                    return
+                continue
+            try:
+                node, st = self._lookup(parent, name)
+            except FileNotFoundError:
+                continue
+            if not pyfuse3.readdir_reply(token, name, self._attributes(node, st), index + 1):
+                self.inodes.drop_if_unused(node)
+                return
+            self.inodes.ref(node)
+
+    def _dot_entry(self, directory: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
+        if name == b".." and directory is not self.inodes.root:
+            st = os.stat(b"..", dir_fd=directory.fd, follow_symlinks=False)
+            parent = self.inodes.find(key_of(st))
+            if parent is not None:
+                return parent, st
+        return directory, os.fstat(directory.fd)
+
+    @_handler
+    async def releasedir(self, fh: FileHandleT) -> None:
+        handle = self._dirs.pop(fh, None)
+        if handle is not None:
+            os.close(handle.fd)
+
+    @_handler
+    async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
+        fd = self._dir(fh).fd
+        if datasync:
+            os.fdatasync(fd)
+        else:
+            os.fsync(fd)
+
+    @_handler
+    async def statfs(self, ctx: RequestContext) -> StatvfsData:
+        st = os.statvfs(self.inodes.root.fd)
+        data = StatvfsData()
+        data.f_bsize = st.f_bsize
+        data.f_frsize = st.f_frsize
+        data.f_blocks = st.f_blocks
+        data.f_bfree = st.f_bfree
+        data.f_bavail = st.f_bavail
+        data.f_files = st.f_files
+        data.f_ffree = st.f_ffree
+        data.f_favail = st.f_favail
+        data.f_namemax = st.f_namemax
+        return data
+
+    # -- extended attributes ----------------------------------------------------------
+    @_handler
+    async def setxattr(
+        self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: RequestContext
+    ) -> None:
+        if inode == pyfuse3.ROOT_INODE and name == STATISTICS_XATTR:
+            raise FUSEError(errno.EPERM)
+        os.setxattr(self.inodes[inode].proc_path, name, value)
+
+    @_handler
+    async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
+        if inode == pyfuse3.ROOT_INODE and name == STATISTICS_XATTR:
+            return json.dumps(self.statistics()).encode()
+        return os.getxattr(self.inodes[inode].proc_path, name)
+
+    @_handler
+    async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
+        return [os.fsencode(n) for n in os.listxattr(self.inodes[inode].proc_path)]
+
+    @_handler
+    async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
+        os.removexattr(self.inodes[inode].proc_path, name)
+
+    @_handler
+    async def access(self, inode: InodeT, mode: ModeT, ctx: RequestContext) -> bool:
+        # Only reached when mounted without default_permissions: check as the caller.
+        st = os.fstat(self.inodes[inode].fd)
+        groups = pyfuse3.get_sup_groups(ctx.pid) | {ctx.gid}
+        return _may_access(st, mode, ctx.uid, groups)
+
+
+def _has_privileges(mode: int) -> bool:
+    """True if a write by an unprivileged process would clear set-uid/set-gid bits."""
+    return bool(mode & stat.S_ISUID) or (
+        mode & (stat.S_ISGID | stat.S_IXGRP) == (stat.S_ISGID | stat.S_IXGRP)
+    )
+
+
+def _drop_privileges(path: bytes, mode: int) -> None:
+    if stat.S_ISREG(mode) and _has_privileges(mode):
+        cleared = stat.S_IMODE(mode) & ~stat.S_ISUID
+        if mode & stat.S_IXGRP:
+            cleared &= ~stat.S_ISGID
+        os.chmod(path, cleared)
+
+
+def _may_access(st: os.stat_result, mode: int, uid: int, groups: set[int]) -> bool:
+    """The classic Unix permission check (no ACLs), as access(2) does it."""
+    if mode == os.F_OK:
+        return True
+    if uid == 0:
+        # root may do anything but execute a file that nobody may execute
+        return not (mode & os.X_OK) or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+    if st.st_uid == uid:
+        granted = (st.st_mode >> 6) & 7
+    elif st.st_gid in groups:
+        granted = (st.st_mode >> 3) & 7
+    else:
+        granted = st.st_mode & 7
+    return mode & granted == mode

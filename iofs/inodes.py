@@ -1,0 +1,108 @@
+"""The inode table: FUSE inode numbers mapped to O_PATH handles on the backing directory.
+
+Every inode the kernel knows is held open as an ``O_PATH | O_NOFOLLOW`` descriptor, and
+every operation on it is an ``*at`` call relative to that descriptor (or goes through
+``/proc/self/fd/N``). So an inode stays valid whatever happens to the path that led to
+it: renames of any ancestor, paths longer than PATH_MAX, an unlinked-but-open file.
+
+Inodes are keyed by the backing ``(st_dev, st_ino)``: hard links share one inode. The
+held descriptor pins the backing inode, so its number cannot be reused while the key
+is in the table.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+import pyfuse3
+
+InodeKey = tuple[int, int]
+
+
+@dataclass(eq=False)
+class Inode:
+    id: int
+    fd: int  # O_PATH | O_NOFOLLOW on the backing inode
+    key: InodeKey
+    file_type: int  # the S_IFMT bits, which never change for an inode
+    lookups: int = 0
+
+    @property
+    def proc_path(self) -> bytes:
+        """A path that reaches the backing inode itself, for calls that have no *at form."""
+        return b"/proc/self/fd/%d" % self.fd
+
+    @property
+    def is_dir(self) -> bool:
+        return self.file_type == stat.S_IFDIR
+
+    @property
+    def is_symlink(self) -> bool:
+        return self.file_type == stat.S_IFLNK
+
+
+def key_of(st: os.stat_result) -> InodeKey:
+    return (st.st_dev, st.st_ino)
+
+
+class InodeTable:
+    """Owns the O_PATH descriptors; closes each when the kernel forgets its inode."""
+
+    def __init__(self, root_fd: int) -> None:
+        st = os.fstat(root_fd)
+        self.root = Inode(pyfuse3.ROOT_INODE, root_fd, key_of(st), stat.S_IFDIR, lookups=1)
+        self._by_id: dict[int, Inode] = {self.root.id: self.root}
+        self._by_key: dict[InodeKey, Inode] = {self.root.key: self.root}
+        self._next_id = pyfuse3.ROOT_INODE + 1
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __getitem__(self, inode_id: int) -> Inode:
+        return self._by_id[inode_id]
+
+    def find(self, key: InodeKey) -> Inode | None:
+        return self._by_key.get(key)
+
+    def adopt(self, fd: int, st: os.stat_result) -> Inode:
+        """Return the inode for the backing file *fd* (an O_PATH descriptor, fstat *st*).
+
+        Takes ownership of *fd*: it is kept for a new inode and closed if the inode is
+        already known. The lookup count is not changed; callers `ref` what they report.
+        """
+        known = self._by_key.get(key_of(st))
+        if known is not None:
+            os.close(fd)
+            return known
+        inode = Inode(self._next_id, fd, key_of(st), stat.S_IFMT(st.st_mode))
+        self._next_id += 1
+        self._by_id[inode.id] = inode
+        self._by_key[inode.key] = inode
+        return inode
+
+    def ref(self, inode: Inode, count: int = 1) -> None:
+        inode.lookups += count
+
+    def forget(self, inode_id: int, count: int) -> None:
+        inode = self._by_id.get(inode_id)
+        if inode is None or inode is self.root:
+            return
+        inode.lookups -= count
+        self.drop_if_unused(inode)
+
+    def drop_if_unused(self, inode: Inode) -> None:
+        if inode.lookups > 0 or inode is self.root:
+            return
+        del self._by_id[inode.id]
+        del self._by_key[inode.key]
+        os.close(inode.fd)
+
+    def close(self) -> None:
+        """Close every descriptor but the root's, which belongs to the caller."""
+        for inode in list(self._by_id.values()):
+            if inode is not self.root:
+                os.close(inode.fd)
+        self._by_id = {self.root.id: self.root}
+        self._by_key = {self.root.key: self.root}

@@ -1,0 +1,374 @@
+"""Mount lifecycle: check the arguments, mount, serve, and unmount cleanly.
+
+`mount` validates everything it can before touching FUSE, so that a bad argument is one
+line and exit status 1. In the background (the default) the process forks only after
+the kernel has accepted the mount, and the parent returns once the daemon serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pyfuse3
+import trio
+
+from .backends import DEFAULT_ENGINE, EngineUnavailable, create_engine
+from .errors import IofsError
+from .fs import Filesystem
+
+log = logging.getLogger(__name__)
+
+FSTYPE = "fuse.iofs"
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    backing: Path
+    mountpoint: Path
+    engine: str = DEFAULT_ENGINE
+    fuse_options: frozenset[str] = field(default_factory=frozenset)
+    foreground: bool = False
+    debug: bool = False
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    log_file: Path | None = None
+    max_tasks: int = 64
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    source: str
+    mountpoint: str
+    fstype: str
+
+
+# -- where a mount's state lives -------------------------------------------------------
+def runtime_dir() -> Path:
+    """Per-user directory for daemon state files and background logs."""
+    if os.geteuid() == 0:
+        base = Path("/run/iofs")
+    elif "XDG_RUNTIME_DIR" in os.environ:
+        base = Path(os.environ["XDG_RUNTIME_DIR"]) / "iofs"
+    else:
+        base = Path(f"/tmp/iofs-{os.geteuid()}")
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return base
+
+
+def state_path(mountpoint: Path) -> Path:
+    return runtime_dir() / (urllib.parse.quote(str(mountpoint), safe="") + ".json")
+
+
+def default_log_path(mountpoint: Path) -> Path:
+    return state_path(mountpoint).with_suffix(".log")
+
+
+def read_state(mountpoint: Path) -> dict[str, object] | None:
+    try:
+        state: dict[str, object] = json.loads(state_path(mountpoint).read_text())
+    except (OSError, ValueError):
+        return None
+    return state
+
+
+def mounts() -> list[MountEntry]:
+    """The current mount table, with /proc/mounts' octal escapes undone."""
+
+    def unescape(text: str) -> str:
+        return text.encode().decode("unicode_escape").encode("latin-1").decode(errors="replace")
+
+    entries = []
+    with open("/proc/self/mounts") as table:
+        for line in table:
+            source, target, fstype, *_ = line.split()
+            entries.append(MountEntry(unescape(source), unescape(target), fstype))
+    return entries
+
+
+def find_mount(mountpoint: Path) -> MountEntry | None:
+    matches = [m for m in mounts() if m.mountpoint == str(mountpoint)]
+    return matches[-1] if matches else None
+
+
+def is_disconnected(mountpoint: Path) -> bool:
+    """True if *mountpoint* is a FUSE mount whose daemon has gone (ENOTCONN)."""
+    try:
+        os.stat(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+# -- mounting --------------------------------------------------------------------------
+def _check_paths(backing: Path, mountpoint: Path) -> tuple[Path, Path]:
+    for what, path in (("backing directory", backing), ("mountpoint", mountpoint)):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise IofsError(f"{what} {path}: {exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise IofsError(f"{what} {path}: not a directory")
+    backing, mountpoint = backing.resolve(), mountpoint.resolve()
+    if backing != mountpoint and mountpoint.is_relative_to(backing):
+        # The daemon's own lookups would enter its mount and wait for themselves.
+        raise IofsError(f"mountpoint {mountpoint} lies inside the backing directory {backing}")
+    if find_mount(mountpoint) is not None and is_disconnected(mountpoint):
+        raise IofsError(
+            f"{mountpoint} is a stale mount whose daemon died: run 'iofs umount {mountpoint}'"
+        )
+    return backing, mountpoint
+
+
+def _fuse_options(opts: MountOptions, backing: Path) -> set[str]:
+    escaped = str(backing).replace("\\", "\\\\").replace(",", "\\,")
+    options = set(pyfuse3.default_options)  # default_permissions: the kernel checks access
+    options |= {f"fsname={escaped}", "subtype=iofs"}
+    options |= opts.fuse_options
+    return options
+
+
+def _configure_logging(debug: bool, log_file: Path | None) -> None:
+    handler: logging.Handler
+    if log_file is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.FileHandler(log_file)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def mount(opts: MountOptions) -> None:
+    """Mount and serve until unmounted or signalled. Raises IofsError on bad input."""
+    backing, mountpoint = _check_paths(opts.backing, opts.mountpoint)
+    if not os.path.exists("/dev/fuse"):
+        raise IofsError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
+    try:
+        engine = create_engine(opts.engine)
+    except EngineUnavailable as exc:
+        raise IofsError(str(exc)) from None
+    log_file = opts.log_file
+    if log_file is None and not opts.foreground:
+        log_file = default_log_path(mountpoint)
+    _configure_logging(opts.debug, log_file)
+
+    root_fd = os.open(backing, os.O_PATH | os.O_DIRECTORY)
+    fs = Filesystem(
+        root_fd, engine, attr_timeout=opts.attr_timeout, entry_timeout=opts.entry_timeout
+    )
+    try:
+        try:
+            pyfuse3.init(fs, str(mountpoint), _fuse_options(opts, backing))
+        except RuntimeError as exc:
+            raise IofsError(f"cannot mount {mountpoint}: {exc}") from None
+        ready = _noop if opts.foreground else _daemonize(log_file)
+        # The kernel has applied the caller's umask to every mode it sends.
+        os.umask(0)
+        state = state_path(mountpoint)
+        state.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "started": psutil.Process().create_time(),
+                    "backing": str(backing),
+                    "mountpoint": str(mountpoint),
+                    "engine": engine.name,
+                    "log": str(log_file) if log_file else None,
+                }
+            )
+        )
+        log.info("serving %s at %s with engine %s", backing, mountpoint, engine.name)
+        try:
+            signalled = trio.run(_serve, fs, ready, opts.max_tasks)
+        except Exception:
+            log.exception("the daemon failed")
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                state.unlink()
+        # Unmounted from outside (fusermount -u): the kernel has already let go.
+        pyfuse3.close(unmount=signalled)
+        log.info("unmounted %s", mountpoint)
+    finally:
+        fs.close()
+        os.close(root_fd)
+
+
+def _noop() -> None:
+    pass
+
+
+async def _serve(fs: Filesystem, ready: Callable[[], None], max_tasks: int) -> bool:
+    """Serve requests; return True if a signal ended it (so we must unmount)."""
+    signalled = False
+
+    async def watch_signals(cancel_scope: trio.CancelScope) -> None:
+        nonlocal signalled
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+            async for signum in sigs:
+                log.info("received %s, unmounting", signal.Signals(signum).name)
+                signalled = True
+                pyfuse3.terminate()
+                return
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals, nursery.cancel_scope, name="iofs-signals")
+            ready()
+            await pyfuse3.main(min_tasks=1, max_tasks=max_tasks)
+            nursery.cancel_scope.cancel()
+    finally:
+        await fs.engine.aclose()
+    return signalled
+
+
+def _daemonize(log_file: Path | None) -> Callable[[], None]:
+    """Detach into the background; the caller's process exits once the daemon is ready.
+
+    Returns the function the daemon calls when it serves requests. Until then the
+    original process waits, so `iofs mount` returns only when the mount works, and
+    reports the daemon's failure if it dies first.
+    """
+    read_end, write_end = os.pipe()
+    if os.fork() > 0:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            message = pipe.read()
+        if message == b"ready":
+            os._exit(0)
+        sys.stderr.write(f"iofs: error: the daemon failed to start; see {log_file}\n")
+        os._exit(1)
+    os.close(read_end)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+    def ready() -> None:
+        os.write(write_end, b"ready")
+        os.close(write_end)
+
+    return ready
+
+
+# -- unmounting ------------------------------------------------------------------------
+def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 10.0) -> str:
+    """Unmount an iofs mount, also when its daemon has died. Returns what was done."""
+    mountpoint = Path(os.path.realpath(mountpoint))
+    entry = find_mount(mountpoint)
+    if entry is None:
+        raise IofsError(f"{mountpoint} is not mounted")
+    if entry.fstype != FSTYPE:
+        raise IofsError(f"{mountpoint} is not an iofs mount (it is {entry.fstype})")
+    dead = is_disconnected(mountpoint)
+    command = ["fusermount3", "-u"]
+    if lazy or dead:
+        command.append("-z")
+    command.append(str(mountpoint))
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise IofsError("fusermount3 not found: install the fuse3 package") from None
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
+        raise IofsError(f"cannot unmount {mountpoint}: {reason} (try --lazy)")
+    state = read_state(mountpoint)
+    if state is not None:
+        _wait_for_daemon(state, timeout)
+        with contextlib.suppress(OSError):
+            state_path(mountpoint).unlink()
+    if dead:
+        return f"cleaned up {mountpoint} (its daemon had died)"
+    return f"unmounted {mountpoint}"
+
+
+def _daemon_process(state: dict[str, object]) -> psutil.Process | None:
+    pid, started = state.get("pid"), state.get("started")
+    if not isinstance(pid, int) or not isinstance(started, float):
+        return None
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - started) > 0.01:
+            return None  # the pid has been reused
+    except psutil.Error:
+        return None
+    return process
+
+
+def _wait_for_daemon(state: dict[str, object], timeout: float) -> None:
+    process = _daemon_process(state)
+    if process is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
+            return
+        time.sleep(0.02)
+    log.warning("daemon %d still running %.0f s after unmount", process.pid, timeout)
+
+
+@contextlib.contextmanager
+def mounted(opts: MountOptions, timeout: float = 20.0) -> Iterator[Path]:
+    """Run `iofs mount --foreground` as a child process for the block's duration.
+
+    Used by the benchmark and the tests: the daemon is always unmounted and reaped,
+    whatever happens in the block.
+    """
+    command = [sys.executable, "-m", "iofs", "mount", "--foreground"]
+    command += ["--engine", opts.engine]
+    for option in sorted(opts.fuse_options):
+        command += ["-o", option]
+    command += ["--attr-timeout", str(opts.attr_timeout)]
+    command += ["--entry-timeout", str(opts.entry_timeout)]
+    if opts.debug:
+        command.append("--debug")
+    if opts.log_file is not None:
+        command += ["--log", str(opts.log_file)]
+    command += [str(opts.backing), str(opts.mountpoint)]
+    mountpoint = Path(os.path.realpath(opts.mountpoint))
+    daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while find_mount(mountpoint) is None:
+            if daemon.poll() is not None:
+                raise IofsError(f"iofs mount exited with status {daemon.returncode}")
+            if time.monotonic() > deadline:
+                raise IofsError(f"{mountpoint} not mounted after {timeout:.0f} s")
+            time.sleep(0.02)
+        yield mountpoint
+    finally:
+        stop_daemon(daemon, mountpoint)
+
+
+def stop_daemon(daemon: subprocess.Popen[bytes], mountpoint: Path) -> None:
+    """Unmount *mountpoint* and reap *daemon*, escalating until both are done."""
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)  # unmounts cleanly, see _serve
+        try:
+            daemon.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+    if find_mount(mountpoint) is not None:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)

@@ -1,0 +1,61 @@
+"""The few Linux system calls the `os` module does not offer, through ctypes.
+
+Each wrapper raises `OSError` with the call's errno, like the `os` functions do, so
+that callers treat them alike.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_utimensat = _libc.utimensat
+_utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+_utimensat.restype = ctypes.c_int
+
+
+def _raise_errno(what: str, path: bytes | None = None) -> None:
+    err = ctypes.get_errno()
+    if path is None:
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    raise OSError(err, os.strerror(err), os.fsdecode(path))
+
+
+def renameat2(
+    old_dir_fd: int, old_name: bytes, new_dir_fd: int, new_name: bytes, flags: int = 0
+) -> None:
+    """renameat2(2): rename with RENAME_NOREPLACE / RENAME_EXCHANGE."""
+    if _renameat2(old_dir_fd, old_name, new_dir_fd, new_name, flags) != 0:
+        _raise_errno("renameat2", old_name)
+
+
+def _timespec(ns: int | None) -> _Timespec:
+    if ns is None:
+        return _Timespec(0, UTIME_OMIT)
+    sec, nsec = divmod(ns, 1_000_000_000)
+    return _Timespec(sec, nsec)
+
+
+def utimensat(path: bytes, atime_ns: int | None, mtime_ns: int | None) -> None:
+    """Set atime and/or mtime of *path* (following symlinks); None leaves a time as it is."""
+    times = (_Timespec * 2)(_timespec(atime_ns), _timespec(mtime_ns))
+    if _utimensat(AT_FDCWD, path, times, 0) != 0:
+        _raise_errno("utimensat", path)
