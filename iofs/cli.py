@@ -93,11 +93,12 @@ def _parser() -> argparse.ArgumentParser:
         "--job", type=Path, help="fio job file (default: the built-in quick comparison)"
     )
     bench.add_argument("--engine", default=DEFAULT_ENGINE, metavar="NAME")
+    bench.add_argument("--results", type=Path, default=Path("results"), help="where runs are kept")
     bench.add_argument(
-        "--results", type=Path, default=Path("results"), help="where runs are kept"
-    )
-    bench.add_argument(
-        "--runtime", type=_positive_float, default=None, metavar="S",
+        "--runtime",
+        type=_positive_float,
+        default=None,
+        metavar="S",
         help="override each fio job's runtime in seconds",
     )
     bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
@@ -120,8 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         logging.getLogger(__name__).debug("unexpected error", exc_info=True)
-        print(f"iofs: error: unexpected {type(exc).__name__}: {exc} "
-              "(run with --debug for a traceback)", file=sys.stderr)
+        print(
+            f"iofs: error: unexpected {type(exc).__name__}: {exc} "
+            "(run with --debug for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

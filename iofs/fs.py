@@ -13,9 +13,9 @@ import json
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 from pyfuse3 import (
@@ -57,8 +57,8 @@ FS = TypeVar("FS", bound="Filesystem")
 
 
 def _handler(
-    fn: Callable[Concatenate[FS, P], Awaitable[R]],
-) -> Callable[Concatenate[FS, P], Awaitable[R]]:
+    fn: Callable[Concatenate[FS, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[FS, P], Coroutine[Any, Any, R]]:
     """Turn errors into FUSE replies: the one place where they cross into FUSE.
 
     An OSError from the backing filesystem becomes the same errno. Anything else is a
@@ -66,7 +66,7 @@ def _handler(
     """
 
     @functools.wraps(fn)
-    async def wrapper(self: FS, *args: P.args, **kwargs: P.kwargs) -> R:
+    async def wrapper(self: FS, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await fn(self, *args, **kwargs)
         except FUSEError:
@@ -85,8 +85,6 @@ def _handler(
 class OpenFile:
     fd: int
     inode: Inode
-    #: The opener may not keep set-uid/set-gid bits when it writes (see `write`).
-    kill_privileges: bool
 
 
 @dataclass(eq=False)
@@ -207,7 +205,7 @@ class Filesystem(pyfuse3.Operations):
         path = b"/proc/self/fd/%d" % fd
         before = os.fstat(fd)
         gid = -1 if os.fstat(parent.fd).st_mode & stat.S_ISGID else ctx.gid
-        if before.st_uid == ctx.uid and (gid == -1 or before.st_gid == gid):
+        if before.st_uid == ctx.uid and gid in (-1, before.st_gid):
             return
         os.chown(path, ctx.uid, gid)
         wanted = before.st_mode & _PRIVILEGE_BITS
@@ -228,12 +226,8 @@ class Filesystem(pyfuse3.Operations):
         except KeyError:
             raise FUSEError(errno.EBADF) from None
 
-    def _open_file(self, fd: int, inode: Inode, ctx: RequestContext) -> FileInfo:
-        kill = False
-        if ctx.uid != 0:
-            mode = os.fstat(fd).st_mode
-            kill = _has_privileges(mode)
-        self._files[fd] = OpenFile(fd, inode, kill)
+    def _open_file(self, fd: int, inode: Inode) -> FileInfo:
+        self._files[fd] = OpenFile(fd, inode)
         return FileInfo(fh=fd)
 
     def statistics(self) -> dict[str, object]:
@@ -290,8 +284,6 @@ class Filesystem(pyfuse3.Operations):
                 os.ftruncate(fd, attr.st_size)
             else:
                 os.truncate(path, attr.st_size)
-            if ctx.uid != 0:
-                _drop_privileges(path, os.fstat(node.fd).st_mode)
         if fields.update_atime or fields.update_mtime:
             syscalls.utimensat(
                 path,
@@ -370,13 +362,7 @@ class Filesystem(pyfuse3.Operations):
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
         node = self.inodes[inode]
         fd = os.open(node.proc_path, flags & ~_DROPPED_OPEN_FLAGS)
-        try:
-            if flags & os.O_TRUNC and ctx.uid != 0:
-                _drop_privileges(node.proc_path, os.fstat(fd).st_mode)
-            return self._open_file(fd, node, ctx)
-        except BaseException:
-            os.close(fd)
-            raise
+        return self._open_file(fd, node)
 
     @_handler
     async def create(
@@ -408,7 +394,7 @@ class Filesystem(pyfuse3.Operations):
             except BaseException:
                 os.close(fd)
                 raise
-        return self._open_file(fd, self.inodes[entry.st_ino], ctx), entry
+        return self._open_file(fd, self.inodes[entry.st_ino]), entry
 
     @_handler
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
@@ -416,14 +402,7 @@ class Filesystem(pyfuse3.Operations):
 
     @_handler
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
-        handle = self._file(fh)
-        written = await self.engine.write(handle.fd, off, buf)
-        if handle.kill_privileges:
-            # libfuse asks the kernel to leave this to us (FUSE_CAP_HANDLE_KILLPRIV):
-            # a write by an unprivileged opener clears set-uid/set-gid, as natively.
-            handle.kill_privileges = False
-            _drop_privileges(handle.inode.proc_path, os.fstat(handle.fd).st_mode)
-        return written
+        return await self.engine.write(self._file(fh).fd, off, buf)
 
     @_handler
     async def flush(self, fh: FileHandleT) -> None:
@@ -545,21 +524,6 @@ class Filesystem(pyfuse3.Operations):
         st = os.fstat(self.inodes[inode].fd)
         groups = pyfuse3.get_sup_groups(ctx.pid) | {ctx.gid}
         return _may_access(st, mode, ctx.uid, groups)
-
-
-def _has_privileges(mode: int) -> bool:
-    """True if a write by an unprivileged process would clear set-uid/set-gid bits."""
-    return bool(mode & stat.S_ISUID) or (
-        mode & (stat.S_ISGID | stat.S_IXGRP) == (stat.S_ISGID | stat.S_IXGRP)
-    )
-
-
-def _drop_privileges(path: bytes, mode: int) -> None:
-    if stat.S_ISREG(mode) and _has_privileges(mode):
-        cleared = stat.S_IMODE(mode) & ~stat.S_ISUID
-        if mode & stat.S_IXGRP:
-            cleared &= ~stat.S_ISGID
-        os.chmod(path, cleared)
 
 
 def _may_access(st: os.stat_result, mode: int, uid: int, groups: set[int]) -> bool:

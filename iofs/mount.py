@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -119,6 +120,10 @@ def _check_paths(backing: Path, mountpoint: Path) -> tuple[Path, Path]:
         try:
             st = os.stat(path)
         except OSError as exc:
+            if exc.errno == errno.ENOTCONN:
+                raise IofsError(
+                    f"{path} is a stale mount whose daemon died: run 'iofs umount {path}'"
+                ) from None
             raise IofsError(f"{what} {path}: {exc.strerror}") from None
         if not stat.S_ISDIR(st.st_mode):
             raise IofsError(f"{what} {path}: not a directory")
@@ -126,10 +131,6 @@ def _check_paths(backing: Path, mountpoint: Path) -> tuple[Path, Path]:
     if backing != mountpoint and mountpoint.is_relative_to(backing):
         # The daemon's own lookups would enter its mount and wait for themselves.
         raise IofsError(f"mountpoint {mountpoint} lies inside the backing directory {backing}")
-    if find_mount(mountpoint) is not None and is_disconnected(mountpoint):
-        raise IofsError(
-            f"{mountpoint} is a stale mount whose daemon died: run 'iofs umount {mountpoint}'"
-        )
     return backing, mountpoint
 
 
@@ -174,10 +175,13 @@ def mount(opts: MountOptions) -> None:
         root_fd, engine, attr_timeout=opts.attr_timeout, entry_timeout=opts.entry_timeout
     )
     try:
-        try:
-            pyfuse3.init(fs, str(mountpoint), _fuse_options(opts, backing))
-        except RuntimeError as exc:
-            raise IofsError(f"cannot mount {mountpoint}: {exc}") from None
+        with _stderr_captured() as captured:
+            try:
+                pyfuse3.init(fs, str(mountpoint), _fuse_options(opts, backing))
+            except RuntimeError as exc:
+                # libfuse says why on stderr ("fuse: unknown option(s): ..."): one line.
+                reason = (captured().strip().splitlines() or [str(exc)])[-1]
+                raise IofsError(f"cannot mount {mountpoint}: {reason}") from None
         ready = _noop if opts.foreground else _daemonize(log_file)
         # The kernel has applied the caller's umask to every mode it sends.
         os.umask(0)
@@ -196,15 +200,14 @@ def mount(opts: MountOptions) -> None:
         )
         log.info("serving %s at %s with engine %s", backing, mountpoint, engine.name)
         try:
-            signalled = trio.run(_serve, fs, ready, opts.max_tasks)
+            detach = trio.run(_serve, fs, mountpoint, ready, opts.max_tasks)
         except Exception:
             log.exception("the daemon failed")
             raise
         finally:
             with contextlib.suppress(OSError):
                 state.unlink()
-        # Unmounted from outside (fusermount -u): the kernel has already let go.
-        pyfuse3.close(unmount=signalled)
+        pyfuse3.close(unmount=detach)
         log.info("unmounted %s", mountpoint)
     finally:
         fs.close()
@@ -215,28 +218,58 @@ def _noop() -> None:
     pass
 
 
-async def _serve(fs: Filesystem, ready: Callable[[], None], max_tasks: int) -> bool:
-    """Serve requests; return True if a signal ended it (so we must unmount)."""
-    signalled = False
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Callable[[], str]]:
+    """Collect what C code writes to file descriptor 2 inside the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
 
-    async def watch_signals(cancel_scope: trio.CancelScope) -> None:
-        nonlocal signalled
+        def captured() -> str:
+            sink.seek(0)
+            return sink.read().decode(errors="replace")
+
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+async def _serve(
+    fs: Filesystem, mountpoint: Path, ready: Callable[[], None], max_tasks: int
+) -> bool:
+    """Serve requests until unmounted; return True if we must still unmount (lazily)."""
+    detach = False
+
+    async def watch_signals() -> None:
+        nonlocal detach
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
             async for signum in sigs:
                 log.info("received %s, unmounting", signal.Signals(signum).name)
-                signalled = True
-                pyfuse3.terminate()
+                # A normal unmount, served by the still running loop, ends main() by
+                # itself. If files are still open, detach lazily instead: their users
+                # get ENOTCONN from then on, as after any forced FUSE unmount.
+                result = await trio.run_process(
+                    ["fusermount3", "-u", str(mountpoint)], capture_stderr=True, check=False
+                )
+                if result.returncode != 0:
+                    reason = result.stderr.decode(errors="replace").strip()
+                    log.warning("unmount failed (%s): detaching lazily", reason)
+                    detach = True
+                    pyfuse3.terminate()
                 return
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals, nursery.cancel_scope, name="iofs-signals")
+            nursery.start_soon(watch_signals, name="iofs-signals")
             ready()
             await pyfuse3.main(min_tasks=1, max_tasks=max_tasks)
             nursery.cancel_scope.cancel()
     finally:
         await fs.engine.aclose()
-    return signalled
+    return detach
 
 
 def _daemonize(log_file: Path | None) -> Callable[[], None]:

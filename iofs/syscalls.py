@@ -9,12 +9,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from typing import Final, Literal
 
 AT_FDCWD = -100
 RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
+#: For `utimensat`: set this time to the current time, as the kernel sees it.
+NOW: Final = "now"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -47,15 +50,24 @@ def renameat2(
         _raise_errno("renameat2", old_name)
 
 
-def _timespec(ns: int | None) -> _Timespec:
+def _timespec(ns: int | Literal["now"] | None) -> _Timespec:
     if ns is None:
         return _Timespec(0, UTIME_OMIT)
+    if ns == NOW:
+        return _Timespec(0, UTIME_NOW)
     sec, nsec = divmod(ns, 1_000_000_000)
     return _Timespec(sec, nsec)
 
 
-def utimensat(path: bytes, atime_ns: int | None, mtime_ns: int | None) -> None:
-    """Set atime and/or mtime of *path* (following symlinks); None leaves a time as it is."""
+def utimensat(
+    path: bytes,
+    atime_ns: int | Literal["now"] | None,
+    mtime_ns: int | Literal["now"] | None,
+) -> None:
+    """Set atime and/or mtime of *path* (following symlinks).
+
+    Each time is nanoseconds since the epoch, `NOW`, or None to leave it as it is.
+    """
     times = (_Timespec * 2)(_timespec(atime_ns), _timespec(mtime_ns))
     if _utimensat(AT_FDCWD, path, times, 0) != 0:
         _raise_errno("utimensat", path)

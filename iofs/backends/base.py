@@ -96,8 +96,7 @@ class Engine(abc.ABC):
     # -- the interface the filesystem uses ------------------------------------------
     def _start(self) -> None:
         self._in_flight += 1
-        if self._in_flight > self._max_in_flight:
-            self._max_in_flight = self._in_flight
+        self._max_in_flight = max(self._max_in_flight, self._in_flight)
 
     async def read(self, fd: int, offset: int, size: int) -> bytes:
         self._start()

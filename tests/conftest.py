@@ -1,0 +1,152 @@
+"""Real FUSE mounts for the tests, always unmounted and reaped, even when a test fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from iofs.fs import STATISTICS_XATTR
+from iofs.mount import find_mount, stop_daemon
+
+ROOT = os.geteuid() == 0
+
+
+def _fuse_unavailable() -> str | None:
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse on this machine"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is not installed (package fuse3)"
+    if not ROOT and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "/dev/fuse is not accessible to this user"
+    return None
+
+
+FUSE_UNAVAILABLE = _fuse_unavailable()
+needs_fuse = pytest.mark.skipif(FUSE_UNAVAILABLE is not None, reason=str(FUSE_UNAVAILABLE))
+needs_root = pytest.mark.skipif(not ROOT, reason="needs root (ownership, devices, loop images)")
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary directory that other users may traverse (for tests as nobody)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+@dataclass
+class Mount:
+    backing: Path
+    mountpoint: Path
+    log: Path
+    daemon: subprocess.Popen[bytes]
+    expect_errors: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def statistics(self) -> dict[str, object]:
+        data: dict[str, object] = json.loads(os.getxattr(self.mountpoint, STATISTICS_XATTR))
+        return data
+
+    def engine_statistics(self) -> dict[str, int]:
+        engine = self.statistics()["engine"]
+        assert isinstance(engine, dict)
+        return engine
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+def start_mount(
+    backing: Path,
+    mountpoint: Path,
+    log: Path,
+    options: tuple[str, ...] = (),
+    engine: str = "blocking",
+    command: list[str] | None = None,
+    timeout: float = 20.0,
+) -> Mount:
+    """Start a foreground daemon and wait until the kernel shows the mount."""
+    argv = command or [sys.executable, "-m", "iofs"]
+    argv = [*argv, "mount", "--foreground", "--engine", engine, "--log", str(log)]
+    for option in options:
+        argv += ["-o", option]
+    argv += [str(backing), str(mountpoint)]
+    daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while find_mount(mountpoint) is None:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"daemon exited with {daemon.returncode}: {log.read_text()}")
+        if time.monotonic() > deadline:
+            stop_daemon(daemon, mountpoint)
+            raise RuntimeError(f"not mounted after {timeout} s")
+        time.sleep(0.01)
+    return Mount(backing, mountpoint, log, daemon)
+
+
+def finish_mount(mount: Mount) -> None:
+    """Unmount and reap; then fail if the daemon logged an unexpected error."""
+    stop_daemon(mount.daemon, mount.mountpoint)
+    assert find_mount(mount.mountpoint) is None, f"{mount.mountpoint} still mounted"
+    log = mount.log_text()
+    if not mount.expect_errors:
+        assert "Traceback" not in log and " ERROR " not in log, f"daemon log:\n{log}"
+
+
+MountFactory = Callable[..., Mount]
+
+
+@pytest.fixture
+def mount_factory() -> Iterator[MountFactory]:
+    """Mount iofs over fresh temporary directories; everything is undone afterwards."""
+    if FUSE_UNAVAILABLE is not None:
+        pytest.skip(FUSE_UNAVAILABLE)
+    base = scratch_dir("iofs-test-")
+    mounts: list[Mount] = []
+
+    def make(options: tuple[str, ...] = (), engine: str = "blocking", **kwargs: object) -> Mount:
+        index = len(mounts)
+        backing, mountpoint = base / f"backing{index}", base / f"mnt{index}"
+        backing.mkdir()
+        mountpoint.mkdir()
+        backing.chmod(0o755)
+        m = start_mount(backing, mountpoint, base / f"daemon{index}.log", options, engine, **kwargs)  # type: ignore[arg-type]
+        mounts.append(m)
+        return m
+
+    try:
+        yield make
+    finally:
+        failures = []
+        for m in reversed(mounts):
+            try:
+                finish_mount(m)
+            except AssertionError as exc:
+                failures.append(str(exc))
+        shutil.rmtree(base, ignore_errors=True)
+        if failures:
+            pytest.fail("\n".join(failures))
+
+
+@pytest.fixture
+def mnt(mount_factory: MountFactory) -> Mount:
+    """One iofs mount over an empty backing directory."""
+    return mount_factory()
+
+
+@pytest.fixture
+def plain() -> Iterator[Path]:
+    """A plain directory on the same filesystem as the backing directories."""
+    path = scratch_dir("iofs-plain-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,274 @@
+"""Property-based differential test: random operation sequences on the mount and on a
+plain directory of the same filesystem must give the same results, errnos and trees.
+
+Run over the machine's own filesystem and, as root, over fresh XFS and Btrfs images.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from iofs import syscalls
+
+from .conftest import FUSE_UNAVAILABLE, ROOT, finish_mount, scratch_dir, start_mount
+from .differential import outcome, snapshot
+
+PATHS = ["a", "b", "d", "d/a", "d/b", "d/e", "d/e/a"]
+paths = st.sampled_from(PATHS)
+modes = st.sampled_from([0o644, 0o600, 0o755, 0o000, 0o4755, 0o2750, 0o1777])
+xattr_names = st.sampled_from(["user.a", "user.b", "user.long." + "x" * 100])
+_cases = itertools.count()
+
+
+class PassthroughMachine(RuleBasedStateMachine):
+    """Each example works in fresh subdirectories of `mount_root` and `plain_root`."""
+
+    mount_root: Path
+    plain_root: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        case = f"case{next(_cases)}"
+        self.roots = (self.mount_root / case, self.plain_root / case)
+        self.history: list[str] = []  # what ran, for the failure message
+        for root in self.roots:
+            root.mkdir()
+
+    def teardown(self) -> None:
+        for root in self.roots:
+            shutil.rmtree(root)
+
+    def both(self, op: Callable[[Path], object]) -> None:
+        on_mount, on_plain = (outcome(functools.partial(op, root)) for root in self.roots)
+        caller = sys._getframe(1)
+        args = {k: v for k, v in caller.f_locals.items() if k not in ("self", "op")}
+        self.history.append(f"{caller.f_code.co_name}({args}) -> {on_plain!r:.80}")
+        assert on_mount == on_plain, "\n".join(
+            [*self.history, f"mount gave {on_mount!r:.200}", f"plain gave {on_plain!r:.200}"]
+        )
+
+    @rule(path=paths, mode=modes, exclusive=st.booleans(), trunc=st.booleans())
+    def create(self, path: str, mode: int, exclusive: bool, trunc: bool) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else 0)
+        flags |= os.O_TRUNC if trunc else 0
+        self.both(lambda r: os.close(os.open(r / path, flags, mode)))
+
+    @rule(path=paths, offset=st.integers(0, 70_000), data=st.binary(max_size=5000))
+    def write(self, path: str, offset: int, data: bytes) -> None:
+        def op(root: Path) -> int:
+            fd = os.open(root / path, os.O_WRONLY)
+            try:
+                return os.pwrite(fd, data, offset)
+            finally:
+                os.close(fd)
+
+        self.both(op)
+
+    @rule(path=paths, data=st.binary(max_size=3000))
+    def append(self, path: str, data: bytes) -> None:
+        def op(root: Path) -> int:
+            fd = os.open(root / path, os.O_WRONLY | os.O_APPEND)
+            try:
+                return os.write(fd, data)
+            finally:
+                os.close(fd)
+
+        self.both(op)
+
+    @rule(path=paths, offset=st.integers(0, 80_000), size=st.integers(0, 20_000))
+    def read(self, path: str, offset: int, size: int) -> None:
+        def op(root: Path) -> bytes:
+            fd = os.open(root / path, os.O_RDONLY)
+            try:
+                return os.pread(fd, size, offset)
+            finally:
+                os.close(fd)
+
+        self.both(op)
+
+    @rule(path=paths, size=st.integers(0, 100_000))
+    def truncate(self, path: str, size: int) -> None:
+        self.both(lambda r: os.truncate(r / path, size))
+
+    @rule(
+        src=paths,
+        dst=paths,
+        flags=st.sampled_from([0, syscalls.RENAME_NOREPLACE, syscalls.RENAME_EXCHANGE]),
+    )
+    def rename(self, src: str, dst: str, flags: int) -> None:
+        at = syscalls.AT_FDCWD
+        self.both(lambda r: syscalls.renameat2(at, bytes(r / src), at, bytes(r / dst), flags))
+
+    @rule(src=paths, dst=paths)
+    def link(self, src: str, dst: str) -> None:
+        self.both(lambda r: os.link(r / src, r / dst, follow_symlinks=False))
+
+    @rule(path=paths)
+    def unlink(self, path: str) -> None:
+        self.both(lambda r: os.unlink(r / path))
+
+    @rule(path=paths, mode=modes)
+    def mkdir(self, path: str, mode: int) -> None:
+        self.both(lambda r: os.mkdir(r / path, mode))
+
+    @rule(path=paths)
+    def rmdir(self, path: str) -> None:
+        self.both(lambda r: os.rmdir(r / path))
+
+    @rule(path=paths, mode=modes)
+    def chmod(self, path: str, mode: int) -> None:
+        self.both(lambda r: os.chmod(r / path, mode))
+
+    # Targets stay relative and never climb: no operation may ever resolve outside the
+    # case directory (an absolute target would let chmod & co. loose on the machine).
+    @rule(path=paths, link_to=st.sampled_from([*PATHS, "missing", "x" * 300]))
+    def symlink(self, path: str, link_to: str) -> None:
+        self.both(lambda r: os.symlink(link_to, r / path))
+
+    @rule(path=paths)
+    def readlink(self, path: str) -> None:
+        self.both(lambda r: os.readlink(r / path))
+
+    @rule(path=paths)
+    def listdir(self, path: str) -> None:
+        self.both(lambda r: sorted(os.listdir(r / path)))
+
+    @rule(path=paths, name=xattr_names, value=st.binary(max_size=200))
+    def setxattr(self, path: str, name: str, value: bytes) -> None:
+        self.both(lambda r: os.setxattr(r / path, name, value, follow_symlinks=False))
+
+    @rule(path=paths, name=xattr_names)
+    def removexattr(self, path: str, name: str) -> None:
+        self.both(lambda r: os.removexattr(r / path, name, follow_symlinks=False))
+
+    @rule(path=paths, datasync=st.booleans())
+    def fsync(self, path: str, datasync: bool) -> None:
+        def op(root: Path) -> None:
+            fd = os.open(root / path, os.O_RDONLY)
+            try:
+                (os.fdatasync if datasync else os.fsync)(fd)
+            finally:
+                os.close(fd)
+
+        self.both(op)
+
+    @rule(path=paths, atime=st.integers(0, 2**33), mtime=st.integers(0, 2**33))
+    def utime(self, path: str, atime: int, mtime: int) -> None:
+        # Explicit times must arrive exactly; compared here because the tree snapshot
+        # leaves times out (creation times differ between the two trees).
+        def op(root: Path) -> tuple[int, int]:
+            os.utime(root / path, ns=(atime, mtime), follow_symlinks=False)
+            st_ = os.lstat(root / path)
+            return st_.st_atime_ns, st_.st_mtime_ns
+
+        self.both(op)
+
+    @invariant()
+    def same_tree(self) -> None:
+        assert snapshot(self.roots[0]) == snapshot(self.roots[1]), "\n".join(self.history)
+
+
+def run_machine(mount_root: Path, plain_root: Path, examples: int) -> None:
+    machine = type(
+        "Machine", (PassthroughMachine,), {"mount_root": mount_root, "plain_root": plain_root}
+    )
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
+@pytest.fixture
+def fs_root(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A directory on the filesystem under test: the machine's own, or a fresh image."""
+    kind = request.param
+    if kind == "native":
+        path = scratch_dir("iofs-diff-")
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+        return
+    if not ROOT:
+        pytest.skip(f"making a {kind} loop image needs root")
+    mkfs = shutil.which(f"mkfs.{kind}")
+    if mkfs is None:
+        pytest.skip(f"mkfs.{kind} is not installed")
+    with LoopFilesystem(kind, mkfs) as path:
+        yield path
+
+
+@pytest.fixture
+def fuse_ok() -> None:
+    if FUSE_UNAVAILABLE is not None:
+        pytest.skip(FUSE_UNAVAILABLE)
+
+
+class LoopFilesystem:
+    """A fresh filesystem image of *kind* mounted on a loop device for the block."""
+
+    def __init__(self, kind: str, mkfs: str) -> None:
+        self.kind, self.mkfs = kind, mkfs
+        self.base = Path(tempfile.mkdtemp(prefix=f"iofs-{kind}-", dir="/tmp"))
+        self.image = self.base / "image"
+        self.target = self.base / "mnt"
+
+    def __enter__(self) -> Path:
+        with open(self.image, "wb") as image:
+            image.truncate(512 * 2**20)  # Btrfs wants >= 114 MiB, XFS >= 300 MiB
+        subprocess.run([self.mkfs, "-q", "-f", str(self.image)], check=True, capture_output=True)
+        self.target.mkdir()
+        subprocess.run(
+            ["mount", "-o", "loop", str(self.image), str(self.target)],
+            check=True,
+            capture_output=True,
+        )
+        self.target.chmod(0o755)
+        return self.target
+
+    def __exit__(self, *exc: object) -> None:
+        # `mount -o loop` attaches the device with autoclear: umount detaches it.
+        subprocess.run(["umount", str(self.target)], check=False, capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.mark.usefixtures("fuse_ok")
+@pytest.mark.parametrize(
+    ("fs_root", "examples"),
+    [
+        ("native", 300),
+        ("xfs", 100),
+        ("btrfs", 100),
+        pytest.param("native", 5000, marks=pytest.mark.slow, id="native-long"),
+        pytest.param("xfs", 2000, marks=pytest.mark.slow, id="xfs-long"),
+        pytest.param("btrfs", 2000, marks=pytest.mark.slow, id="btrfs-long"),
+    ],
+    indirect=["fs_root"],
+)
+def test_mount_behaves_like_the_backing_filesystem(fs_root: Path, examples: int) -> None:
+    backing, mountpoint, plain = fs_root / "backing", fs_root / "mnt", fs_root / "plain"
+    for d in (backing, mountpoint, plain):
+        d.mkdir()
+    mount = start_mount(backing, mountpoint, fs_root / "daemon.log")
+    try:
+        run_machine(mountpoint, plain, examples)
+    finally:
+        finish_mount(mount)

@@ -1,0 +1,67 @@
+"""Real fio against the mount: whatever fio writes, it must read back intact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from .conftest import Mount
+
+pytestmark = pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
+
+
+@pytest.mark.parametrize("direct", [0, 1], ids=["buffered", "direct"])
+@pytest.mark.parametrize("ioengine", ["psync", "libaio"])
+@pytest.mark.parametrize("rw", ["randwrite", "write"])
+def test_fio_verify(mnt: Mount, ioengine: str, direct: int, rw: str) -> None:
+    command = [
+        "fio",
+        "--name=verify",
+        f"--directory={mnt.mountpoint}",
+        f"--ioengine={ioengine}",
+        f"--direct={direct}",
+        f"--rw={rw}",
+        "--bsrange=4k-64k" if rw == "randwrite" else "--bs=128k",
+        "--size=16m",
+        "--iodepth=16",
+        "--numjobs=2",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--verify_state_save=0",  # else fio leaves *.state files in the working directory
+        "--output-format=json",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr + result.stdout[-2000:]
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    for job in report["jobs"]:
+        assert job["error"] == 0
+        assert job["write"]["io_bytes"] == 16 * 2**20
+        assert job["read"]["io_bytes"] == 16 * 2**20  # the verify pass read it all back
+    stats = mnt.engine_statistics()
+    assert stats["bytes_written"] >= 2 * 16 * 2**20
+    assert stats["errors"] == 0
+
+
+def test_fio_fsync_every_write(mnt: Mount) -> None:
+    before = mnt.engine_statistics()
+    command = [
+        "fio",
+        "--name=fsync",
+        f"--directory={mnt.mountpoint}",
+        "--ioengine=psync",
+        "--rw=write",
+        "--bs=4k",
+        "--size=1m",
+        "--fsync=1",
+        "--output-format=json",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    syncs = json.loads(result.stdout)["jobs"][0]["sync"]["total_ios"]
+    assert syncs >= 255  # fio syncs after every 4 KiB write of 1 MiB
+    after = mnt.engine_statistics()
+    assert after["fsyncs"] - before["fsyncs"] == syncs
