@@ -294,7 +294,10 @@ class Filesystem(pyfuse3.Operations):
 
     @_handler
     async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
-        return os.readlink(b"", dir_fd=self.inodes[inode].fd)
+        node = self.inodes[inode]
+        if not node.is_symlink:  # readlinkat(fd, "") would say ENOENT
+            raise FUSEError(errno.EINVAL)
+        return os.readlink(b"", dir_fd=node.fd)
 
     # -- directory entries ------------------------------------------------------------
     @_handler

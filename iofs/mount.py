@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,8 +183,6 @@ def mount(opts: MountOptions) -> None:
                 reason = (captured().strip().splitlines() or [str(exc)])[-1]
                 raise IofsError(f"cannot mount {mountpoint}: {reason}") from None
         ready = _noop if opts.foreground else _daemonize(log_file)
-        # The kernel has applied the caller's umask to every mode it sends.
-        os.umask(0)
         state = state_path(mountpoint)
         state.write_text(
             json.dumps(
@@ -198,6 +196,8 @@ def mount(opts: MountOptions) -> None:
                 }
             )
         )
+        # The kernel has applied the caller's umask to every mode it sends.
+        os.umask(0)
         log.info("serving %s at %s with engine %s", backing, mountpoint, engine.name)
         try:
             detach = trio.run(_serve, fs, mountpoint, ready, opts.max_tasks)
@@ -361,15 +361,17 @@ def _wait_for_daemon(state: dict[str, object], timeout: float) -> None:
     log.warning("daemon %d still running %.0f s after unmount", process.pid, timeout)
 
 
-@contextlib.contextmanager
-def mounted(opts: MountOptions, timeout: float = 20.0) -> Iterator[Path]:
-    """Run `iofs mount --foreground` as a child process for the block's duration.
+def start_daemon(
+    opts: MountOptions,
+    program: Sequence[str] = (sys.executable, "-m", "iofs"),
+    timeout: float = 20.0,
+) -> subprocess.Popen[bytes]:
+    """Start ``iofs mount --foreground`` as a child; return once the kernel shows the mount.
 
-    Used by the benchmark and the tests: the daemon is always unmounted and reaped,
-    whatever happens in the block.
+    *program* is what runs ``iofs`` (tests substitute a daemon with an injected fault).
+    The caller owns the child: `stop_daemon` unmounts and reaps it.
     """
-    command = [sys.executable, "-m", "iofs", "mount", "--foreground"]
-    command += ["--engine", opts.engine]
+    command = [*program, "mount", "--foreground", "--engine", opts.engine]
     for option in sorted(opts.fuse_options):
         command += ["-o", option]
     command += ["--attr-timeout", str(opts.attr_timeout)]
@@ -388,10 +390,21 @@ def mounted(opts: MountOptions, timeout: float = 20.0) -> Iterator[Path]:
                 raise IofsError(f"iofs mount exited with status {daemon.returncode}")
             if time.monotonic() > deadline:
                 raise IofsError(f"{mountpoint} not mounted after {timeout:.0f} s")
-            time.sleep(0.02)
-        yield mountpoint
-    finally:
+            time.sleep(0.01)
+    except BaseException:
         stop_daemon(daemon, mountpoint)
+        raise
+    return daemon
+
+
+@contextlib.contextmanager
+def mounted(opts: MountOptions) -> Iterator[subprocess.Popen[bytes]]:
+    """An iofs daemon serving *opts.mountpoint* for the block, always stopped after it."""
+    daemon = start_daemon(opts)
+    try:
+        yield daemon
+    finally:
+        stop_daemon(daemon, Path(os.path.realpath(opts.mountpoint)))
 
 
 def stop_daemon(daemon: subprocess.Popen[bytes], mountpoint: Path) -> None:

@@ -8,15 +8,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from iofs.errors import IofsError
 from iofs.fs import STATISTICS_XATTR
-from iofs.mount import find_mount, stop_daemon
+from iofs.mount import MountOptions, find_mount, start_daemon, stop_daemon
 
 ROOT = os.geteuid() == 0
 
@@ -72,23 +72,15 @@ def start_mount(
     options: tuple[str, ...] = (),
     engine: str = "blocking",
     command: list[str] | None = None,
-    timeout: float = 20.0,
 ) -> Mount:
     """Start a foreground daemon and wait until the kernel shows the mount."""
-    argv = command or [sys.executable, "-m", "iofs"]
-    argv = [*argv, "mount", "--foreground", "--engine", engine, "--log", str(log)]
-    for option in options:
-        argv += ["-o", option]
-    argv += [str(backing), str(mountpoint)]
-    daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while find_mount(mountpoint) is None:
-        if daemon.poll() is not None:
-            raise RuntimeError(f"daemon exited with {daemon.returncode}: {log.read_text()}")
-        if time.monotonic() > deadline:
-            stop_daemon(daemon, mountpoint)
-            raise RuntimeError(f"not mounted after {timeout} s")
-        time.sleep(0.01)
+    opts = MountOptions(backing, mountpoint, engine, frozenset(options), log_file=log)
+    program = command or [sys.executable, "-m", "iofs"]
+    try:
+        daemon = start_daemon(opts, program)
+    except IofsError as exc:
+        text = log.read_text() if log.exists() else ""
+        raise RuntimeError(f"{exc}; daemon log: {text}") from None
     return Mount(backing, mountpoint, log, daemon)
 
 

@@ -1,0 +1,175 @@
+"""The operations called directly, without the kernel: inode bookkeeping and error mapping."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import pyfuse3
+import pytest
+from pyfuse3 import FUSEError, RequestContext
+
+from iofs.backends import Capability, Engine
+from iofs.fs import Filesystem, _may_access
+
+
+@dataclass
+class FakeContext:
+    uid: int = os.geteuid()
+    gid: int = os.getegid()
+    pid: int = os.getpid()
+    umask: int = 0o022
+
+
+CTX = cast(RequestContext, FakeContext())
+
+
+class RecordingEngine(Engine):
+    """A fake engine that does the I/O and remembers what it was asked to do."""
+
+    name = "recording"
+    capabilities = Capability.BLOCKS_LOOP
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int, object]] = []
+        self.fail_with: BaseException | None = None
+
+    async def _read(self, fd: int, offset: int, size: int) -> bytes:
+        self.calls.append(("read", offset, size))
+        if self.fail_with is not None:
+            raise self.fail_with
+        return os.pread(fd, size, offset)
+
+    async def _write(self, fd: int, offset: int, data: bytes) -> int:
+        self.calls.append(("write", offset, len(data)))
+        return os.pwrite(fd, data, offset)
+
+    async def _fsync(self, fd: int, datasync: bool) -> None:
+        self.calls.append(("fsync", fd, datasync))
+        os.fsync(fd)
+
+
+@pytest.fixture
+def fs(tmp_path: Path) -> Iterator[Filesystem]:
+    root_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    filesystem = Filesystem(root_fd, RecordingEngine())
+    try:
+        yield filesystem
+    finally:
+        filesystem.close()
+        os.close(root_fd)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.trio
+async def test_lookups_are_counted_and_forget_closes_the_handle(
+    fs: Filesystem, tmp_path: Path
+) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    before = open_fds()
+    first = await fs.lookup(pyfuse3.ROOT_INODE, b"f", CTX)
+    second = await fs.lookup(pyfuse3.ROOT_INODE, b"f", CTX)
+    assert first.st_ino == second.st_ino != pyfuse3.ROOT_INODE
+    assert fs.inodes[first.st_ino].lookups == 2
+    assert open_fds() == before + 1  # one O_PATH handle per inode, not per lookup
+    await fs.forget([(first.st_ino, 1)])
+    assert open_fds() == before + 1
+    await fs.forget([(first.st_ino, 1)])
+    assert open_fds() == before
+    with pytest.raises(KeyError):
+        fs.inodes[first.st_ino]
+
+
+@pytest.mark.trio
+async def test_hard_links_and_renames_keep_one_inode(fs: Filesystem, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"x")
+    d = await fs.lookup(pyfuse3.ROOT_INODE, b"d", CTX)
+    f = await fs.lookup(d.st_ino, b"f", CTX)
+    linked = await fs.link(f.st_ino, pyfuse3.ROOT_INODE, b"g", CTX)
+    assert linked.st_ino == f.st_ino and linked.st_nlink == 2
+    await fs.rename(pyfuse3.ROOT_INODE, b"d", pyfuse3.ROOT_INODE, b"renamed", 0, CTX)
+    again = await fs.lookup(d.st_ino, b"f", CTX)  # the directory inode still works
+    assert again.st_ino == f.st_ino
+    assert (await fs.getattr(d.st_ino, CTX)).st_mode & stat.S_IFDIR
+
+
+@pytest.mark.trio
+async def test_backing_errors_keep_their_errno(fs: Filesystem) -> None:
+    calls: list[tuple[Callable[[], Awaitable[object]], int]] = [
+        (lambda: fs.lookup(pyfuse3.ROOT_INODE, b"missing", CTX), errno.ENOENT),
+        (lambda: fs.rmdir(pyfuse3.ROOT_INODE, b"missing", CTX), errno.ENOENT),
+        (lambda: fs.readlink(pyfuse3.ROOT_INODE, CTX), errno.EINVAL),
+        (lambda: fs.read(12345, 0, 1), errno.EBADF),
+    ]
+    for call, expected in calls:
+        with pytest.raises(FUSEError) as info:
+            await call()
+        assert info.value.errno == expected
+
+
+@pytest.mark.trio
+async def test_data_goes_through_the_engine(fs: Filesystem) -> None:
+    info, _ = await fs.create(pyfuse3.ROOT_INODE, b"new", 0o644, os.O_RDWR, CTX)
+    assert await fs.write(info.fh, 0, b"hello") == 5
+    assert await fs.read(info.fh, 1, 3) == b"ell"
+    await fs.fsync(info.fh, True)
+    await fs.fsync(info.fh, False)
+    engine = cast(RecordingEngine, fs.engine)
+    assert [c[0] for c in engine.calls] == ["write", "read", "fsync", "fsync"]
+    assert [c[2] for c in engine.calls if c[0] == "fsync"] == [True, False]
+    await fs.release(info.fh)
+    assert fs.statistics()["open_files"] == 0
+
+
+@pytest.mark.trio
+async def test_a_bug_becomes_eio_and_is_logged(
+    fs: Filesystem, caplog: pytest.LogCaptureFixture
+) -> None:
+    info, _ = await fs.create(pyfuse3.ROOT_INODE, b"f", 0o644, os.O_RDWR, CTX)
+    engine = cast(RecordingEngine, fs.engine)
+    engine.fail_with = ZeroDivisionError("bug")
+    with caplog.at_level(logging.ERROR), pytest.raises(FUSEError) as raised:
+        await fs.read(info.fh, 0, 10)
+    assert raised.value.errno == errno.EIO
+    assert fs.unexpected_errors == 1
+    assert "unexpected error in read" in caplog.text and "ZeroDivisionError" in caplog.text
+    engine.fail_with = OSError(errno.ENOSPC, "full")
+    with pytest.raises(FUSEError) as raised:
+        await fs.read(info.fh, 0, 10)
+    assert raised.value.errno == errno.ENOSPC
+    assert fs.unexpected_errors == 1
+
+
+def _st(mode: int, uid: int, gid: int) -> os.stat_result:
+    return os.stat_result((mode, 0, 0, 1, uid, gid, 0, 0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    ("mode", "want", "uid", "groups", "allowed"),
+    [
+        (stat.S_IFREG | 0o640, os.R_OK, 1000, {1000}, True),  # owner
+        (stat.S_IFREG | 0o640, os.W_OK, 1000, {1000}, True),
+        (stat.S_IFREG | 0o640, os.X_OK, 1000, {1000}, False),
+        (stat.S_IFREG | 0o640, os.R_OK, 2000, {100}, True),  # group member
+        (stat.S_IFREG | 0o640, os.W_OK, 2000, {100}, False),
+        (stat.S_IFREG | 0o640, os.R_OK, 3000, {3000}, False),  # other
+        (stat.S_IFREG | 0o604, os.R_OK, 2000, {100}, False),  # group bits win over other
+        (stat.S_IFREG | 0o000, os.R_OK | os.W_OK, 0, {0}, True),  # root
+        (stat.S_IFREG | 0o600, os.X_OK, 0, {0}, False),  # root needs some x bit
+        (stat.S_IFDIR | 0o600, os.X_OK, 0, {0}, True),
+        (stat.S_IFREG | 0o000, os.F_OK, 3000, {3000}, True),
+    ],
+)
+def test_access_check(mode: int, want: int, uid: int, groups: set[int], allowed: bool) -> None:
+    assert _may_access(_st(mode, 1000, 100), want, uid, groups) is allowed
