@@ -165,7 +165,7 @@ def mount(opts: MountOptions) -> None:
         engine = create_engine(opts.engine)
     except EngineUnavailable as exc:
         raise IofsError(str(exc)) from None
-    log_file = opts.log_file
+    log_file = opts.log_file.absolute() if opts.log_file else None  # the daemon does chdir /
     if log_file is None and not opts.foreground:
         log_file = default_log_path(mountpoint)
     _configure_logging(opts.debug, log_file)

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 packages=(
     fuse3 libfuse3-dev pkg-config gcc        # to build and run pyfuse3
     python3-dev python3-venv                 # Debian's Python: headers and venv
-    fio xfsprogs btrfs-progs util-linux      # benchmarks, native XFS/Btrfs, setpriv/losetup
+    fio xfsprogs btrfs-progs util-linux attr # fio, native XFS/Btrfs, setpriv/losetup, getfattr
 )
 missing=()
 for package in "${packages[@]}"; do
