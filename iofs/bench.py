@@ -103,13 +103,15 @@ def comparison_table(native: list[Figures], fused: list[Figures], engine: str) -
 
 
 def _filesystem_type(path: Path) -> str:
-    result = subprocess.run(
+    """The type of the filesystem holding *path*: findmnt's name, else statfs's."""
+    for command in (
         ["findmnt", "--noheadings", "--output", "FSTYPE", "--target", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return result.stdout.strip() or "unknown"
+        ["stat", "--file-system", "--format", "%T", str(path)],  # e.g. in a chroot
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.strip()
+    return "unknown"
 
 
 def environment(directory: Path, fio: str) -> dict[str, object]:

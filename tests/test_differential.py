@@ -15,16 +15,23 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from iofs import syscalls
 
 from .conftest import FUSE_UNAVAILABLE, ROOT, finish_mount, scratch_dir, start_mount
-from .differential import outcome, snapshot
+from .differential import Outcome, outcome, snapshot
 
 PATHS = ["a", "b", "d", "d/a", "d/b", "d/e", "d/e/a"]
 paths = st.sampled_from(PATHS)
@@ -44,18 +51,32 @@ class PassthroughMachine(RuleBasedStateMachine):
         case = f"case{next(_cases)}"
         self.roots = (self.mount_root / case, self.plain_root / case)
         self.history: list[str] = []  # what ran, for the failure message
+        self.open_fds: list[tuple[int, int]] = []  # (on the mount, on the plain dir)
         for root in self.roots:
             root.mkdir()
 
     def teardown(self) -> None:
+        for pair in self.open_fds:
+            for fd in pair:
+                os.close(fd)
         for root in self.roots:
             shutil.rmtree(root)
 
     def both(self, op: Callable[[Path], object]) -> None:
+        """Run *op* on both trees; the outcomes must be equal."""
         on_mount, on_plain = (outcome(functools.partial(op, root)) for root in self.roots)
-        caller = sys._getframe(1)
-        args = {k: v for k, v in caller.f_locals.items() if k not in ("self", "op")}
-        self.history.append(f"{caller.f_code.co_name}({args}) -> {on_plain!r:.80}")
+        self._compare(on_mount, on_plain)
+
+    def on_fds(self, index: int, op: Callable[[int], object]) -> None:
+        """Run *op* on one pair of descriptors held open; the outcomes must be equal."""
+        pair = self.open_fds[index % len(self.open_fds)]
+        on_mount, on_plain = (outcome(functools.partial(op, fd)) for fd in pair)
+        self._compare(on_mount, on_plain)
+
+    def _compare(self, on_mount: Outcome, on_plain: Outcome, depth: int = 2) -> None:
+        rule_frame = sys._getframe(depth)  # the rule that ran, for the history
+        args = {k: v for k, v in rule_frame.f_locals.items() if k not in ("self", "op")}
+        self.history.append(f"{rule_frame.f_code.co_name}({args}) -> {on_plain!r:.80}")
         assert on_mount == on_plain, "\n".join(
             [*self.history, f"mount gave {on_mount!r:.200}", f"plain gave {on_plain!r:.200}"]
         )
@@ -175,6 +196,73 @@ class PassthroughMachine(RuleBasedStateMachine):
             return st_.st_atime_ns, st_.st_mtime_ns
 
         self.both(op)
+
+    # -- descriptors held open across steps, while names come and go under them --
+    @precondition(lambda self: len(self.open_fds) < 6)
+    @rule(
+        path=paths,
+        flags=st.sampled_from(
+            [
+                os.O_RDONLY,
+                os.O_WRONLY,
+                os.O_RDWR,
+                os.O_RDWR | os.O_APPEND,
+                os.O_RDONLY | os.O_DIRECTORY,
+            ]
+        ),
+    )
+    def open_fd(self, path: str, flags: int) -> None:
+        opened = [outcome(functools.partial(os.open, root / path, flags)) for root in self.roots]
+        fds = [cast(int, value) for kind, value in opened if kind == "ok"]
+        if len(fds) == 2:
+            self.open_fds.append((fds[0], fds[1]))
+            opened = [("ok", "a descriptor")] * 2  # the numbers may differ
+        else:
+            for fd in fds:
+                os.close(fd)
+        self._compare(opened[0], opened[1], depth=1)
+
+    @precondition(lambda self: bool(self.open_fds))
+    @rule(index=st.integers(0, 5), offset=st.integers(0, 20_000), data=st.binary(max_size=3000))
+    def fd_write(self, index: int, offset: int, data: bytes) -> None:
+        self.on_fds(index, lambda fd: os.pwrite(fd, data, offset))
+
+    @precondition(lambda self: bool(self.open_fds))
+    @rule(index=st.integers(0, 5), offset=st.integers(0, 30_000), size=st.integers(0, 5000))
+    def fd_read(self, index: int, offset: int, size: int) -> None:
+        self.on_fds(index, lambda fd: os.pread(fd, size, offset))
+
+    @precondition(lambda self: bool(self.open_fds))
+    @rule(index=st.integers(0, 5), size=st.integers(0, 30_000))
+    def fd_truncate(self, index: int, size: int) -> None:
+        self.on_fds(index, lambda fd: os.ftruncate(fd, size))
+
+    @precondition(lambda self: bool(self.open_fds))
+    @rule(index=st.integers(0, 5), datasync=st.booleans())
+    def fd_sync(self, index: int, datasync: bool) -> None:
+        self.on_fds(index, os.fdatasync if datasync else os.fsync)
+
+    @precondition(lambda self: bool(self.open_fds))
+    @rule(index=st.integers(0, 5))
+    def fd_stat(self, index: int) -> None:
+        def op(fd: int) -> tuple[int, int, int]:
+            st_ = os.fstat(fd)
+            return st_.st_mode, st_.st_size, st_.st_nlink
+
+        self.on_fds(index, op)
+
+    @precondition(lambda self: bool(self.open_fds))
+    @rule(index=st.integers(0, 5))
+    def fd_listdir(self, index: int) -> None:
+        self.on_fds(index, lambda fd: sorted(os.listdir(fd)))
+
+    @precondition(lambda self: bool(self.open_fds))
+    @rule(index=st.integers(0, 5))
+    def close_fd(self, index: int) -> None:
+        pair = self.open_fds.pop(index % len(self.open_fds))
+        self.history.append(f"close_fd({index})")
+        for fd in pair:
+            os.close(fd)
 
     @invariant()
     def same_tree(self) -> None:
