@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import os
+import reprlib
 import stat
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
@@ -75,10 +76,17 @@ def _handler(
             raise FUSEError(exc.errno or errno.EIO) from None
         except Exception:
             self.unexpected_errors += 1
-            log.exception("unexpected error in %s%r", fn.__name__, args)
+            log.exception("unexpected error in %s%s", fn.__name__, _short_repr(args))
             raise FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+def _short_repr(args: tuple[object, ...]) -> str:
+    """Arguments for a log line: a write's whole buffer would drown the traceback."""
+    shortened = reprlib.Repr()
+    shortened.maxstring = shortened.maxother = 80
+    return shortened.repr(args)
 
 
 @dataclass(eq=False)

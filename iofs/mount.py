@@ -182,24 +182,25 @@ def mount(opts: MountOptions) -> None:
                 # libfuse says why on stderr ("fuse: unknown option(s): ..."): one line.
                 reason = (captured().strip().splitlines() or [str(exc)])[-1]
                 raise IofsError(f"cannot mount {mountpoint}: {reason}") from None
-        ready = _noop if opts.foreground else _daemonize(log_file)
         state = state_path(mountpoint)
-        state.write_text(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "started": psutil.Process().create_time(),
-                    "backing": str(backing),
-                    "mountpoint": str(mountpoint),
-                    "engine": engine.name,
-                    "log": str(log_file) if log_file else None,
-                }
-            )
-        )
-        # The kernel has applied the caller's umask to every mode it sends.
-        os.umask(0)
-        log.info("serving %s at %s with engine %s", backing, mountpoint, engine.name)
+        detach = True  # unless the kernel has let go already (see _serve)
         try:
+            ready = _noop if opts.foreground else _daemonize(log_file)
+            state.write_text(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "started": psutil.Process().create_time(),
+                        "backing": str(backing),
+                        "mountpoint": str(mountpoint),
+                        "engine": engine.name,
+                        "log": str(log_file) if log_file else None,
+                    }
+                )
+            )
+            # The kernel has applied the caller's umask to every mode it sends.
+            os.umask(0)
+            log.info("serving %s at %s with engine %s", backing, mountpoint, engine.name)
             detach = trio.run(_serve, fs, mountpoint, ready, opts.max_tasks)
         except Exception:
             log.exception("the daemon failed")
@@ -207,7 +208,8 @@ def mount(opts: MountOptions) -> None:
         finally:
             with contextlib.suppress(OSError):
                 state.unlink()
-        pyfuse3.close(unmount=detach)
+            # A daemon that fails must not leave a mount behind that answers ENOTCONN.
+            pyfuse3.close(unmount=detach)
         log.info("unmounted %s", mountpoint)
     finally:
         fs.close()
