@@ -296,9 +296,17 @@ def _daemonize(log_file: Path | None) -> Callable[[], None]:
         os._exit(0)
     os.chdir("/")
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
+    os.dup2(devnull, 0)
+    # What C code prints (libfuse's warnings, -o debug) goes to the log, not to nowhere.
+    if log_file is None:
+        output = devnull
+    else:
+        output = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    for fd in (1, 2):
+        os.dup2(output, fd)
     os.close(devnull)
+    if output != devnull:
+        os.close(output)
 
     def ready() -> None:
         os.write(write_end, b"ready")

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -38,6 +38,16 @@ paths = st.sampled_from(PATHS)
 modes = st.sampled_from([0o644, 0o600, 0o755, 0o000, 0o4755, 0o2750, 0o1777])
 xattr_names = st.sampled_from(["user.a", "user.b", "user.long." + "x" * 100])
 _cases = itertools.count()
+T = TypeVar("T")
+
+
+def opened(path: Path, flags: int, use: Callable[[int], T]) -> T:
+    """Open *path*, *use* the descriptor, close it."""
+    fd = os.open(path, flags)
+    try:
+        return use(fd)
+    finally:
+        os.close(fd)
 
 
 class PassthroughMachine(RuleBasedStateMachine):
@@ -89,36 +99,16 @@ class PassthroughMachine(RuleBasedStateMachine):
 
     @rule(path=paths, offset=st.integers(0, 70_000), data=st.binary(max_size=5000))
     def write(self, path: str, offset: int, data: bytes) -> None:
-        def op(root: Path) -> int:
-            fd = os.open(root / path, os.O_WRONLY)
-            try:
-                return os.pwrite(fd, data, offset)
-            finally:
-                os.close(fd)
-
-        self.both(op)
+        self.both(lambda r: opened(r / path, os.O_WRONLY, lambda fd: os.pwrite(fd, data, offset)))
 
     @rule(path=paths, data=st.binary(max_size=3000))
     def append(self, path: str, data: bytes) -> None:
-        def op(root: Path) -> int:
-            fd = os.open(root / path, os.O_WRONLY | os.O_APPEND)
-            try:
-                return os.write(fd, data)
-            finally:
-                os.close(fd)
-
-        self.both(op)
+        flags = os.O_WRONLY | os.O_APPEND
+        self.both(lambda r: opened(r / path, flags, lambda fd: os.write(fd, data)))
 
     @rule(path=paths, offset=st.integers(0, 80_000), size=st.integers(0, 20_000))
     def read(self, path: str, offset: int, size: int) -> None:
-        def op(root: Path) -> bytes:
-            fd = os.open(root / path, os.O_RDONLY)
-            try:
-                return os.pread(fd, size, offset)
-            finally:
-                os.close(fd)
-
-        self.both(op)
+        self.both(lambda r: opened(r / path, os.O_RDONLY, lambda fd: os.pread(fd, size, offset)))
 
     @rule(path=paths, size=st.integers(0, 100_000))
     def truncate(self, path: str, size: int) -> None:
@@ -177,14 +167,8 @@ class PassthroughMachine(RuleBasedStateMachine):
 
     @rule(path=paths, datasync=st.booleans())
     def fsync(self, path: str, datasync: bool) -> None:
-        def op(root: Path) -> None:
-            fd = os.open(root / path, os.O_RDONLY)
-            try:
-                (os.fdatasync if datasync else os.fsync)(fd)
-            finally:
-                os.close(fd)
-
-        self.both(op)
+        sync = os.fdatasync if datasync else os.fsync
+        self.both(lambda r: opened(r / path, os.O_RDONLY, sync))
 
     @rule(path=paths, atime=st.integers(0, 2**33), mtime=st.integers(0, 2**33))
     def utime(self, path: str, atime: int, mtime: int) -> None:
