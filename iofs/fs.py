@@ -452,22 +452,26 @@ class Filesystem(pyfuse3.Operations):
         if start_id == 0 or handle.entries is None:
             handle.entries = [b".", b"..", *map(os.fsencode, os.listdir(handle.fd))]
         parent = handle.inode
+        replied = False
         for index in range(start_id, len(handle.entries)):
             name = handle.entries[index]
-            if name in (b".", b".."):
-                # Reported, never counted: the kernel does not link dot entries.
-                node, st = self._dot_entry(parent, name)
-                if not pyfuse3.readdir_reply(token, name, self._attributes(node, st), index + 1):
-                    return
-                continue
             try:
-                node, st = self._lookup(parent, name)
+                if name in (b".", b".."):
+                    node, st = self._dot_entry(parent, name)
+                else:
+                    node, st = self._lookup(parent, name)
             except FileNotFoundError:
-                continue
+                continue  # removed since the snapshot
+            except OSError:
+                if replied:
+                    return  # send what we have (counted already); the next call fails
+                raise
             if not pyfuse3.readdir_reply(token, name, self._attributes(node, st), index + 1):
                 self.inodes.drop_if_unused(node)
                 return
-            self.inodes.ref(node)
+            replied = True
+            if name not in (b".", b".."):  # the kernel does not link dot entries
+                self.inodes.ref(node)
 
     def _dot_entry(self, directory: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
         if name == b".." and directory is not self.inodes.root:
