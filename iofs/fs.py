@@ -90,12 +90,6 @@ def _short_repr(args: tuple[object, ...]) -> str:
 
 
 @dataclass(eq=False)
-class OpenFile:
-    fd: int
-    inode: Inode
-
-
-@dataclass(eq=False)
 class OpenDir:
     fd: int  # O_RDONLY | O_DIRECTORY, for listing and fsyncdir
     inode: Inode
@@ -124,14 +118,14 @@ class Filesystem(pyfuse3.Operations):
         self.entry_timeout = entry_timeout
         self.as_root = os.geteuid() == 0
         self.unexpected_errors = 0
-        self._files: dict[int, OpenFile] = {}
+        self._files: set[int] = set()  # backing fds of open files, also their handles
         self._dirs: dict[int, OpenDir] = {}
         self._next_dir_handle = 1
 
     def close(self) -> None:
         """Close every descriptor the filesystem still holds (after unmount)."""
-        for handle in self._files.values():
-            os.close(handle.fd)
+        for fd in self._files:
+            os.close(fd)
         for dir_handle in self._dirs.values():
             os.close(dir_handle.fd)
         self._files.clear()
@@ -222,11 +216,11 @@ class Filesystem(pyfuse3.Operations):
             if after.st_mode & _PRIVILEGE_BITS != wanted:
                 os.chmod(path, stat.S_IMODE(after.st_mode) | wanted)
 
-    def _file(self, fh: FileHandleT) -> OpenFile:
-        try:
-            return self._files[fh]
-        except KeyError:
-            raise FUSEError(errno.EBADF) from None
+    def _file(self, fh: FileHandleT) -> int:
+        """The backing descriptor of an open file (the handle is that descriptor)."""
+        if fh not in self._files:
+            raise FUSEError(errno.EBADF)
+        return fh
 
     def _dir(self, fh: FileHandleT) -> OpenDir:
         try:
@@ -234,8 +228,8 @@ class Filesystem(pyfuse3.Operations):
         except KeyError:
             raise FUSEError(errno.EBADF) from None
 
-    def _open_file(self, fd: int, inode: Inode) -> FileInfo:
-        self._files[fd] = OpenFile(fd, inode)
+    def _open_file(self, fd: int) -> FileInfo:
+        self._files.add(fd)
         return FileInfo(fh=fd)
 
     def statistics(self) -> dict[str, object]:
@@ -277,7 +271,7 @@ class Filesystem(pyfuse3.Operations):
         ctx: RequestContext,
     ) -> EntryAttributes:
         node = self.inodes[inode]
-        fd = self._file(fh).fd if fh is not None else None
+        fd = self._file(fh) if fh is not None else None
         path = node.proc_path
         if fields.update_mode:
             if node.is_symlink:  # as lchmod(2) on Linux
@@ -373,7 +367,7 @@ class Filesystem(pyfuse3.Operations):
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
         node = self.inodes[inode]
         fd = os.open(node.proc_path, flags & ~_DROPPED_OPEN_FLAGS)
-        return self._open_file(fd, node)
+        return self._open_file(fd)
 
     @_handler
     async def create(
@@ -405,30 +399,30 @@ class Filesystem(pyfuse3.Operations):
             except BaseException:
                 os.close(fd)
                 raise
-        return self._open_file(fd, self.inodes[entry.st_ino]), entry
+        return self._open_file(fd), entry
 
     @_handler
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
-        return await self.engine.read(self._file(fh).fd, off, size)
+        return await self.engine.read(self._file(fh), off, size)
 
     @_handler
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
-        return await self.engine.write(self._file(fh).fd, off, buf)
+        return await self.engine.write(self._file(fh), off, buf)
 
     @_handler
     async def flush(self, fh: FileHandleT) -> None:
         # close(2) of a duplicate reports errors the backing filesystem defers to close.
-        os.close(os.dup(self._file(fh).fd))
+        os.close(os.dup(self._file(fh)))
 
     @_handler
     async def release(self, fh: FileHandleT) -> None:
-        handle = self._files.pop(fh, None)
-        if handle is not None:
-            os.close(handle.fd)
+        if fh in self._files:
+            self._files.remove(fh)
+            os.close(fh)
 
     @_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
-        await self.engine.fsync(self._file(fh).fd, datasync)
+        await self.engine.fsync(self._file(fh), datasync)
 
     # -- directories ------------------------------------------------------------------
     @_handler

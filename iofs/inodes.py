@@ -35,10 +35,6 @@ class Inode:
         return b"/proc/self/fd/%d" % self.fd
 
     @property
-    def is_dir(self) -> bool:
-        return self.file_type == stat.S_IFDIR
-
-    @property
     def is_symlink(self) -> bool:
         return self.file_type == stat.S_IFLNK
 
@@ -82,8 +78,8 @@ class InodeTable:
         self._by_key[inode.key] = inode
         return inode
 
-    def ref(self, inode: Inode, count: int = 1) -> None:
-        inode.lookups += count
+    def ref(self, inode: Inode) -> None:
+        inode.lookups += 1
 
     def forget(self, inode_id: int, count: int) -> None:
         inode = self._by_id.get(inode_id)

@@ -75,7 +75,7 @@ def test_background_mount_serves_at_once_and_umount_stops_the_daemon(
     entry = find_mount(mountpoint)
     assert entry is not None and entry.fstype == "fuse.iofs" and entry.source == str(backing)
     pid = daemon_pid(mountpoint)
-    assert psutil.Process(pid).ppid() == 1 or psutil.Process(pid).ppid() != os.getpid()
+    assert psutil.Process(pid).ppid() != os.getpid()  # detached, not our child
     result = iofs("umount", str(mountpoint))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"iofs: unmounted {mountpoint}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +78,31 @@ async def test_errors_carry_the_errno(engine: Engine, tmp_path: Path) -> None:
     finally:
         os.close(dir_fd)
     assert engine.statistics().errors == 3
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[int]:
+    """RLIMIT_FSIZE at 4 KiB (and SIGXFSZ ignored): writes past it stop short, then fail."""
+    limit = 4096
+    saved = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, saved[1]))
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, saved)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.mark.trio
+async def test_write_stopped_part_way_returns_the_short_count(
+    engine: Engine, rw_fd: int, file_size_limit: int
+) -> None:
+    assert await engine.write(rw_fd, 1000, b"x" * 10_000) == file_size_limit - 1000
+    with pytest.raises(OSError) as info:
+        await engine.write(rw_fd, file_size_limit, b"y")
+    assert info.value.errno == errno.EFBIG
+    assert os.fstat(rw_fd).st_size == file_size_limit
 
 
 @pytest.mark.trio

@@ -27,7 +27,6 @@ from typing import ClassVar
 class Capability(enum.Flag):
     """What an engine does, for tests and reports to branch on (never on names)."""
 
-    NONE = 0
     #: Data calls run on the event-loop thread: a slow disk stalls every FUSE request.
     BLOCKS_LOOP = enum.auto()
     #: I/O is submitted to the kernel and completes asynchronously (io_uring, Linux AIO).

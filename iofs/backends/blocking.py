@@ -34,16 +34,13 @@ def write_all(fd: int, offset: int, data: bytes) -> int:
     Returns the count written; raises only if nothing at all could be written, so a
     file system that fills up part way gives a short count, as write(2) does.
     """
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
+    done = os.pwrite(fd, data, offset)  # all of it, nearly always
+    while 0 < done < len(data):
         try:
-            n = os.pwrite(fd, view[done:], offset + done)
+            written = os.pwrite(fd, memoryview(data)[done:], offset + done)
         except OSError:
-            if done:
-                return done
-            raise
-        if n == 0:
+            break  # report what was written, as write(2) does
+        if written == 0:
             break
-        done += n
+        done += written
     return done
