@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -16,7 +17,16 @@ import pytest
 
 from iofs import syscalls
 
-from .conftest import ROOT, Mount, MountFactory, needs_root
+from .conftest import (
+    ROOT,
+    Mount,
+    MountFactory,
+    finish_mount,
+    needs_fuse,
+    needs_root,
+    scratch_dir,
+    start_mount,
+)
 from .differential import outcome, snapshot
 
 
@@ -538,3 +548,46 @@ def test_forgotten_inodes_release_their_descriptors(mnt: Mount) -> None:
         time.sleep(0.05)
     assert int(str(mnt.statistics()["inodes"])) <= 10
     assert mnt.statistics()["open_files"] == 0
+
+
+@needs_fuse
+@needs_root
+def test_full_filesystem_gives_short_writes_and_enospc() -> None:
+    """On a full backing filesystem the mount fails exactly as a plain directory does."""
+    base = scratch_dir("iofs-full-")
+    backing, plain, mountpoint = base / "backing", base / "plain", base / "mnt"
+    tmpfs_mounts = []
+    try:
+        for target in (backing, plain, mountpoint):
+            target.mkdir()
+        for target in (backing, plain):
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)], check=True
+            )
+            tmpfs_mounts.append(target)
+        mnt = start_mount(backing, mountpoint, base / "daemon.log")
+        try:
+            on_mount, on_plain = _fill(mountpoint), _fill(plain)
+            assert on_mount == on_plain
+            assert ("error", "ENOSPC") in on_plain
+            os.unlink(mountpoint / "f")  # and the space comes back
+            (mountpoint / "g").write_bytes(b"fits again")
+        finally:
+            finish_mount(mnt)
+    finally:
+        for target in tmpfs_mounts:
+            subprocess.run(["umount", str(target)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _fill(root: Path) -> list[object]:
+    fd = os.open(root / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    results: list[object] = []
+    try:
+        results += [outcome(lambda: os.write(fd, b"x" * 700_000)) for _ in range(3)]
+        results.append(outcome(lambda: os.fsync(fd)))
+    finally:
+        os.close(fd)
+    results.append(os.stat(root / "f").st_size)
+    results.append(outcome(lambda: (root / "g").write_bytes(b"more")))
+    return results
