@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from iofs.mount import find_mount, is_disconnected, state_path
+from iofs.mount import default_log_path, find_mount, is_disconnected, state_path
 
 from .conftest import Mount, MountFactory, needs_fuse, scratch_dir
 
@@ -45,6 +45,7 @@ def dirs() -> Iterator[tuple[Path, Path]]:
         if pid is not None and psutil.pid_exists(pid):
             os.kill(pid, signal.SIGKILL)
         state.unlink(missing_ok=True)
+        default_log_path(mountpoint).unlink(missing_ok=True)
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
