@@ -25,6 +25,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from .backends import EngineUnavailable, create_engine
 from .errors import IofsError
 from .mount import MountOptions, mounted
 
@@ -159,6 +160,10 @@ def run_fio(fio: str, job: Path, directory: Path, output: Path) -> None:
 
 
 def run_bench(job: Path | None, engine: str, results: Path, runtime: float | None) -> int:
+    try:
+        create_engine(engine)  # fail now, not after the native run
+    except EngineUnavailable as exc:
+        raise IofsError(str(exc)) from None
     fio = shutil.which("fio")
     if fio is None:
         raise IofsError("fio not found: install it (apt-get install fio) or run scripts/setup.sh")

@@ -40,6 +40,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = _positive_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="iofs", description="A FUSE filesystem that makes I/O paths visible.")
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
@@ -96,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--results", type=Path, default=Path("results"), help="where runs are kept")
     bench.add_argument(
         "--runtime",
-        type=_positive_float,
+        type=_seconds,
         default=None,
         metavar="S",
         help="override each fio job's runtime in seconds",

@@ -185,6 +185,10 @@ def test_bad_arguments_are_one_line_and_status_1(dirs: tuple[Path, Path]) -> Non
         ),
         ("umount", str(mountpoint)): f"{mountpoint} is not mounted",
         ("umount", "/proc"): "/proc is not an iofs mount (it is proc)",
+        ("bench", "--engine", "warp"): "unknown engine 'warp' (known: blocking)",
+        ("bench", "--job", str(backing / "missing.fio")): (
+            f"job file {backing / 'missing.fio'}: not found"
+        ),
     }
     for args, message in cases.items():
         result = iofs(*args)
@@ -205,7 +209,14 @@ def test_unknown_fuse_option_is_one_line(dirs: tuple[Path, Path]) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [(), ("mount",), ("mount", "a"), ("frobnicate",), ("mount", "a", "b", "--attr-timeout", "x")],
+    [
+        (),
+        ("mount",),
+        ("mount", "a"),
+        ("frobnicate",),
+        ("mount", "a", "b", "--attr-timeout", "x"),
+        ("bench", "--runtime", "0"),
+    ],
 )
 def test_usage_errors_are_one_line_and_status_2(args: tuple[str, ...]) -> None:
     result = iofs(*args)
