@@ -7,6 +7,7 @@ engine. Errors cross into FUSE in one place, the `_handler` decorator.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
@@ -118,7 +119,7 @@ class Filesystem(pyfuse3.Operations):
         self.entry_timeout = entry_timeout
         self.as_root = os.geteuid() == 0
         self.unexpected_errors = 0
-        self._files: set[int] = set()  # backing fds of open files, also their handles
+        self._files: dict[int, Inode] = {}  # backing fd (also the handle) -> inode
         self._dirs: dict[int, OpenDir] = {}
         self._next_dir_handle = 1
 
@@ -228,8 +229,9 @@ class Filesystem(pyfuse3.Operations):
         except KeyError:
             raise FUSEError(errno.EBADF) from None
 
-    def _open_file(self, fd: int) -> FileInfo:
-        self._files.add(fd)
+    def _open_file(self, fd: int, inode: Inode) -> FileInfo:
+        self._files[fd] = inode
+        inode.opens += 1
         return FileInfo(fh=fd)
 
     def statistics(self) -> dict[str, object]:
@@ -258,7 +260,9 @@ class Filesystem(pyfuse3.Operations):
 
     @_handler
     async def getattr(self, inode: InodeT, ctx: RequestContext) -> EntryAttributes:
-        node = self.inodes[inode]
+        node = self.inodes.get_even_removed(inode)
+        if node.removed_stat is not None:  # e.g. fstat of an O_PATH descriptor held by a user
+            return self._attributes(node, node.removed_stat)
         return self._attributes(node, os.fstat(node.fd))
 
     @_handler
@@ -339,7 +343,10 @@ class Filesystem(pyfuse3.Operations):
 
     @_handler
     async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
-        os.unlink(name, dir_fd=self.inodes[parent_inode].fd)
+        parent = self.inodes[parent_inode]
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        os.unlink(name, dir_fd=parent.fd)
+        self._removed(st)
 
     @_handler
     async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
@@ -357,17 +364,29 @@ class Filesystem(pyfuse3.Operations):
     ) -> None:
         old_dir = self.inodes[parent_inode_old].fd
         new_dir = self.inodes[parent_inode_new].fd
+        replaced = None  # what the new name meant before, if anything
+        if not flags & syscalls.RENAME_EXCHANGE:
+            with contextlib.suppress(FileNotFoundError):
+                replaced = os.stat(name_new, dir_fd=new_dir, follow_symlinks=False)
         if flags:
             syscalls.renameat2(old_dir, name_old, new_dir, name_new, flags)
         else:
             os.rename(name_old, name_new, src_dir_fd=old_dir, dst_dir_fd=new_dir)
+        if replaced is not None:
+            self._removed(replaced)
+
+    def _removed(self, st: os.stat_result) -> None:
+        """A name of the backing node *st* is gone: if it was the last, let go of it."""
+        inode = self.inodes.find(key_of(st))
+        if inode is not None and not stat.S_ISDIR(st.st_mode):
+            self.inodes.release_if_removed(inode)
 
     # -- files ------------------------------------------------------------------------
     @_handler
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
         node = self.inodes[inode]
         fd = os.open(node.proc_path, flags & ~_DROPPED_OPEN_FLAGS)
-        return self._open_file(fd)
+        return self._open_file(fd, node)
 
     @_handler
     async def create(
@@ -399,7 +418,7 @@ class Filesystem(pyfuse3.Operations):
             except BaseException:
                 os.close(fd)
                 raise
-        return self._open_file(fd), entry
+        return self._open_file(fd, self.inodes[entry.st_ino]), entry
 
     @_handler
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
@@ -416,9 +435,11 @@ class Filesystem(pyfuse3.Operations):
 
     @_handler
     async def release(self, fh: FileHandleT) -> None:
-        if fh in self._files:
-            self._files.remove(fh)
+        inode = self._files.pop(fh, None)
+        if inode is not None:
             os.close(fh)
+            inode.opens -= 1
+            self.inodes.release_if_removed(inode)  # the last close frees an unlinked file
 
     @_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:

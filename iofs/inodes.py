@@ -8,10 +8,17 @@ it: renames of any ancestor, paths longer than PATH_MAX, an unlinked-but-open fi
 Inodes are keyed by the backing ``(st_dev, st_ino)``: hard links share one inode. The
 held descriptor pins the backing inode, so its number cannot be reused while the key
 is in the table.
+
+Pinning also keeps a removed file's blocks allocated until the kernel forgets the
+inode, which it may do a little later. So once the last name and the last open file of
+an inode are gone, `release_if_removed` lets go of it, as the backing filesystem
+would: the space is free when unlink(2) or rename(2) returns, or when the kernel
+reports the last close (FUSE sends that release just after close(2) returns).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -28,6 +35,9 @@ class Inode:
     key: InodeKey
     file_type: int  # the S_IFMT bits, which never change for an inode
     lookups: int = 0
+    opens: int = 0  # files open on it through the mount
+    #: Once removed and released (fd -1): its last attributes, for getattr.
+    removed_stat: os.stat_result | None = None
 
     @property
     def proc_path(self) -> bytes:
@@ -57,6 +67,13 @@ class InodeTable:
         return len(self._by_id)
 
     def __getitem__(self, inode_id: int) -> Inode:
+        """The inode, with a usable descriptor (ESTALE once removed and released)."""
+        inode = self._by_id[inode_id]
+        if inode.fd < 0:
+            raise OSError(errno.ESTALE, "the backing file has been removed")
+        return inode
+
+    def get_even_removed(self, inode_id: int) -> Inode:
         return self._by_id[inode_id]
 
     def find(self, key: InodeKey) -> Inode | None:
@@ -92,13 +109,31 @@ class InodeTable:
         if inode.lookups > 0 or inode is self.root:
             return
         del self._by_id[inode.id]
+        if inode.fd >= 0:
+            del self._by_key[inode.key]
+            os.close(inode.fd)
+
+    def release_if_removed(self, inode: Inode) -> None:
+        """Close the handle of a file with no name and no open file left.
+
+        The inode stays known to the kernel until it forgets it; meanwhile getattr
+        answers its last attributes and anything else ESTALE. Its key leaves the
+        table, since the backing filesystem may now give the number to a new file.
+        """
+        if inode.opens or inode is self.root or inode.fd < 0:
+            return
+        st = os.fstat(inode.fd)
+        if st.st_nlink:
+            return
+        inode.removed_stat = st
         del self._by_key[inode.key]
         os.close(inode.fd)
+        inode.fd = -1
 
     def close(self) -> None:
         """Close every descriptor but the root's, which belongs to the caller."""
         for inode in list(self._by_id.values()):
-            if inode is not self.root:
+            if inode is not self.root and inode.fd >= 0:
                 os.close(inode.fd)
         self._by_id = {self.root.id: self.root}
         self._by_key = {self.root.key: self.root}

@@ -173,3 +173,44 @@ def _st(mode: int, uid: int, gid: int) -> os.stat_result:
 )
 def test_access_check(mode: int, want: int, uid: int, groups: set[int], allowed: bool) -> None:
     assert _may_access(_st(mode, 1000, 100), want, uid, groups) is allowed
+
+
+@pytest.mark.trio
+async def test_a_removed_file_is_let_go_before_the_kernel_forgets_it(
+    fs: Filesystem, tmp_path: Path
+) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 5000)
+    before = open_fds()
+    entry = await fs.lookup(pyfuse3.ROOT_INODE, b"f", CTX)
+    info = await fs.open(entry.st_ino, os.O_RDONLY, CTX)
+    await fs.unlink(pyfuse3.ROOT_INODE, b"f", CTX)
+    assert open_fds() == before + 2  # still open: nothing is let go
+    await fs.release(info.fh)
+    assert open_fds() == before  # no name, no open file: the handle is closed
+    attrs = await fs.getattr(entry.st_ino, CTX)  # still answered, from the last stat
+    assert (attrs.st_nlink, attrs.st_size) == (0, 5000)
+    with pytest.raises(FUSEError) as info_err:
+        await fs.setxattr(entry.st_ino, b"user.x", b"1", CTX)
+    assert info_err.value.errno == errno.ESTALE
+    # A new file may get the old backing inode number: it must be a new inode here.
+    (tmp_path / "g").write_bytes(b"new")
+    new = await fs.lookup(pyfuse3.ROOT_INODE, b"g", CTX)
+    assert new.st_ino != entry.st_ino
+    await fs.forget([(entry.st_ino, 1)])
+    assert open_fds() == before + 1  # g's handle only
+
+
+@pytest.mark.trio
+async def test_rename_over_a_file_lets_the_replaced_one_go(fs: Filesystem, tmp_path: Path) -> None:
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "b").write_bytes(b"b")
+    os.link(tmp_path / "b", tmp_path / "b2")
+    a = await fs.lookup(pyfuse3.ROOT_INODE, b"a", CTX)
+    b = await fs.lookup(pyfuse3.ROOT_INODE, b"b", CTX)
+    await fs.rename(pyfuse3.ROOT_INODE, b"a", pyfuse3.ROOT_INODE, b"b", 0, CTX)
+    assert fs.inodes[b.st_ino].fd >= 0  # b2 still names it
+    await fs.rename(pyfuse3.ROOT_INODE, b"b", pyfuse3.ROOT_INODE, b"b2", 0, CTX)
+    with pytest.raises(OSError) as info:
+        fs.inodes[b.st_ino]
+    assert info.value.errno == errno.ESTALE
+    assert fs.inodes[a.st_ino].fd >= 0

@@ -570,8 +570,32 @@ def test_full_filesystem_gives_short_writes_and_enospc() -> None:
             on_mount, on_plain = _fill(mountpoint), _fill(plain)
             assert on_mount == on_plain
             assert ("error", "ENOSPC") in on_plain
-            os.unlink(mountpoint / "f")  # and the space comes back
-            (mountpoint / "g").write_bytes(b"fits again")
+            # Space comes back as on the backing filesystem: at once after unlink or a
+            # rename over the file, and after the last close of an unlinked open file.
+            # (An O_PATH descriptor keeps the kernel's inode, so no FORGET can come to
+            # the daemon's rescue: it must let go of the file by itself.)
+            pinned = os.open(mountpoint / "f", os.O_PATH)
+            try:
+                os.unlink(mountpoint / "f")
+                (mountpoint / "g").write_bytes(b"y" * 900_000)
+                assert os.fstat(pinned).st_nlink == 0
+            finally:
+                os.close(pinned)
+            (mountpoint / "h").write_bytes(b"small")
+            os.rename(mountpoint / "h", mountpoint / "g")
+            (mountpoint / "i").write_bytes(b"z" * 900_000)
+            held = os.open(mountpoint / "i", os.O_RDONLY)
+            os.unlink(mountpoint / "i")
+            with pytest.raises(OSError) as full:
+                (mountpoint / "j").write_bytes(b"z" * 900_000)  # still held open
+            assert full.value.errno == errno.ENOSPC
+            os.unlink(mountpoint / "j")
+            os.close(held)  # FUSE reports the release just after close returns
+            deadline = time.monotonic() + 5
+            while os.statvfs(backing).f_bfree * os.statvfs(backing).f_frsize < 900_000:
+                assert time.monotonic() < deadline, "the closed file's space never came back"
+                time.sleep(0.01)
+            (mountpoint / "k").write_bytes(b"z" * 900_000)
         finally:
             finish_mount(mnt)
     finally:
