@@ -128,6 +128,9 @@ def _check_paths(backing: Path, mountpoint: Path) -> tuple[Path, Path]:
         if not stat.S_ISDIR(st.st_mode):
             raise IofsError(f"{what} {path}: not a directory")
     backing, mountpoint = backing.resolve(), mountpoint.resolve()
+    existing = find_mount(mountpoint)
+    if existing is not None and existing.fstype == FSTYPE:
+        raise IofsError(f"{mountpoint} is already an iofs mount (of {existing.source})")
     if backing != mountpoint and mountpoint.is_relative_to(backing):
         # The daemon's own lookups would enter its mount and wait for themselves.
         raise IofsError(f"mountpoint {mountpoint} lies inside the backing directory {backing}")

@@ -73,6 +73,11 @@ def test_background_mount_serves_at_once_and_umount_stops_the_daemon(
     result = iofs("mount", str(backing), str(mountpoint))
     assert result.returncode == 0, result.stderr
     assert (mountpoint / "hello").read_text() == "world"  # no waiting needed
+    again = iofs("mount", str(backing), str(mountpoint))
+    assert (again.returncode, again.stderr) == (
+        1,
+        f"iofs: error: {mountpoint} is already an iofs mount (of {backing})\n",
+    )
     entry = find_mount(mountpoint)
     assert entry is not None and entry.fstype == "fuse.iofs" and entry.source == str(backing)
     pid = daemon_pid(mountpoint)
