@@ -145,6 +145,20 @@ def _fuse_options(opts: MountOptions, backing: Path) -> set[str]:
     return options
 
 
+class _AbandonedReplies(logging.Filter):
+    """pyfuse3 logs an ERROR when the kernel no longer wants a reply (ENOENT): the
+    caller was interrupted, or the mount is going away while a release was in flight.
+    The work was done and nobody waits for the answer: that is a warning, not an error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and record.getMessage().endswith(
+            "fuse_reply_* failed with No such file or directory"
+        ):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def _configure_logging(debug: bool, log_file: Path | None) -> None:
     handler: logging.Handler
     if log_file is None:
@@ -154,6 +168,7 @@ def _configure_logging(debug: bool, log_file: Path | None) -> None:
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     )
+    handler.addFilter(_AbandonedReplies())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)

@@ -17,6 +17,7 @@ from pyfuse3 import FUSEError, RequestContext
 
 from iofs.backends import Capability, Engine
 from iofs.fs import Filesystem, _may_access
+from iofs.mount import _AbandonedReplies
 
 
 @dataclass
@@ -214,3 +215,14 @@ async def test_rename_over_a_file_lets_the_replaced_one_go(fs: Filesystem, tmp_p
         fs.inodes[b.st_ino]
     assert info.value.errno == errno.ESTALE
     assert fs.inodes[a.st_ino].fd >= 0
+
+
+def test_abandoned_replies_are_warnings_not_errors() -> None:
+    def level(message: str) -> str:
+        record = logging.LogRecord("pyfuse3", logging.ERROR, "x", 1, message, (), None)
+        assert _AbandonedReplies().filter(record)
+        return record.levelname
+
+    gone = "fuse_releasedir(): fuse_reply_* failed with No such file or directory"
+    assert level(gone) == "WARNING"
+    assert level("fuse_read(): fuse_reply_* failed with Invalid argument") == "ERROR"
