@@ -38,7 +38,7 @@ from pyfuse3 import (
 
 from . import syscalls
 from .backends import Engine
-from .inodes import Inode, InodeTable, key_of
+from .inodes import Inode, InodeTable, key_of, proc_path
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Filesystem(pyfuse3.Operations):
         if opened is None:
             fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent.fd)
         else:
-            fd = os.open(b"/proc/self/fd/%d" % opened, os.O_PATH)
+            fd = os.open(proc_path(opened), os.O_PATH)
         try:
             if self.as_root:
                 self._give_to_caller(fd, parent, ctx)
@@ -205,7 +205,7 @@ class Filesystem(pyfuse3.Operations):
         the backing filesystem. chown clears set-uid/set-gid on non-directories, so
         bits the caller asked for are put back afterwards.
         """
-        path = b"/proc/self/fd/%d" % fd
+        path = proc_path(fd)
         before = os.fstat(fd)
         gid = -1 if os.fstat(parent.fd).st_mode & stat.S_ISGID else ctx.gid
         if before.st_uid == ctx.uid and gid in (-1, before.st_gid):

@@ -42,11 +42,16 @@ class Inode:
     @property
     def proc_path(self) -> bytes:
         """A path that reaches the backing inode itself, for calls that have no *at form."""
-        return b"/proc/self/fd/%d" % self.fd
+        return proc_path(self.fd)
 
     @property
     def is_symlink(self) -> bool:
         return self.file_type == stat.S_IFLNK
+
+
+def proc_path(fd: int) -> bytes:
+    """The magic link that reaches what *fd* refers to, even an O_PATH descriptor."""
+    return b"/proc/self/fd/%d" % fd
 
 
 def key_of(st: os.stat_result) -> InodeKey:

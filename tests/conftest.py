@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -50,7 +50,6 @@ class Mount:
     log: Path
     daemon: subprocess.Popen[bytes]
     expect_errors: bool = False
-    extra: dict[str, object] = field(default_factory=dict)
 
     def statistics(self) -> dict[str, object]:
         data: dict[str, object] = json.loads(os.getxattr(self.mountpoint, STATISTICS_XATTR))
