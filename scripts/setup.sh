@@ -10,6 +10,7 @@ packages=(
     fuse3 libfuse3-dev pkg-config gcc        # to build and run pyfuse3
     python3-dev python3-venv                 # Debian's Python: headers and venv
     fio xfsprogs btrfs-progs util-linux attr # fio, native XFS/Btrfs, setpriv/losetup, getfattr
+    libaio1                                  # Linux AIO, for the aio engine (python-libaio)
 )
 missing=()
 for package in "${packages[@]}"; do

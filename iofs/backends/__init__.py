@@ -5,17 +5,30 @@ Adding an engine is adding one module and one line to `ENGINES`.
 
 from __future__ import annotations
 
-from .base import Capability, Engine, EngineStatistics, EngineUnavailable
+from .base import (
+    DIRECT_ALIGN,
+    Buffer,
+    Capability,
+    Engine,
+    EngineConfig,
+    EngineStatistics,
+    EngineUnavailable,
+    running,
+)
 from .blocking import BlockingEngine
+from .nowait import NowaitEngine
+from .threads import ThreadsEngine
 
 ENGINES: dict[str, type[Engine]] = {
     BlockingEngine.name: BlockingEngine,
+    ThreadsEngine.name: ThreadsEngine,
+    NowaitEngine.name: NowaitEngine,
 }
 
 DEFAULT_ENGINE = BlockingEngine.name
 
 
-def create_engine(name: str) -> Engine:
+def create_engine(name: str, config: EngineConfig | None = None) -> Engine:
     """Instantiate the engine registered as *name*.
 
     Raises `EngineUnavailable` with a one-line reason if the name is unknown or the
@@ -29,15 +42,19 @@ def create_engine(name: str) -> Engine:
     reason = cls.probe()
     if reason is not None:
         raise EngineUnavailable(f"engine {name!r} cannot run here: {reason}")
-    return cls()
+    return cls(config)
 
 
 __all__ = [
     "DEFAULT_ENGINE",
+    "DIRECT_ALIGN",
     "ENGINES",
+    "Buffer",
     "Capability",
     "Engine",
+    "EngineConfig",
     "EngineStatistics",
     "EngineUnavailable",
     "create_engine",
+    "running",
 ]

@@ -8,39 +8,36 @@ from __future__ import annotations
 
 import os
 
-from .base import Capability, Engine
+from .base import Buffer, Capability, Engine
 
 
 class BlockingEngine(Engine):
     name = "blocking"
     capabilities = Capability.BLOCKS_LOOP
+    summary = "pread/pwrite/fsync on the event-loop thread (the baseline)"
 
-    async def _read(self, fd: int, offset: int, size: int) -> bytes:
-        return os.pread(fd, size, offset)
+    async def _pread(self, fd: int, size: int, offset: int) -> Buffer:
+        self._submitted()
+        data = os.pread(fd, size, offset)
+        self._completed()
+        return data
 
-    async def _write(self, fd: int, offset: int, data: bytes) -> int:
-        return write_all(fd, offset, data)
+    async def _preadinto(self, fd: int, buffer: memoryview, offset: int) -> int:
+        self._submitted()
+        count = os.preadv(fd, [buffer], offset)
+        self._completed()
+        return count
+
+    async def _pwrite(self, fd: int, data: Buffer, offset: int) -> int:
+        self._submitted()
+        count = os.pwrite(fd, data, offset)
+        self._completed()
+        return count
 
     async def _fsync(self, fd: int, datasync: bool) -> None:
+        self._submitted()
         if datasync:
             os.fdatasync(fd)
         else:
             os.fsync(fd)
-
-
-def write_all(fd: int, offset: int, data: bytes) -> int:
-    """pwrite *data* completely, continuing after short writes.
-
-    Returns the count written; raises only if nothing at all could be written, so a
-    file system that fills up part way gives a short count, as write(2) does.
-    """
-    done = os.pwrite(fd, data, offset)  # all of it, nearly always
-    while 0 < done < len(data):
-        try:
-            written = os.pwrite(fd, memoryview(data)[done:], offset + done)
-        except OSError:
-            break  # report what was written, as write(2) does
-        if written == 0:
-            break
-        done += written
-    return done
+        self._completed()
