@@ -25,7 +25,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .backends import EngineUnavailable, create_engine
+from .backends import EngineUnavailable, engine_class
 from .errors import IofsError
 from .mount import MountOptions, mounted
 
@@ -161,7 +161,7 @@ def run_fio(fio: str, job: Path, directory: Path, output: Path) -> None:
 
 def run_bench(job: Path | None, engine: str, results: Path, runtime: float | None) -> int:
     try:
-        create_engine(engine)  # fail now, not after the native run
+        engine_class(engine)  # fail now, not after the native run
     except EngineUnavailable as exc:
         raise IofsError(str(exc)) from None
     fio = shutil.which("fio")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from .backends import DEFAULT_ENGINE, ENGINES
+from .backends import DEFAULT_ENGINE, ENGINES, Capability, EngineConfig
 from .errors import IofsError
 
 
@@ -37,6 +37,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
     return value
 
 
@@ -70,6 +80,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"I/O engine for data operations ({', '.join(sorted(ENGINES))}; "
         f"default {DEFAULT_ENGINE})",
+    )
+    mount.add_argument(
+        "--direct",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve aligned requests through O_DIRECT backing fds (default: the engine's "
+        "choice; aio uses it, the others do not)",
+    )
+    mount.add_argument(
+        "--queue-depth",
+        type=_positive_int,
+        default=EngineConfig.queue_depth,
+        metavar="N",
+        help=f"most data operations in flight in the engine (default {EngineConfig.queue_depth})",
+    )
+    mount.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=EngineConfig.workers,
+        metavar="N",
+        help=f"worker threads for the threads and nowait engines (default {EngineConfig.workers})",
     )
     mount.add_argument("-f", "--foreground", action="store_true", help="stay attached")
     mount.add_argument("--log", type=Path, help="log file (background default: under /run/iofs)")
@@ -145,6 +176,9 @@ def _run(args: argparse.Namespace) -> int:
                 backing=args.backing,
                 mountpoint=args.mountpoint,
                 engine=args.engine,
+                engine_config=EngineConfig(
+                    direct=args.direct, queue_depth=args.queue_depth, workers=args.workers
+                ),
                 fuse_options=frozenset(o for group in args.fuse_options for o in group),
                 foreground=args.foreground,
                 debug=args.debug,
@@ -170,6 +204,7 @@ def _run(args: argparse.Namespace) -> int:
         for name, cls in sorted(ENGINES.items()):
             reason = cls.probe()
             status = "available" if reason is None else f"unavailable: {reason}"
-            print(f"{name:12} {cls.capabilities!s:40} {status}")
+            flags = "|".join(flag.name or "" for flag in Capability if flag in cls.capabilities)
+            print(f"{name:9} {status}\n          {cls.summary}\n          capabilities: {flags}")
         return 0
     raise AssertionError(args.command)

@@ -37,7 +37,7 @@ from pyfuse3 import (
 )
 
 from . import syscalls
-from .backends import Engine
+from .backends import Buffer, Engine
 from .inodes import Inode, InodeTable, key_of, proc_path
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ class Filesystem(pyfuse3.Operations):
     def close(self) -> None:
         """Close every descriptor the filesystem still holds (after unmount)."""
         for fd in self._files:
+            self.engine.forget(fd)
             os.close(fd)
         for dir_handle in self._dirs.values():
             os.close(dir_handle.fd)
@@ -421,7 +422,9 @@ class Filesystem(pyfuse3.Operations):
         return self._open_file(fd, self.inodes[entry.st_ino]), entry
 
     @_handler
-    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]  # pyfuse3 takes any buffer (PyObject_GetBuffer)
+        self, fh: FileHandleT, off: int, size: int
+    ) -> Buffer:
         return await self.engine.read(self._file(fh), off, size)
 
     @_handler
@@ -437,6 +440,7 @@ class Filesystem(pyfuse3.Operations):
     async def release(self, fh: FileHandleT) -> None:
         inode = self._files.pop(fh, None)
         if inode is not None:
+            self.engine.forget(fh)
             os.close(fh)
             inode.opens -= 1
             self.inodes.release_if_removed(inode)  # the last close frees an unlinked file

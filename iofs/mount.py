@@ -27,7 +27,7 @@ import psutil
 import pyfuse3
 import trio
 
-from .backends import DEFAULT_ENGINE, EngineUnavailable, create_engine
+from .backends import DEFAULT_ENGINE, EngineConfig, EngineUnavailable, create_engine
 from .errors import IofsError
 from .fs import Filesystem
 
@@ -41,6 +41,7 @@ class MountOptions:
     backing: Path
     mountpoint: Path
     engine: str = DEFAULT_ENGINE
+    engine_config: EngineConfig = field(default_factory=EngineConfig)
     fuse_options: frozenset[str] = field(default_factory=frozenset)
     foreground: bool = False
     debug: bool = False
@@ -180,7 +181,7 @@ def mount(opts: MountOptions) -> None:
     if not os.path.exists("/dev/fuse"):
         raise IofsError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
     try:
-        engine = create_engine(opts.engine)
+        engine = create_engine(opts.engine, opts.engine_config)
     except EngineUnavailable as exc:
         raise IofsError(str(exc)) from None
     log_file = opts.log_file.absolute() if opts.log_file else None  # the daemon does chdir /
@@ -212,6 +213,7 @@ def mount(opts: MountOptions) -> None:
                         "backing": str(backing),
                         "mountpoint": str(mountpoint),
                         "engine": engine.name,
+                        "direct": engine.direct,
                         "log": str(log_file) if log_file else None,
                     }
                 )
@@ -281,14 +283,17 @@ async def _serve(
                     pyfuse3.terminate()
                 return
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_signals, name="iofs-signals")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals, name="iofs-signals")
+        fs.engine.start(nursery)
+        try:
             ready()
             await pyfuse3.main(min_tasks=1, max_tasks=max_tasks)
+        finally:
+            # Every request handler has returned: nothing is left in flight to drain.
+            with trio.CancelScope(shield=True):
+                await fs.engine.aclose()
             nursery.cancel_scope.cancel()
-    finally:
-        await fs.engine.aclose()
     return detach
 
 
@@ -400,6 +405,10 @@ def start_daemon(
     The caller owns the child: `stop_daemon` unmounts and reaps it.
     """
     command = [*program, "mount", "--foreground", "--engine", opts.engine]
+    config = opts.engine_config
+    if config.direct is not None:
+        command.append("--direct" if config.direct else "--no-direct")
+    command += ["--queue-depth", str(config.queue_depth), "--workers", str(config.workers)]
     for option in sorted(opts.fuse_options):
         command += ["-o", option]
     command += ["--attr-timeout", str(opts.attr_timeout)]

@@ -73,7 +73,7 @@ def start_mount(
     command: list[str] | None = None,
 ) -> Mount:
     """Start a foreground daemon and wait until the kernel shows the mount."""
-    opts = MountOptions(backing, mountpoint, engine, frozenset(options), log_file=log)
+    opts = MountOptions(backing, mountpoint, engine, fuse_options=frozenset(options), log_file=log)
     program = command or [sys.executable, "-m", "iofs"]
     try:
         daemon = start_daemon(opts, program)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from iofs.backends import ENGINES
+from iofs.backends import ENGINES, Buffer
 from iofs.backends.blocking import BlockingEngine
 from iofs.cli import main
 
@@ -18,10 +18,10 @@ POISONED_OFFSET = 13 * 4096
 class FaultyEngine(BlockingEngine):
     name = "faulty"
 
-    async def _read(self, fd: int, offset: int, size: int) -> bytes:
+    async def _pread(self, fd: int, size: int, offset: int) -> Buffer:
         if offset == POISONED_OFFSET:
             raise RuntimeError("injected engine bug")
-        return await super()._read(fd, offset, size)
+        return await super()._pread(fd, size, offset)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from iofs.backends import ENGINES
 from iofs.mount import default_log_path, find_mount, is_disconnected, state_path
 
 from .conftest import Mount, MountFactory, needs_fuse, scratch_dir
@@ -186,11 +187,15 @@ def test_bad_arguments_are_one_line_and_status_1(dirs: tuple[Path, Path]) -> Non
             f"mountpoint {backing / 'inside'} lies inside the backing directory {backing}"
         ),
         ("mount", "--engine", "warp", str(backing), str(mountpoint)): (
-            "unknown engine 'warp' (known: blocking)"
+            f"unknown engine 'warp' (known: {', '.join(sorted(ENGINES))})"
         ),
         ("umount", str(mountpoint)): f"{mountpoint} is not mounted",
         ("umount", "/proc"): "/proc is not an iofs mount (it is proc)",
-        ("bench", "--engine", "warp"): "unknown engine 'warp' (known: blocking)",
+        (
+            "bench",
+            "--engine",
+            "warp",
+        ): f"unknown engine 'warp' (known: {', '.join(sorted(ENGINES))})",
         ("bench", "--job", str(backing / "missing.fio")): (
             f"job file {backing / 'missing.fio'}: not found"
         ),

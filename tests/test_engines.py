@@ -6,29 +6,51 @@ import errno
 import os
 import resource
 import signal
-from collections.abc import Iterator
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from iofs.backends import ENGINES, Capability, Engine, EngineUnavailable, create_engine
+from iofs.backends import (
+    ENGINES,
+    Capability,
+    Engine,
+    EngineConfig,
+    EngineUnavailable,
+    create_engine,
+    running,
+)
+
+ENGINE_SETUPS = [(name, direct) for name in sorted(ENGINES) for direct in (False, True)]
 
 
-@pytest.fixture(params=sorted(ENGINES))
-def engine(request: pytest.FixtureRequest) -> Engine:
-    name = request.param
+@pytest.fixture(
+    params=ENGINE_SETUPS,
+    ids=[f"{name}-{'direct' if d else 'buffered'}" for name, d in ENGINE_SETUPS],
+)
+async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
+    """Every registered engine, with and without O_DIRECT twins, started and drained."""
+    name, direct = request.param
     reason = ENGINES[name].probe()
     if reason is not None:
         pytest.skip(f"engine {name} cannot run here: {reason}")
-    return create_engine(name)
+    async with running(create_engine(name, EngineConfig(direct=direct))) as started:
+        yield started
 
 
 @pytest.fixture
-def rw_fd(tmp_path: Path) -> Iterator[int]:
+def rw_fd(tmp_path: Path, engine: Engine) -> Iterator[int]:
     fd = os.open(tmp_path / "data", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         yield fd
     finally:
+        engine.forget(fd)
         os.close(fd)
 
 
@@ -66,6 +88,7 @@ async def test_errors_carry_the_errno(engine: Engine, tmp_path: Path) -> None:
             await engine.write(fd, 0, b"x")
         assert info.value.errno == errno.EBADF
     finally:
+        engine.forget(fd)  # the contract: forget an fd before closing it
         os.close(fd)
     with pytest.raises(OSError) as info:
         await engine.read(fd, 0, 1)  # closed
@@ -76,6 +99,7 @@ async def test_errors_carry_the_errno(engine: Engine, tmp_path: Path) -> None:
             await engine.read(dir_fd, 0, 1)
         assert info.value.errno == errno.EISDIR
     finally:
+        engine.forget(dir_fd)
         os.close(dir_fd)
     assert engine.statistics().errors == 3
 
@@ -129,3 +153,204 @@ def test_engines_declare_capabilities() -> None:
 def test_unknown_engine_is_one_clear_error() -> None:
     with pytest.raises(EngineUnavailable, match="unknown engine 'nope' \\(known: blocking"):
         create_engine("nope")
+
+
+# -- sizes, alignment and large requests ------------------------------------------------
+@pytest.mark.trio
+async def test_large_requests_at_unaligned_offsets(engine: Engine, rw_fd: int) -> None:
+    payload = os.urandom(3 * 1024 * 1024 + 123)
+    assert await engine.write(rw_fd, 777, payload) == len(payload)
+    assert await engine.read(rw_fd, 777, len(payload)) == payload
+    assert await engine.read(rw_fd, 4096, 1 << 20) == payload[4096 - 777 : 4096 - 777 + (1 << 20)]
+    assert os.pread(rw_fd, len(payload), 777) == payload  # what the kernel has, not a cache
+
+
+@pytest.mark.trio
+async def test_direct_engines_use_o_direct_for_aligned_requests(engine: Engine, rw_fd: int) -> None:
+    await engine.write(rw_fd, 0, b"a" * 8192)  # aligned
+    await engine.write(rw_fd, 100, b"b" * 10)  # unaligned
+    await engine.read(rw_fd, 4096, 4096)  # aligned
+    await engine.read(rw_fd, 90, 30)  # unaligned
+    stats = engine.statistics()
+    if engine.direct:
+        assert (stats.direct_ops, stats.buffered, stats.bounced) == (2, 1, 1)
+        assert os.pread(rw_fd, 30, 90) == b"a" * 10 + b"b" * 10 + b"a" * 10
+    else:
+        assert (stats.direct_ops, stats.buffered, stats.bounced) == (0, 0, 0)
+
+
+@pytest.mark.trio
+async def test_forget_closes_what_the_engine_opened_for_an_fd(
+    engine: Engine, tmp_path: Path
+) -> None:
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    await engine.write(fd, 0, b"z" * 4096)
+    before = len(os.listdir("/proc/self/fd"))
+    engine.forget(fd)
+    os.close(fd)
+    assert len(os.listdir("/proc/self/fd")) == before - 1 - (1 if engine.direct else 0)
+
+
+@pytest.mark.trio
+async def test_einval_from_the_kernel_is_passed_on(engine: Engine, tmp_path: Path) -> None:
+    """An fd the caller opened O_DIRECT refuses unaligned offsets with EINVAL."""
+    if engine.direct:
+        pytest.skip("with direct on, unaligned reads are bounced through aligned ones")
+    (tmp_path / "d").write_bytes(b"q" * 8192)
+    fd = os.open(tmp_path / "d", os.O_RDONLY | os.O_DIRECT)
+    try:
+        with pytest.raises(OSError) as info:
+            await engine.read(fd, 1, 4096)
+        assert info.value.errno == errno.EINVAL
+    finally:
+        engine.forget(fd)
+        os.close(fd)
+
+
+@pytest.fixture
+def tiny_fs() -> Iterator[Path]:
+    """A 64 KiB tmpfs, so that ENOSPC can be arranged."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where = Path(tempfile.mkdtemp(prefix="iofs-tiny-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tiny", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+        where.rmdir()
+
+
+@pytest.mark.trio
+async def test_a_full_file_system_gives_a_short_count_then_enospc(
+    engine: Engine, tiny_fs: Path
+) -> None:
+    fd = os.open(tiny_fs / "big", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        written = await engine.write(fd, 0, b"x" * (1 << 20))
+        assert 0 < written < 1 << 20
+        with pytest.raises(OSError) as info:
+            await engine.write(fd, written, b"y" * 8192)
+        assert info.value.errno == errno.ENOSPC
+        assert await engine.read(fd, 0, written) == b"x" * written
+    finally:
+        engine.forget(fd)
+        os.close(fd)
+
+
+# -- concurrency, cancellation and closing ----------------------------------------------
+@pytest.mark.trio
+async def test_many_concurrent_operations(engine: Engine, rw_fd: int) -> None:
+    chunks = {i: os.urandom(4096 + 513 * (i % 5)) for i in range(200)}
+    stride = 8 * 4096
+
+    async def write_then_read(i: int) -> None:
+        assert await engine.write(rw_fd, i * stride, chunks[i]) == len(chunks[i])
+        assert await engine.read(rw_fd, i * stride, len(chunks[i])) == chunks[i]
+
+    async with trio.open_nursery() as nursery:
+        for i in chunks:
+            nursery.start_soon(write_then_read, i)
+    stats = engine.statistics()
+    assert (stats.reads, stats.writes, stats.in_flight) == (200, 200, 0)
+    if not engine.capabilities & Capability.BLOCKS_LOOP:
+        assert stats.max_in_flight > 1
+
+
+@pytest.mark.trio
+async def test_cancellation_never_abandons_an_operation(engine: Engine, rw_fd: int) -> None:
+    payload = os.urandom(1 << 20)
+    await engine.write(rw_fd, 0, payload)
+    finished: list[bytes] = []
+
+    async def read() -> None:
+        finished.append(bytes(await engine.read(rw_fd, 0, len(payload))))
+
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            for _ in range(32):
+                nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+    # Every task has exited: none may have left an operation behind.
+    assert engine.statistics().in_flight == 0
+    assert all(data == payload for data in finished)
+    assert await engine.read(rw_fd, 0, len(payload)) == payload  # still works
+
+
+@pytest.mark.trio
+async def test_close_while_busy_drains_then_refuses(engine: Engine, rw_fd: int) -> None:
+    payload = os.urandom(256 * 1024)
+    results: list[int] = []
+
+    async def write(i: int) -> None:
+        results.append(await engine.write(rw_fd, i * len(payload), payload))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(16):
+            nursery.start_soon(write, i)
+        await trio.testing.wait_all_tasks_blocked()
+        await engine.aclose()
+        assert engine.statistics().in_flight == 0
+    assert results == [len(payload)] * 16
+    assert os.pread(rw_fd, len(payload), 15 * len(payload)) == payload
+    with pytest.raises(trio.ClosedResourceError):
+        await engine.read(rw_fd, 0, 1)
+    await engine.aclose()  # closing twice is harmless
+
+
+# -- a property: any sequence of writes and reads matches an in-memory model ------------
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["write", "read", "fsync"]),
+        st.integers(0, 3 << 20),  # offset: aligned and not
+        st.integers(0, (1 << 20) + 4096),  # size: zero, small, large
+    ),
+    max_size=12,
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "direct"),
+    ENGINE_SETUPS,
+    ids=[f"{n}-{'direct' if d else 'buffered'}" for n, d in ENGINE_SETUPS],
+)
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=_OPS, aligned=st.booleans())
+def test_reads_and_writes_match_a_model(
+    name: str, direct: bool, tmp_path: Path, ops: list[tuple[str, int, int]], aligned: bool
+) -> None:
+    reason = ENGINES[name].probe()
+    if reason is not None:
+        pytest.skip(f"engine {name} cannot run here: {reason}")
+    if aligned:  # make alignment likely, so the O_DIRECT paths get exercised
+        ops = [(op, offset & ~4095, size & ~4095) for op, offset, size in ops]
+    model = bytearray()
+    path = tmp_path / "model"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    async def run() -> None:
+        async with running(create_engine(name, EngineConfig(direct=direct))) as engine:
+            try:
+                for op, offset, size in ops:
+                    if op == "write":
+                        data = os.urandom(size)
+                        assert await engine.write(fd, offset, data) == size
+                        if size:
+                            model.extend(bytes(max(0, offset + size - len(model))))
+                            model[offset : offset + size] = data
+                    elif op == "read":
+                        assert await engine.read(fd, offset, size) == model[offset : offset + size]
+                    else:
+                        await engine.fsync(fd, datasync=bool(size % 2))
+            finally:
+                engine.forget(fd)
+
+    try:
+        trio.run(run)
+        assert os.pread(fd, len(model) + 1, 0) == model
+    finally:
+        os.close(fd)

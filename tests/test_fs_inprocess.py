@@ -15,7 +15,7 @@ import pyfuse3
 import pytest
 from pyfuse3 import FUSEError, RequestContext
 
-from iofs.backends import Capability, Engine
+from iofs.backends import Buffer, Capability, Engine
 from iofs.fs import Filesystem, _may_access
 from iofs.mount import _AbandonedReplies
 
@@ -42,13 +42,13 @@ class RecordingEngine(Engine):
         self.calls: list[tuple[str, int, object]] = []
         self.fail_with: BaseException | None = None
 
-    async def _read(self, fd: int, offset: int, size: int) -> bytes:
-        self.calls.append(("read", offset, size))
+    async def _preadinto(self, fd: int, buffer: memoryview, offset: int) -> int:
+        self.calls.append(("read", offset, len(buffer)))
         if self.fail_with is not None:
             raise self.fail_with
-        return os.pread(fd, size, offset)
+        return os.preadv(fd, [buffer], offset)
 
-    async def _write(self, fd: int, offset: int, data: bytes) -> int:
+    async def _pwrite(self, fd: int, data: Buffer, offset: int) -> int:
         self.calls.append(("write", offset, len(data)))
         return os.pwrite(fd, data, offset)
 

@@ -28,11 +28,11 @@ ENGINES: dict[str, type[Engine]] = {
 DEFAULT_ENGINE = BlockingEngine.name
 
 
-def create_engine(name: str, config: EngineConfig | None = None) -> Engine:
-    """Instantiate the engine registered as *name*.
+def engine_class(name: str) -> type[Engine]:
+    """The engine registered as *name*, checked to run on this machine.
 
     Raises `EngineUnavailable` with a one-line reason if the name is unknown or the
-    engine cannot run on this machine.
+    engine cannot run here.
     """
     try:
         cls = ENGINES[name]
@@ -42,7 +42,12 @@ def create_engine(name: str, config: EngineConfig | None = None) -> Engine:
     reason = cls.probe()
     if reason is not None:
         raise EngineUnavailable(f"engine {name!r} cannot run here: {reason}")
-    return cls(config)
+    return cls
+
+
+def create_engine(name: str, config: EngineConfig | None = None) -> Engine:
+    """Instantiate the engine registered as *name* (see `engine_class`)."""
+    return engine_class(name)(config)
 
 
 __all__ = [
@@ -56,5 +61,6 @@ __all__ = [
     "EngineStatistics",
     "EngineUnavailable",
     "create_engine",
+    "engine_class",
     "running",
 ]

@@ -41,7 +41,6 @@ import errno
 import fcntl
 import mmap
 import os
-import types
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -162,7 +161,8 @@ class AlignedBuffers:
     def close(self) -> None:
         for free in self._free.values():
             for buffer in free:
-                buffer.close()
+                with contextlib.suppress(BufferError):  # a view still held: GC unmaps it
+                    buffer.close()
         self._free.clear()
 
 
@@ -332,7 +332,7 @@ class Engine(abc.ABC):
             bounced=self._bounced,
             buffered=self._buffered,
             fallbacks=self._fallbacks,
-            details=types.MappingProxyType(self._extra_statistics()),
+            details=self._extra_statistics(),  # a fresh dict: the snapshot owns it
         )
 
     # -- helpers for engines ----------------------------------------------------------
@@ -377,10 +377,10 @@ class Engine(abc.ABC):
             self._bounced += 1
         buffer = self._buffers.take(end - start)
         try:
-            with memoryview(buffer) as view:
-                count = await self._preadinto(twin, view[: end - start], start)
-                skip = offset - start
-                return bytes(view[skip : max(skip, min(count, skip + size))])
+            with memoryview(buffer)[: end - start] as view:
+                count = await self._preadinto(twin, view, start)
+            skip = offset - start
+            return buffer[skip : max(skip, min(count, skip + size))]
         finally:
             self._buffers.give(buffer)
 
@@ -409,9 +409,9 @@ class Engine(abc.ABC):
         self._direct_ops += 1
         buffer = self._buffers.take(size)
         try:
-            with memoryview(buffer) as view:
-                view[:size] = data
-                return await self._pwrite(twin, view[:size], offset)
+            with memoryview(buffer)[:size] as view:
+                view[:] = data
+                return await self._pwrite(twin, view, offset)
         finally:
             self._buffers.give(buffer)
 
