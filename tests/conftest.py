@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from iofs.backends import ENGINES, EngineConfig
 from iofs.errors import IofsError
 from iofs.fs import STATISTICS_XATTR
 from iofs.mount import MountOptions, find_mount, start_daemon, stop_daemon
@@ -64,6 +65,55 @@ class Mount:
         return self.log.read_text() if self.log.exists() else ""
 
 
+# -- which engines the mount suites run with --------------------------------------------
+#: Test modules whose mount tests run once per engine setup (the data path matters there).
+ENGINE_SUITES = frozenset({"test_posix", "test_fio", "test_applications", "test_differential"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--engine",
+        action="append",
+        default=[],
+        metavar="SETUP",
+        help="run the mount suites with this engine setup (NAME or NAME+direct); "
+        "repeatable; default: every registered engine",
+    )
+
+
+def engine_setups(config: pytest.Config) -> list[str]:
+    chosen: list[str] = config.getoption("--engine")
+    return chosen or sorted(ENGINES)
+
+
+def parse_setup(setup: str) -> tuple[str, EngineConfig]:
+    """``NAME`` or ``NAME+direct`` -> the engine name and its configuration."""
+    name, _, variant = setup.partition("+")
+    return name, EngineConfig(direct=True) if variant == "direct" else EngineConfig()
+
+
+def skip_unless_runs(setup: str) -> None:
+    name, _ = parse_setup(setup)
+    reason = ENGINES[name].probe() if name in ENGINES else f"no engine named {name!r}"
+    if reason is not None:
+        pytest.skip(f"engine {name} cannot run here: {reason}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if "mount_engine" in metafunc.fixturenames and module in ENGINE_SUITES:
+        setups = engine_setups(metafunc.config)
+        metafunc.parametrize("mount_engine", setups, indirect=True, ids=setups, scope="function")
+
+
+@pytest.fixture
+def mount_engine(request: pytest.FixtureRequest) -> str:
+    """The engine setup mounts use by default: parametrised in the engine suites."""
+    setup: str = getattr(request, "param", "blocking")
+    skip_unless_runs(setup)
+    return setup
+
+
 def start_mount(
     backing: Path,
     mountpoint: Path,
@@ -72,8 +122,19 @@ def start_mount(
     engine: str = "blocking",
     command: list[str] | None = None,
 ) -> Mount:
-    """Start a foreground daemon and wait until the kernel shows the mount."""
-    opts = MountOptions(backing, mountpoint, engine, fuse_options=frozenset(options), log_file=log)
+    """Start a foreground daemon and wait until the kernel shows the mount.
+
+    *engine* is an engine setup: ``NAME`` or ``NAME+direct``.
+    """
+    name, config = parse_setup(engine)
+    opts = MountOptions(
+        backing,
+        mountpoint,
+        name,
+        engine_config=config,
+        fuse_options=frozenset(options),
+        log_file=log,
+    )
     program = command or [sys.executable, "-m", "iofs"]
     try:
         daemon = start_daemon(opts, program)
@@ -96,14 +157,14 @@ MountFactory = Callable[..., Mount]
 
 
 @pytest.fixture
-def mount_factory() -> Iterator[MountFactory]:
+def mount_factory(mount_engine: str) -> Iterator[MountFactory]:
     """Mount iofs over fresh temporary directories; everything is undone afterwards."""
     if FUSE_UNAVAILABLE is not None:
         pytest.skip(FUSE_UNAVAILABLE)
     base = scratch_dir("iofs-test-")
     mounts: list[Mount] = []
 
-    def make(options: tuple[str, ...] = (), engine: str = "blocking", **kwargs: object) -> Mount:
+    def make(options: tuple[str, ...] = (), engine: str = mount_engine, **kwargs: object) -> Mount:
         index = len(mounts)
         backing, mountpoint = base / f"backing{index}", base / f"mnt{index}"
         backing.mkdir()

@@ -8,15 +8,27 @@ import subprocess
 
 import pytest
 
-from .conftest import Mount
+from .conftest import Mount, MountFactory
 
 pytestmark = pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
 
 
+@pytest.mark.parametrize("backing_direct", [False, True], ids=["backing-cached", "backing-direct"])
 @pytest.mark.parametrize("direct", [0, 1], ids=["buffered", "direct"])
 @pytest.mark.parametrize("ioengine", ["psync", "libaio"])
 @pytest.mark.parametrize("rw", ["randwrite", "write"])
-def test_fio_verify(mnt: Mount, ioengine: str, direct: int, rw: str) -> None:
+def test_fio_verify(
+    mount_factory: MountFactory,
+    mount_engine: str,
+    backing_direct: bool,
+    ioengine: str,
+    direct: int,
+    rw: str,
+) -> None:
+    """fio's O_DIRECT and buffered I/O on the mount, with the engine's backing fds
+    buffered or O_DIRECT (``--direct``)."""
+    name = mount_engine.partition("+")[0]
+    mnt = mount_factory(engine=f"{name}+direct" if backing_direct else name)
     command = [
         "fio",
         "--name=verify",
@@ -44,6 +56,8 @@ def test_fio_verify(mnt: Mount, ioengine: str, direct: int, rw: str) -> None:
     stats = mnt.engine_statistics()
     assert stats["bytes_written"] >= 2 * 16 * 2**20
     assert stats["errors"] == 0
+    if backing_direct:
+        assert stats["direct_ops"] > 0
 
 
 def test_fio_fsync_every_write(mnt: Mount) -> None:
