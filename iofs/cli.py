@@ -1,4 +1,4 @@
-"""Command line: ``iofs mount``, ``iofs umount``, ``iofs bench``, ``iofs engines``.
+"""Command line: ``iofs mount``, ``umount``, ``mode``, ``modes``, ``engines``, ``bench``.
 
 Exit status: 0 success, 1 a failure reported in one line on stderr, 2 bad usage,
 130 interrupted. ``--debug`` adds tracebacks and debug logging.
@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import textwrap
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import NoReturn
 
 from .backends import DEFAULT_ENGINE, ENGINES, Capability, EngineConfig
 from .errors import IofsError
+from .modes import CACHINGS, DEFAULT_MODE, MODES, resolve
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,18 +79,28 @@ def _parser() -> argparse.ArgumentParser:
         help="FUSE mount options, e.g. allow_other, ro",
     )
     mount.add_argument(
-        "--engine",
-        default=DEFAULT_ENGINE,
+        "--mode",
+        default=DEFAULT_MODE,
         metavar="NAME",
-        help=f"I/O engine for data operations ({', '.join(sorted(ENGINES))}; "
-        f"default {DEFAULT_ENGINE})",
+        help=f"I/O strategy ({', '.join(MODES)}; default {DEFAULT_MODE}; see 'iofs modes')",
+    )
+    mount.add_argument(
+        "--engine",
+        default=None,
+        metavar="NAME",
+        help=f"override the mode's data engine ({', '.join(sorted(ENGINES))})",
     )
     mount.add_argument(
         "--direct",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="serve aligned requests through O_DIRECT backing fds (default: the engine's "
-        "choice; aio uses it, the others do not)",
+        help="override whether aligned requests go through O_DIRECT backing fds",
+    )
+    mount.add_argument(
+        "--cache",
+        choices=sorted(CACHINGS),
+        default=None,
+        help="override the mode's kernel caching (none: every request reaches the daemon)",
     )
     mount.add_argument(
         "--queue-depth",
@@ -142,6 +156,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     commands.add_parser("engines", help="list the I/O engines and whether they run here")
+    commands.add_parser("modes", help="list the modes: what each models and what to expect")
+
+    mode = commands.add_parser(
+        "mode", help="show the mode of a mounted iofs, or switch it while in use"
+    )
+    mode.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    mode.add_argument(
+        "setting",
+        nargs="?",
+        metavar="SETTING",
+        help="NAME[,engine=E][,direct=on|off][,cache=kernel|none]",
+    )
     return parser
 
 
@@ -155,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("iofs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`iofs modes | head`): not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if args.debug:
             traceback.print_exc()
@@ -175,7 +205,9 @@ def _run(args: argparse.Namespace) -> int:
             MountOptions(
                 backing=args.backing,
                 mountpoint=args.mountpoint,
+                mode=args.mode,
                 engine=args.engine,
+                caching=args.cache,
                 engine_config=EngineConfig(
                     direct=args.direct, queue_depth=args.queue_depth, workers=args.workers
                 ),
@@ -207,4 +239,50 @@ def _run(args: argparse.Namespace) -> int:
             flags = "|".join(flag.name or "" for flag in Capability if flag in cls.capabilities)
             print(f"{name:9} {status}\n          {cls.summary}\n          capabilities: {flags}")
         return 0
+    if args.command == "modes":
+        print(_modes_text())
+        return 0
+    if args.command == "mode":
+        from .control import read_mode, set_mode
+
+        if args.setting is not None:
+            setting = set_mode(args.mountpoint, args.setting)
+            print(f"iofs: {args.mountpoint}: switched to {setting.describe()}")
+            return 0
+        current = read_mode(args.mountpoint)
+        print(current["description"])
+        for entry in current["history"]:
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
+            print(f"  {at}  {entry['mode']}")
+        return 0
     raise AssertionError(args.command)
+
+
+def _modes_text() -> str:
+    """`iofs modes`: every mode with what it models, how, and what to expect."""
+
+    def paragraph(label: str, text: str) -> str:
+        return textwrap.fill(
+            text, width=88, initial_indent=f"  {label:8} ", subsequent_indent=" " * 11
+        )
+
+    blocks = []
+    for mode in MODES.values():
+        setting = resolve(mode.name)
+        blocks.append(
+            "\n".join(
+                [
+                    setting.describe(),
+                    paragraph("models", mode.models),
+                    paragraph("how", mode.mapping),
+                    paragraph("expect", mode.expect),
+                ]
+            )
+        )
+    caching = "\n".join(f"  {c.name:8} {c.description}" for c in CACHINGS.values())
+    blocks.append("Kernel caching (the cache= part of a setting, or mount --cache):\n" + caching)
+    blocks.append(
+        "Switch a live mount with 'iofs mode MOUNTPOINT NAME[,engine=E][,direct=on|off]"
+        "[,cache=kernel|none]'."
+    )
+    return "\n\n".join(blocks)

@@ -1,8 +1,11 @@
 """The passthrough filesystem: every pyfuse3 operation, served from a backing directory.
 
 Metadata operations run as system calls on the event loop, relative to the O_PATH
-handles in the inode table. Data operations (read, write, fsync) go through the I/O
-engine. Errors cross into FUSE in one place, the `_handler` decorator.
+handles in the inode table; in a mode with a metadata queue, updates are applied by the
+queue's task in arrival order. Data operations (read, write, fsync) go through the
+current I/O engine. The mode can be switched while mounted: operations in flight finish
+on the old engine, which is then drained and closed. Errors cross into FUSE in one
+place, the `_handler` decorator.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import logging
 import os
 import reprlib
 import stat
+import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 from pyfuse3 import (
     EntryAttributes,
     FileHandleT,
@@ -37,14 +42,21 @@ from pyfuse3 import (
 )
 
 from . import syscalls
-from .backends import Buffer, Engine
+from .backends import Buffer, Engine, EngineUnavailable, create_engine
 from .inodes import Inode, InodeTable, key_of, proc_path
+from .metadata import MetadataQueue
+from .modes import CACHINGS, MAX_SPEC, BadSetting, Setting, parse_setting, resolve
 
 log = logging.getLogger(__name__)
 
 #: Read-only xattr on the mount root that returns the statistics as JSON. It is not
 #: listed by listxattr, so it does not show up in copies or comparisons.
 STATISTICS_XATTR = b"iofs.statistics"
+#: Control xattr on the mount root: reads as the current mode setting (JSON); writing a
+#: setting (``NAME[,engine=E][,direct=on|off][,cache=kernel|none]``) switches to it.
+#: Only the mount's owner and root may write it. Not listed either.
+MODE_XATTR = b"iofs.mode"
+CONTROL_XATTRS = frozenset({STATISTICS_XATTR, MODE_XATTR})
 
 # Flags the kernel may pass to open/create that must not reach the backing open():
 # the kernel has already resolved creation and the final path component, O_NOFOLLOW
@@ -83,6 +95,20 @@ def _handler(
     return wrapper
 
 
+def _update(
+    fn: Callable[Concatenate[FS, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[FS, P], Coroutine[Any, Any, R]]:
+    """A metadata update: in a mode with a metadata queue, the queue's task applies it."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: FS, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.setting.metadata == "queue":
+            return await self.metadata_queue.run(lambda: fn(self, *args, **kwargs))
+        return await fn(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _short_repr(args: tuple[object, ...]) -> str:
     """Arguments for a log line: a write's whole buffer would drown the traceback."""
     shortened = reprlib.Repr()
@@ -109,24 +135,76 @@ class Filesystem(pyfuse3.Operations):
         root_fd: int,
         engine: Engine,
         *,
+        setting: Setting | None = None,
         attr_timeout: float = 1.0,
         entry_timeout: float = 1.0,
     ) -> None:
         super().__init__()
         self.inodes = InodeTable(root_fd)
         self.engine = engine
-        self.attr_timeout = attr_timeout
-        self.entry_timeout = entry_timeout
+        self.setting = setting or resolve("blocking", engine=engine.name)
+        self.mount_attr_timeout = attr_timeout
+        self.mount_entry_timeout = entry_timeout
+        self.metadata_queue = MetadataQueue()
+        #: The user who mounted: with root, the only one who may switch modes.
+        self.owner = os.getuid()
+        self.mode_history: list[tuple[str, float]] = [(self.setting.spec, time.time())]
+        self._draining: set[Engine] = set()  # old engines finishing their operations
+        self._nursery: trio.Nursery | None = None
         self.as_root = os.geteuid() == 0
         self.unexpected_errors = 0
         self._files: dict[int, Inode] = {}  # backing fd (also the handle) -> inode
         self._dirs: dict[int, OpenDir] = {}
         self._next_dir_handle = 1
 
+    # -- lifecycle and modes -------------------------------------------------------------
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start the engine's and the metadata queue's tasks in the daemon's nursery."""
+        self._nursery = nursery
+        self.engine.start(nursery)
+        nursery.start_soon(self.metadata_queue.serve, name="iofs-metadata-queue")
+
+    async def aclose(self) -> None:
+        """Drain and close every engine (once no request is being served)."""
+        with trio.CancelScope(shield=True):
+            for engine in [self.engine, *self._draining]:
+                await engine.aclose()
+
+    def switch(self, setting: Setting) -> None:
+        """Serve new requests with *setting*; the old engine drains in the background.
+
+        Raises `EngineUnavailable` if the setting's engine cannot run here.
+        """
+        assert self._nursery is not None, "switch() before start()"
+        old = self.engine
+        if (setting.engine, setting.direct) != (self.setting.engine, self.setting.direct):
+            engine = create_engine(setting.engine, replace(old.config, direct=setting.direct))
+            engine.start(self._nursery)
+            self.engine = engine
+            self._draining.add(old)
+            self._nursery.start_soon(self._drain, old, name=f"iofs-drain-{old.name}")
+        self.setting = setting
+        self.mode_history.append((setting.spec, time.time()))
+        log.info("mode switched to %s", setting.describe())
+
+    async def _drain(self, engine: Engine) -> None:
+        await engine.aclose()  # waits for its operations in flight
+        self._draining.discard(engine)
+
+    @property
+    def attr_timeout(self) -> float:
+        timeout = CACHINGS[self.setting.caching].timeout
+        return self.mount_attr_timeout if timeout is None else timeout
+
+    @property
+    def entry_timeout(self) -> float:
+        timeout = CACHINGS[self.setting.caching].timeout
+        return self.mount_entry_timeout if timeout is None else timeout
+
     def close(self) -> None:
         """Close every descriptor the filesystem still holds (after unmount)."""
         for fd in self._files:
-            self.engine.forget(fd)
+            self._forget_fd(fd)
             os.close(fd)
         for dir_handle in self._dirs.values():
             os.close(dir_handle.fd)
@@ -233,11 +311,21 @@ class Filesystem(pyfuse3.Operations):
     def _open_file(self, fd: int, inode: Inode) -> FileInfo:
         self._files[fd] = inode
         inode.opens += 1
-        return FileInfo(fh=fd)
+        caching = CACHINGS[self.setting.caching]
+        return FileInfo(fh=fd, direct_io=caching.direct_io, keep_cache=caching.keep_cache)
+
+    def _forget_fd(self, fd: int) -> None:
+        """*fd* is about to be closed: every engine that may know it lets go of it."""
+        self.engine.forget(fd)
+        for engine in self._draining:
+            engine.forget(fd)
 
     def statistics(self) -> dict[str, object]:
         return {
+            "mode": self.setting.spec,
             "engine": asdict(self.engine.statistics()),
+            "draining_engines": [asdict(engine.statistics()) for engine in self._draining],
+            "metadata_queue": self.metadata_queue.statistics(),
             "inodes": len(self.inodes),
             "open_files": len(self._files),
             "open_dirs": len(self._dirs),
@@ -267,6 +355,7 @@ class Filesystem(pyfuse3.Operations):
         return self._attributes(node, os.fstat(node.fd))
 
     @_handler
+    @_update
     async def setattr(
         self,
         inode: InodeT,
@@ -308,6 +397,7 @@ class Filesystem(pyfuse3.Operations):
 
     # -- directory entries ------------------------------------------------------------
     @_handler
+    @_update
     async def mknod(
         self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int, ctx: RequestContext
     ) -> EntryAttributes:
@@ -316,6 +406,7 @@ class Filesystem(pyfuse3.Operations):
         return self._created(parent, name, ctx)
 
     @_handler
+    @_update
     async def mkdir(
         self, parent_inode: InodeT, name: FileNameT, mode: ModeT, ctx: RequestContext
     ) -> EntryAttributes:
@@ -324,6 +415,7 @@ class Filesystem(pyfuse3.Operations):
         return self._created(parent, name, ctx)
 
     @_handler
+    @_update
     async def symlink(
         self, parent_inode: InodeT, name: FileNameT, target: FileNameT, ctx: RequestContext
     ) -> EntryAttributes:
@@ -332,6 +424,7 @@ class Filesystem(pyfuse3.Operations):
         return self._created(parent, name, ctx)
 
     @_handler
+    @_update
     async def link(
         self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT, ctx: RequestContext
     ) -> EntryAttributes:
@@ -343,6 +436,7 @@ class Filesystem(pyfuse3.Operations):
         return self._attributes(node, os.fstat(node.fd))
 
     @_handler
+    @_update
     async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent = self.inodes[parent_inode]
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
@@ -350,10 +444,12 @@ class Filesystem(pyfuse3.Operations):
         self._removed(st)
 
     @_handler
+    @_update
     async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         os.rmdir(name, dir_fd=self.inodes[parent_inode].fd)
 
     @_handler
+    @_update
     async def rename(
         self,
         parent_inode_old: InodeT,
@@ -390,6 +486,7 @@ class Filesystem(pyfuse3.Operations):
         return self._open_file(fd, node)
 
     @_handler
+    @_update
     async def create(
         self,
         parent_inode: InodeT,
@@ -440,7 +537,7 @@ class Filesystem(pyfuse3.Operations):
     async def release(self, fh: FileHandleT) -> None:
         inode = self._files.pop(fh, None)
         if inode is not None:
-            self.engine.forget(fh)
+            self._forget_fd(fh)
             os.close(fh)
             inode.opens -= 1
             self.inodes.release_if_removed(inode)  # the last close frees an unlinked file
@@ -534,14 +631,56 @@ class Filesystem(pyfuse3.Operations):
     async def setxattr(
         self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: RequestContext
     ) -> None:
-        if inode == pyfuse3.ROOT_INODE and name == STATISTICS_XATTR:
-            raise FUSEError(errno.EPERM)
+        if inode == pyfuse3.ROOT_INODE and name in CONTROL_XATTRS:
+            self._control(name, value, ctx)
+        else:
+            await self._set_backing_xattr(inode, name, value)
+
+    @_update
+    async def _set_backing_xattr(self, inode: InodeT, name: XAttrNameT, value: bytes) -> None:
         os.setxattr(self.inodes[inode].proc_path, name, value)
+
+    def _control(self, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
+        """A write to a control xattr: switch the mode, or refuse without changing a thing."""
+        if name != MODE_XATTR:
+            raise FUSEError(errno.EPERM)  # the statistics are read-only
+        if ctx.uid not in (0, self.owner):
+            log.warning("uid %d may not switch the mode (only %d and root)", ctx.uid, self.owner)
+            raise FUSEError(errno.EPERM)
+        try:
+            if len(value) > MAX_SPEC:
+                raise BadSetting("oversized")
+            setting = parse_setting(value.decode("ascii"))
+        except (BadSetting, UnicodeDecodeError) as exc:
+            log.warning("refused mode setting %s: %s", reprlib.repr(value), exc)
+            raise FUSEError(errno.EINVAL) from None
+        try:
+            self.switch(setting)
+        except EngineUnavailable as exc:
+            log.warning("refused mode setting %s: %s", setting.spec, exc)
+            raise FUSEError(errno.EOPNOTSUPP) from None
+
+    def _control_value(self, name: XAttrNameT, ctx: RequestContext) -> bytes:
+        root = os.fstat(self.inodes[pyfuse3.ROOT_INODE].fd)
+        groups = pyfuse3.get_sup_groups(ctx.pid) | {ctx.gid}
+        if not _may_access(root, os.R_OK, ctx.uid, groups):
+            raise FUSEError(errno.EACCES)  # readable by whoever may list the root
+        if name == STATISTICS_XATTR:
+            return json.dumps(self.statistics()).encode()
+        setting = self.setting
+        return json.dumps(
+            {
+                "spec": setting.spec,
+                "description": setting.describe(),
+                **asdict(setting),
+                "history": [{"mode": spec, "at": at} for spec, at in self.mode_history],
+            }
+        ).encode()
 
     @_handler
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        if inode == pyfuse3.ROOT_INODE and name == STATISTICS_XATTR:
-            return json.dumps(self.statistics()).encode()
+        if inode == pyfuse3.ROOT_INODE and name in CONTROL_XATTRS:
+            return self._control_value(name, ctx)
         return os.getxattr(self.inodes[inode].proc_path, name)
 
     @_handler
@@ -549,6 +688,7 @@ class Filesystem(pyfuse3.Operations):
         return [os.fsencode(n) for n in os.listxattr(self.inodes[inode].proc_path)]
 
     @_handler
+    @_update
     async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
         os.removexattr(self.inodes[inode].proc_path, name)
 

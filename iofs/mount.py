@@ -20,16 +20,17 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
 import pyfuse3
 import trio
 
-from .backends import DEFAULT_ENGINE, EngineConfig, EngineUnavailable, create_engine
+from .backends import EngineConfig, EngineUnavailable, create_engine
 from .errors import IofsError
 from .fs import Filesystem
+from .modes import DEFAULT_MODE, BadSetting, resolve
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,11 @@ FSTYPE = "fuse.iofs"
 class MountOptions:
     backing: Path
     mountpoint: Path
-    engine: str = DEFAULT_ENGINE
+    #: A mode name; *engine*, ``engine_config.direct`` and *caching* override its parts.
+    mode: str = DEFAULT_MODE
+    engine: str | None = None
     engine_config: EngineConfig = field(default_factory=EngineConfig)
+    caching: str | None = None
     fuse_options: frozenset[str] = field(default_factory=frozenset)
     foreground: bool = False
     debug: bool = False
@@ -181,9 +185,15 @@ def mount(opts: MountOptions) -> None:
     if not os.path.exists("/dev/fuse"):
         raise IofsError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
     try:
-        engine = create_engine(opts.engine, opts.engine_config)
-    except EngineUnavailable as exc:
-        raise IofsError(str(exc)) from None
+        setting = resolve(
+            opts.mode,
+            engine=opts.engine,
+            direct=opts.engine_config.direct,
+            caching=opts.caching,
+        )
+        engine = create_engine(setting.engine, replace(opts.engine_config, direct=setting.direct))
+    except (BadSetting, EngineUnavailable) as exc:
+        raise IofsError(f"{exc}") from None
     log_file = opts.log_file.absolute() if opts.log_file else None  # the daemon does chdir /
     if log_file is None and not opts.foreground:
         log_file = default_log_path(mountpoint)
@@ -191,7 +201,11 @@ def mount(opts: MountOptions) -> None:
 
     root_fd = os.open(backing, os.O_PATH | os.O_DIRECTORY)
     fs = Filesystem(
-        root_fd, engine, attr_timeout=opts.attr_timeout, entry_timeout=opts.entry_timeout
+        root_fd,
+        engine,
+        setting=setting,
+        attr_timeout=opts.attr_timeout,
+        entry_timeout=opts.entry_timeout,
     )
     try:
         with _stderr_captured() as captured:
@@ -212,15 +226,14 @@ def mount(opts: MountOptions) -> None:
                         "started": psutil.Process().create_time(),
                         "backing": str(backing),
                         "mountpoint": str(mountpoint),
-                        "engine": engine.name,
-                        "direct": engine.direct,
+                        "mode": setting.spec,
                         "log": str(log_file) if log_file else None,
                     }
                 )
             )
             # The kernel has applied the caller's umask to every mode it sends.
             os.umask(0)
-            log.info("serving %s at %s with engine %s", backing, mountpoint, engine.name)
+            log.info("serving %s at %s in mode %s", backing, mountpoint, setting.describe())
             detach = trio.run(_serve, fs, mountpoint, ready, opts.max_tasks)
         except Exception:
             log.exception("the daemon failed")
@@ -285,14 +298,13 @@ async def _serve(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_signals, name="iofs-signals")
-        fs.engine.start(nursery)
+        fs.start(nursery)
         try:
             ready()
             await pyfuse3.main(min_tasks=1, max_tasks=max_tasks)
         finally:
-            # Every request handler has returned: nothing is left in flight to drain.
-            with trio.CancelScope(shield=True):
-                await fs.engine.aclose()
+            # Every request handler has returned: the engines only have to drain.
+            await fs.aclose()
             nursery.cancel_scope.cancel()
     return detach
 
@@ -404,7 +416,11 @@ def start_daemon(
     *program* is what runs ``iofs`` (tests substitute a daemon with an injected fault).
     The caller owns the child: `stop_daemon` unmounts and reaps it.
     """
-    command = [*program, "mount", "--foreground", "--engine", opts.engine]
+    command = [*program, "mount", "--foreground", "--mode", opts.mode]
+    if opts.engine is not None:
+        command += ["--engine", opts.engine]
+    if opts.caching is not None:
+        command += ["--cache", opts.caching]
     config = opts.engine_config
     if config.direct is not None:
         command.append("--direct" if config.direct else "--no-direct")

@@ -130,7 +130,7 @@ def start_mount(
     opts = MountOptions(
         backing,
         mountpoint,
-        name,
+        engine=name,
         engine_config=config,
         fuse_options=frozenset(options),
         log_file=log,
