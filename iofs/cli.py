@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+import rich.console
+
 from .backends import DEFAULT_ENGINE, ENGINES, Capability, EngineConfig
 from .errors import IofsError
 from .modes import CACHINGS, DEFAULT_MODE, MODES, resolve
@@ -132,6 +134,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds the kernel may cache name lookups (default 1)",
     )
+    mount.add_argument(
+        "--stats-log",
+        type=Path,
+        metavar="FILE",
+        help="append a statistics snapshot (a JSON line) to FILE every --stats-interval",
+    )
+    mount.add_argument(
+        "--stats-interval", type=_seconds, default=1.0, metavar="S", help="default 1 s"
+    )
     mount.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     umount = commands.add_parser("umount", help="unmount (also a mount whose daemon died)")
@@ -167,6 +178,19 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         metavar="SETTING",
         help="NAME[,engine=E][,direct=on|off][,cache=kernel|none]",
+    )
+
+    stats = commands.add_parser("stats", help="a statistics snapshot of a mounted iofs")
+    stats.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    stats.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
+
+    top = commands.add_parser("top", help="a live dashboard of a mounted iofs")
+    top.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    top.add_argument(
+        "--interval", type=_seconds, default=1.0, metavar="S", help="refresh every S seconds"
+    )
+    top.add_argument(
+        "--count", type=_positive_int, default=None, metavar="N", help="stop after N refreshes"
     )
     return parser
 
@@ -217,6 +241,8 @@ def _run(args: argparse.Namespace) -> int:
                 attr_timeout=args.attr_timeout,
                 entry_timeout=args.entry_timeout,
                 log_file=args.log,
+                stats_log=args.stats_log.absolute() if args.stats_log else None,
+                stats_interval=args.stats_interval,
             )
         )
         return 0
@@ -255,7 +281,41 @@ def _run(args: argparse.Namespace) -> int:
             at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
             print(f"  {at}  {entry['mode']}")
         return 0
+    if args.command == "stats":
+        from .control import read_statistics
+        from .render import stats_table
+
+        snapshot = read_statistics(args.mountpoint)
+        if args.json:
+            print(snapshot.to_json())
+        else:
+            rich.console.Console().print(stats_table(snapshot))
+        return 0
+    if args.command == "top":
+        return _top(args.mountpoint, args.interval, args.count)
     raise AssertionError(args.command)
+
+
+def _top(mountpoint: Path, interval: float, count: int | None) -> int:
+    """Refresh the dashboard in place every *interval* seconds until Ctrl-C (or *count*)."""
+    import rich.live
+
+    from .control import read_statistics
+    from .render import dashboard
+
+    older = None
+    newer = read_statistics(mountpoint)
+    refreshes = 0
+    with rich.live.Live(dashboard(newer), auto_refresh=False, screen=False) as live:
+        try:
+            while count is None or refreshes < count:
+                time.sleep(interval)
+                older, newer = newer, read_statistics(mountpoint)
+                live.update(dashboard(newer, older), refresh=True)
+                refreshes += 1
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 def _modes_text() -> str:

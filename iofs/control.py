@@ -18,6 +18,7 @@ from .errors import IofsError
 from .fs import MODE_XATTR, STATISTICS_XATTR
 from .modes import BadSetting, Setting, parse_setting
 from .mount import FSTYPE, find_mount, is_disconnected
+from .stats import Snapshot
 
 
 def _checked_mountpoint(mountpoint: Path) -> Path:
@@ -47,8 +48,15 @@ def read_mode(mountpoint: Path) -> dict[str, Any]:
     return _read(mountpoint, MODE_XATTR)
 
 
-def read_statistics(mountpoint: Path) -> dict[str, Any]:
-    return _read(mountpoint, STATISTICS_XATTR)
+def read_statistics(mountpoint: Path) -> Snapshot:
+    """A statistics snapshot of the live mount."""
+    path = _checked_mountpoint(mountpoint)
+    try:
+        return Snapshot.from_json(os.getxattr(path, STATISTICS_XATTR).decode())
+    except OSError as exc:
+        raise IofsError(f"cannot read the statistics of {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise IofsError(f"{path} answered statistics iofs cannot read: {exc}") from None
 
 
 def set_mode(mountpoint: Path, spec: str) -> Setting:

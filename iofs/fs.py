@@ -18,7 +18,6 @@ import logging
 import os
 import reprlib
 import stat
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -45,7 +44,8 @@ from . import syscalls
 from .backends import Buffer, Engine, EngineUnavailable, create_engine
 from .inodes import Inode, InodeTable, key_of, proc_path
 from .metadata import MetadataQueue
-from .modes import CACHINGS, MAX_SPEC, BadSetting, Setting, parse_setting, resolve
+from .modes import CACHINGS, MAX_SPEC, BadSetting, Setting, parse_setting
+from .stats import Recorder, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ STATISTICS_XATTR = b"iofs.statistics"
 #: Only the mount's owner and root may write it. Not listed either.
 MODE_XATTR = b"iofs.mode"
 CONTROL_XATTRS = frozenset({STATISTICS_XATTR, MODE_XATTR})
+#: The most an xattr value may hold (Linux's XATTR_SIZE_MAX).
+XATTR_SIZE_MAX = 65536
 
 # Flags the kernel may pass to open/create that must not reach the backing open():
 # the kernel has already resolved creation and the final path component, O_NOFOLLOW
@@ -79,18 +81,31 @@ def _handler(
     bug: it is logged with its traceback and answered with EIO, and the daemon goes on.
     """
 
+    op = fn.__name__
+    counts_bytes = op in ("read", "write")
+
     @functools.wraps(fn)
     async def wrapper(self: FS, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        recorder = self.recorder
+        start = recorder.begin(op)
+        error = True
+        nbytes = 0
         try:
-            return await fn(self, *args, **kwargs)
+            result = await fn(self, *args, **kwargs)
+            error = False
+            if counts_bytes:  # read returns the data, write the count written
+                nbytes = result if isinstance(result, int) else len(result)  # type: ignore[arg-type]
+            return result
         except FUSEError:
             raise
         except OSError as exc:
             raise FUSEError(exc.errno or errno.EIO) from None
         except Exception:
             self.unexpected_errors += 1
-            log.exception("unexpected error in %s%s", fn.__name__, _short_repr(args))
+            log.exception("unexpected error in %s%s", op, _short_repr(args))
             raise FUSEError(errno.EIO) from None
+        finally:
+            recorder.end(op, start, error=error, nbytes=nbytes)
 
     return wrapper
 
@@ -142,13 +157,19 @@ class Filesystem(pyfuse3.Operations):
         super().__init__()
         self.inodes = InodeTable(root_fd)
         self.engine = engine
-        self.setting = setting or resolve("blocking", engine=engine.name)
+        self.setting = setting or Setting(
+            mode="blocking",
+            engine=engine.name,
+            direct=engine.direct,
+            metadata="inline",
+            caching="kernel",
+        )
         self.mount_attr_timeout = attr_timeout
         self.mount_entry_timeout = entry_timeout
         self.metadata_queue = MetadataQueue()
         #: The user who mounted: with root, the only one who may switch modes.
         self.owner = os.getuid()
-        self.mode_history: list[tuple[str, float]] = [(self.setting.spec, time.time())]
+        self.recorder = Recorder(self.setting.spec)
         self._draining: set[Engine] = set()  # old engines finishing their operations
         self._nursery: trio.Nursery | None = None
         self.as_root = os.geteuid() == 0
@@ -163,6 +184,7 @@ class Filesystem(pyfuse3.Operations):
         self._nursery = nursery
         self.engine.start(nursery)
         nursery.start_soon(self.metadata_queue.serve, name="iofs-metadata-queue")
+        self.recorder.start(nursery)  # the loop-lag heartbeat
 
     async def aclose(self) -> None:
         """Drain and close every engine (once no request is being served)."""
@@ -184,7 +206,7 @@ class Filesystem(pyfuse3.Operations):
             self._draining.add(old)
             self._nursery.start_soon(self._drain, old, name=f"iofs-drain-{old.name}")
         self.setting = setting
-        self.mode_history.append((setting.spec, time.time()))
+        self.recorder.mode_changed(setting.spec)
         log.info("mode switched to %s", setting.describe())
 
     async def _drain(self, engine: Engine) -> None:
@@ -320,17 +342,21 @@ class Filesystem(pyfuse3.Operations):
         for engine in self._draining:
             engine.forget(fd)
 
-    def statistics(self) -> dict[str, object]:
+    def counters(self) -> dict[str, int]:
+        """The filesystem's own counters (the statistics' ``extra`` part)."""
+        queue = self.metadata_queue.statistics()
         return {
-            "mode": self.setting.spec,
-            "engine": asdict(self.engine.statistics()),
-            "draining_engines": [asdict(engine.statistics()) for engine in self._draining],
-            "metadata_queue": self.metadata_queue.statistics(),
             "inodes": len(self.inodes),
             "open_files": len(self._files),
             "open_dirs": len(self._dirs),
             "unexpected_errors": self.unexpected_errors,
+            "draining_engines": len(self._draining),
+            **{f"metadata_queue_{name}": value for name, value in queue.items()},
         }
+
+    def statistics(self) -> Snapshot:
+        engines = [self.engine, *self._draining]
+        return self.recorder.snapshot([e.statistics() for e in engines], self.counters())
 
     # -- inodes -----------------------------------------------------------------------
     @_handler
@@ -666,14 +692,14 @@ class Filesystem(pyfuse3.Operations):
         if not _may_access(root, os.R_OK, ctx.uid, groups):
             raise FUSEError(errno.EACCES)  # readable by whoever may list the root
         if name == STATISTICS_XATTR:
-            return json.dumps(self.statistics()).encode()
+            return self.statistics().to_json_within(XATTR_SIZE_MAX).encode()
         setting = self.setting
         return json.dumps(
             {
                 "spec": setting.spec,
                 "description": setting.describe(),
                 **asdict(setting),
-                "history": [{"mode": spec, "at": at} for spec, at in self.mode_history],
+                "history": [{"mode": spec, "at": at} for spec, at in self.recorder.mode_history],
             }
         ).encode()
 

@@ -53,6 +53,9 @@ class MountOptions:
     entry_timeout: float = 1.0
     log_file: Path | None = None
     max_tasks: int = 64
+    #: Append a statistics snapshot (one JSON line) to this file every *stats_interval* s.
+    stats_log: Path | None = None
+    stats_interval: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -234,7 +237,7 @@ def mount(opts: MountOptions) -> None:
             # The kernel has applied the caller's umask to every mode it sends.
             os.umask(0)
             log.info("serving %s at %s in mode %s", backing, mountpoint, setting.describe())
-            detach = trio.run(_serve, fs, mountpoint, ready, opts.max_tasks)
+            detach = trio.run(_serve, fs, mountpoint, ready, opts)
         except Exception:
             log.exception("the daemon failed")
             raise
@@ -273,7 +276,7 @@ def _stderr_captured() -> Iterator[Callable[[], str]]:
 
 
 async def _serve(
-    fs: Filesystem, mountpoint: Path, ready: Callable[[], None], max_tasks: int
+    fs: Filesystem, mountpoint: Path, ready: Callable[[], None], opts: MountOptions
 ) -> bool:
     """Serve requests until unmounted; return True if we must still unmount (lazily)."""
     detach = False
@@ -299,14 +302,29 @@ async def _serve(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_signals, name="iofs-signals")
         fs.start(nursery)
+        if opts.stats_log is not None:
+            nursery.start_soon(
+                _log_statistics, fs, opts.stats_log, opts.stats_interval, name="iofs-stats-log"
+            )
         try:
             ready()
-            await pyfuse3.main(min_tasks=1, max_tasks=max_tasks)
+            await pyfuse3.main(min_tasks=1, max_tasks=opts.max_tasks)
         finally:
             # Every request handler has returned: the engines only have to drain.
             await fs.aclose()
             nursery.cancel_scope.cancel()
     return detach
+
+
+async def _log_statistics(fs: Filesystem, path: Path, interval: float) -> None:
+    """Append one compact JSON snapshot per line to *path*, every *interval* seconds."""
+    try:
+        with open(path, "a", buffering=1) as log_file:  # line-buffered: lines land whole
+            while True:
+                log_file.write(fs.statistics().to_json(indent=None) + "\n")
+                await trio.sleep(interval)
+    except Exception:  # the filesystem must go on serving without its log
+        log.exception("statistics log %s stopped", path)
 
 
 def _daemonize(log_file: Path | None) -> Callable[[], None]:
@@ -433,6 +451,9 @@ def start_daemon(
         command.append("--debug")
     if opts.log_file is not None:
         command += ["--log", str(opts.log_file)]
+    if opts.stats_log is not None:
+        command += ["--stats-log", str(opts.stats_log)]
+        command += ["--stats-interval", str(opts.stats_interval)]
     command += [str(opts.backing), str(opts.mountpoint)]
     mountpoint = Path(os.path.realpath(opts.mountpoint))
     daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL)

@@ -57,9 +57,17 @@ class Mount:
         return data
 
     def engine_statistics(self) -> dict[str, int]:
-        engine = self.statistics()["engine"]
-        assert isinstance(engine, dict)
+        """The current engine's counters."""
+        engines = self.statistics()["engines"]
+        assert isinstance(engines, list)
+        engine: dict[str, int] = engines[0]
         return engine
+
+    def counters(self) -> dict[str, int]:
+        """The filesystem's own counters (inodes, open files, unexpected errors...)."""
+        extra = self.statistics()["extra"]
+        assert isinstance(extra, dict)
+        return extra
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

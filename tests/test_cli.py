@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from iofs.backends import ENGINES
+from iofs.modes import MODES
 from iofs.mount import default_log_path, find_mount, is_disconnected, state_path
 
 from .conftest import Mount, MountFactory, needs_fuse, scratch_dir
@@ -239,8 +240,20 @@ def test_usage_errors_are_one_line_and_status_2(args: tuple[str, ...]) -> None:
 def test_engines_lists_every_engine() -> None:
     result = iofs("engines")
     assert result.returncode == 0
-    assert result.stdout.split()[0] == "blocking"
-    assert "available" in result.stdout
+    listed = [line.split()[0] for line in result.stdout.splitlines() if not line[0].isspace()]
+    assert listed == sorted(ENGINES)
+    for name, cls in ENGINES.items():
+        reason = cls.probe()
+        assert (reason or "available") in result.stdout, name
+        assert cls.summary in result.stdout
+
+
+def test_modes_describe_every_mode() -> None:
+    result = iofs("modes")
+    assert result.returncode == 0
+    for name, mode in MODES.items():
+        assert f"{name} (engine {mode.engine}" in result.stdout
+    assert result.stdout.count("  expect ") == len(MODES)
 
 
 @needs_fuse

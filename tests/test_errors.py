@@ -32,4 +32,4 @@ def test_unexpected_exception_is_eio_and_the_daemon_keeps_serving(
     log = mnt.log_text()
     assert "unexpected error in read" in log
     assert "Traceback" in log and "RuntimeError: injected engine bug" in log
-    assert mnt.statistics()["unexpected_errors"] == 1
+    assert mnt.counters()["unexpected_errors"] == 1

@@ -130,7 +130,7 @@ async def test_data_goes_through_the_engine(fs: Filesystem) -> None:
     assert [c[0] for c in engine.calls] == ["write", "read", "fsync", "fsync"]
     assert [c[2] for c in engine.calls if c[0] == "fsync"] == [True, False]
     await fs.release(info.fh)
-    assert fs.statistics()["open_files"] == 0
+    assert fs.counters()["open_files"] == 0
 
 
 @pytest.mark.trio

@@ -1,0 +1,381 @@
+"""Rich renderings of the statistics: ``iofs stats`` and ``iofs top``.
+
+Pure functions of `iofs.stats` data: they build rich renderables and print nothing.
+Names that come from outside (modes, engines) are escaped, never read as markup.
+Latencies are shown in human units (ns, µs, ms, s) with three significant digits, sizes
+in binary units (KiB, MiB, GiB), rates per second.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from .backends.base import EngineStatistics
+from .stats import (
+    PERCENTILES,
+    HistogramSnapshot,
+    Interval,
+    OperationInterval,
+    OperationSnapshot,
+    Snapshot,
+    diff,
+)
+
+#: Mode switches the dashboard shows (the latest ones).
+DASHBOARD_MODES = 4
+
+_MiB = 1 << 20
+
+
+# -- units ---------------------------------------------------------------------------------
+def _significant(value: float) -> str:
+    """Three significant digits for a value in [1, 1000)."""
+    if value < 10:
+        return f"{value:.2f}"
+    if value < 100:
+        return f"{value:.1f}"
+    return f"{value:.0f}"
+
+
+def format_ns(ns: float) -> str:
+    """A duration in nanoseconds, in the unit that keeps it between 1 and 1000."""
+    if ns < 1_000:
+        return f"{ns:.0f}ns"
+    for unit, scale in (("µs", 1e3), ("ms", 1e6)):
+        if ns < scale * 999.5:  # 999.7 µs is "1.00ms", not "1000µs"
+            return _significant(ns / scale) + unit
+    return _significant(ns / 1e9) + "s" if ns < 999.5e9 else f"{ns / 1e9:,.0f}s"
+
+
+def format_bytes(count: float) -> str:
+    """A byte count in binary units: ``512 B``, ``4.00 KiB``, ``1.50 GiB``."""
+    if count < 1024:
+        return f"{count:.0f} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        count /= 1024
+        if count < 999.5:
+            return f"{_significant(count)} {unit}"
+    return f"{count / 1024:,.1f} PiB"
+
+
+def format_duration(seconds: float) -> str:
+    """An uptime: ``42.0s``, ``12:03`` (minutes), ``1:02:03``, ``3d 01:02:03``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours}:{minutes:02}:{secs:02}" if hours or days else f"{minutes}:{secs:02}"
+    return f"{days}d {clock}" if days else clock
+
+
+def format_rate(per_second: float) -> str:
+    """A rate: whole numbers with thousands separators, one decimal below 10."""
+    return f"{per_second:.1f}" if 0 < per_second < 10 else f"{per_second:,.0f}"
+
+
+def format_clock(at: float, *, date: bool = False) -> str:
+    """A wall-clock time (Unix seconds) in local time."""
+    return time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", time.localtime(at))
+
+
+def _latencies(histogram: HistogramSnapshot, quantiles: Iterable[float]) -> list[str]:
+    if not histogram.count:
+        return ["-" for _ in quantiles]
+    return [format_ns(histogram.percentile(q)) for q in quantiles]
+
+
+def _count(value: int) -> str:
+    return f"{value:,}"
+
+
+def _errors(value: str, nonzero: bool) -> Text:
+    return Text(value, style="bold red" if nonzero else "")
+
+
+def _line(*parts: str | Text) -> Text:
+    """Parts (markup strings or Text) joined by a dim separator."""
+    line = Text()
+    for index, part in enumerate(parts):
+        if index:
+            line.append(" · ", style="dim")
+        line.append_text(Text.from_markup(part) if isinstance(part, str) else part)
+    return line
+
+
+# -- iofs stats --------------------------------------------------------------------------------
+def stats_table(snapshot: Snapshot) -> RenderableType:
+    """A snapshot as tables: summary, operations, engines and mode history."""
+    parts: list[RenderableType] = [_summary(snapshot), _operations_table(snapshot)]
+    if snapshot.engines:
+        parts.append(_engines_table(snapshot.engines))
+    if len(snapshot.mode_history) > 1:
+        parts.append(_modes_table(snapshot.mode_history))
+    return Group(*parts)
+
+
+def _summary(snapshot: Snapshot) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    entered = snapshot.mode_history[-1][1] if snapshot.mode_history else snapshot.time
+    grid.add_row(
+        "mode", f"[bold cyan]{escape(snapshot.mode)}[/] since {format_clock(entered, date=True)}"
+    )
+    grid.add_row(
+        "uptime",
+        f"{format_duration(snapshot.uptime)}, snapshot at {format_clock(snapshot.time, date=True)}",
+    )
+    process = snapshot.process
+    grid.add_row(
+        "process",
+        _line(
+            f"CPU {process.cpu_user:,.2f}s user, {process.cpu_system:,.2f}s system",
+            f"RSS {format_bytes(process.rss)}",
+            f"{process.threads} threads",
+            f"context switches {process.ctx_switches_voluntary:,} voluntary, "
+            f"{process.ctx_switches_involuntary:,} involuntary",
+        ),
+    )
+    if snapshot.extra:
+        grid.add_row(
+            "filesystem",
+            _line(
+                *(f"{name.replace('_', ' ')} {value:,}" for name, value in snapshot.extra.items())
+            ),
+        )
+    lag = snapshot.loop_lag
+    grid.add_row(
+        "loop lag",
+        _line(
+            *(
+                f"p{q:g} {value}"
+                for q, value in zip(PERCENTILES, _latencies(lag, PERCENTILES), strict=True)
+            ),
+            f"max {format_ns(lag.max) if lag.count else '-'}",
+            f"{lag.count:,} wake-ups",
+        ),
+    )
+    return grid
+
+
+def _operations_table(snapshot: Snapshot) -> Table:
+    table = Table(
+        title="FUSE operations since start",
+        caption="latency: handler start to reply, failed requests included",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("operation", no_wrap=True)
+    for heading in ("count", "errors", "bytes", "in flight", "max"):
+        table.add_column(heading, justify="right", no_wrap=True)
+    for q in PERCENTILES:
+        table.add_column(f"p{q:g}", justify="right", no_wrap=True)
+    table.add_column("max lat", justify="right", no_wrap=True)
+    table.add_column("mean", justify="right", no_wrap=True)
+    for kind in ("data", "metadata"):
+        rows = sorted(
+            ((name, op) for name, op in snapshot.operations.items() if op.kind == kind),
+            key=lambda item: (-item[1].count, item[0]),
+        )
+        if not rows:
+            continue
+        table.add_row(f"[bold]{kind}[/]")
+        for index, (name, op) in enumerate(rows):
+            table.add_row(*_operation_cells(name, op), end_section=index == len(rows) - 1)
+    if not snapshot.operations:
+        table.add_row("[dim]no requests yet[/]")
+    return table
+
+
+def _operation_cells(name: str, op: OperationSnapshot) -> list[str | Text]:
+    latency = op.latency
+    return [
+        f"  {name}",
+        _count(op.count),
+        _errors(_count(op.errors), op.errors > 0),
+        format_bytes(op.bytes) if op.bytes else "-",
+        _count(op.in_flight),
+        _count(op.max_in_flight),
+        *_latencies(latency, PERCENTILES),
+        format_ns(latency.max) if latency.count else "-",
+        format_ns(latency.mean) if latency.count else "-",
+    ]
+
+
+def _engines_table(engines: Sequence[EngineStatistics]) -> Table:
+    table = Table(title="I/O engines", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("counter", no_wrap=True)
+    for index, engine in enumerate(engines):
+        role = "current" if index == 0 else "draining"
+        table.add_column(Text(f"{engine.engine} ({role})"), justify="right", no_wrap=True)
+
+    def row(label: str, *cells: str) -> None:
+        table.add_row(label, *cells)
+
+    row("direct I/O", *("on" if e.direct else "off" for e in engines))
+    row("queue depth", *(_count(e.queue_depth) for e in engines))
+    for label, attribute in (
+        ("reads", "reads"),
+        ("writes", "writes"),
+        ("fsyncs", "fsyncs"),
+        ("fdatasyncs", "fdatasyncs"),
+    ):
+        row(label, *(_count(getattr(e, attribute)) for e in engines))
+    row("bytes read", *(format_bytes(e.bytes_read) for e in engines))
+    row("bytes written", *(format_bytes(e.bytes_written) for e in engines))
+    for label, attribute in (
+        ("errors", "errors"),
+        ("in flight", "in_flight"),
+        ("max in flight", "max_in_flight"),
+        ("submits", "submits"),
+        ("completions", "completions"),
+        ("max batch", "max_batch"),
+        ("direct ops", "direct_ops"),
+        ("bounced (unaligned reads)", "bounced"),
+        ("buffered (wanted direct)", "buffered"),
+        ("fallbacks", "fallbacks"),
+    ):
+        row(label, *(_count(getattr(e, attribute)) for e in engines))
+    details = sorted({name for e in engines for name in e.details})
+    for name in details:
+        row(f"[dim]{name}[/]", *(_count(e.details.get(name, 0)) for e in engines))
+    return table
+
+
+def _modes_table(history: Sequence[tuple[str, float]]) -> Table:
+    table = Table(title="mode history", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("entered", no_wrap=True)
+    table.add_column("mode", no_wrap=True)
+    for name, at in history:
+        table.add_row(format_clock(at, date=True), Text(name))
+    return table
+
+
+# -- iofs top ----------------------------------------------------------------------------------
+def dashboard(newer: Snapshot, older: Snapshot | None = None) -> RenderableType:
+    """The ``iofs top`` screen for the interval from *older* to *newer*.
+
+    With *older* None it shows averages since start and cumulative percentiles.
+    """
+    interval = diff(newer, older)
+    parts: list[RenderableType] = [_header(interval), _rates_table(interval)]
+    engine_line = _engine_line(interval)
+    if engine_line is not None:
+        parts.append(engine_line)
+    if len(newer.engines) > 1:
+        draining = (f"{escape(e.engine)} ({e.in_flight:,} in flight)" for e in newer.engines[1:])
+        parts.append(_line("[bold]draining[/] " + next(draining), *draining))
+    if len(newer.mode_history) > 1:
+        shown = newer.mode_history[-DASHBOARD_MODES:]
+        modes = Text.assemble(("modes ", "bold"))
+        if len(newer.mode_history) > len(shown):
+            modes.append("… ", style="dim")
+        for index, (name, at) in enumerate(shown):
+            if index:
+                modes.append(" → ", style="dim")
+            modes.append(f"{format_clock(at)} {name}")
+        parts.append(modes)
+    return Group(*parts)
+
+
+def _header(interval: Interval) -> Text:
+    newer = interval.newer
+    engine = newer.engine
+    lag_p99 = format_ns(interval.loop_lag.percentile(99)) if interval.loop_lag.count else "-"
+    span = "averages since start" if interval.since_start else f"last {interval.seconds:.1f}s"
+    switches = interval.ctx_switches_voluntary_per_s + interval.ctx_switches_involuntary_per_s
+    first = _line(
+        f"[bold]iofs top[/] mode [bold cyan]{escape(newer.mode)}[/]",
+        f"up {format_duration(newer.uptime)}",
+        f"engine {_engine_name(engine)}" if engine else "no engine",
+        f"in flight [bold]{newer.in_flight:,}[/]",
+        span,
+    )
+    second = _line(
+        f"loop lag p99 [bold]{lag_p99}[/]",
+        f"CPU [bold]{interval.cpu_user_percent:.0f}%[/] user "
+        f"[bold]{interval.cpu_system_percent:.0f}%[/] sys",
+        f"{format_rate(switches)} ctx switches/s",
+        f"RSS {format_bytes(newer.process.rss)}",
+    )
+    return Text("\n").join([first, second])
+
+
+def _engine_name(engine: EngineStatistics) -> str:
+    io = "direct" if engine.direct else "buffered"
+    return f"[bold]{escape(engine.engine)}[/] ({io}, qd {engine.queue_depth})"
+
+
+def _rates_table(interval: Interval) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("operation", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    for heading in ("ops/s", "MiB/s", "p50", "p99", "p99.9", "in flight", "errors/s"):
+        table.add_column(heading, justify="right", no_wrap=True)
+    active = sorted(
+        ((name, op) for name, op in interval.operations.items() if op.count or op.in_flight),
+        key=lambda item: (-item[1].ops_per_s, -item[1].in_flight, item[0]),
+    )
+    for name, op in active:
+        table.add_row(*_rate_cells(name, op))
+    if not active:
+        table.add_row("[dim]idle[/]")
+    else:
+        ops = [op for _, op in active]
+        errors = sum(op.errors_per_s for op in ops)
+        table.add_section()
+        table.add_row(
+            "[bold]all[/]",
+            "",
+            format_rate(sum(op.ops_per_s for op in ops)),
+            f"{sum(op.bytes_per_s for op in ops) / _MiB:,.1f}",
+            "",
+            "",
+            "",
+            _count(sum(op.in_flight for op in ops)),
+            _errors(format_rate(errors), errors > 0),
+        )
+    return table
+
+
+def _rate_cells(name: str, op: OperationInterval) -> list[str | Text]:
+    return [
+        f"[bold]{name}[/]" if op.kind == "data" else name,
+        op.kind,
+        format_rate(op.ops_per_s),
+        f"{op.bytes_per_s / _MiB:,.1f}" if op.bytes else "-",
+        *_latencies(op.latency, (50, 99, 99.9)),
+        _count(op.in_flight),
+        _errors(format_rate(op.errors_per_s), op.errors > 0),
+    ]
+
+
+def _engine_line(interval: Interval) -> Text | None:
+    engine = interval.engine
+    if engine is None:
+        return None
+    batch = f"{engine.mean_batch:.2f}" if engine.mean_batch is not None else "-"
+    rates = _line(
+        f"[bold]engine[/] {escape(engine.engine)}",
+        f"in flight {engine.in_flight:,}/{engine.queue_depth:,}",
+        f"{format_rate(engine.submits_per_s)} submits/s",
+        f"{format_rate(engine.completions_per_s)} completions/s",
+        f"mean batch {batch}",
+    )
+    paths = _line(
+        f"[bold]paths/s[/] direct {format_rate(engine.direct_ops_per_s)}",
+        f"bounced {format_rate(engine.bounced_per_s)}",
+        f"buffered {format_rate(engine.buffered_per_s)}",
+        f"fallbacks {format_rate(engine.fallbacks_per_s)}",
+        _errors(f"errors {format_rate(engine.errors_per_s)}", engine.errors_per_s > 0),
+    )
+    return Text("\n").join([rates, paths])
