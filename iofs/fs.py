@@ -18,6 +18,7 @@ import logging
 import os
 import reprlib
 import stat
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -59,6 +60,9 @@ MODE_XATTR = b"iofs.mode"
 CONTROL_XATTRS = frozenset({STATISTICS_XATTR, MODE_XATTR})
 #: The most an xattr value may hold (Linux's XATTR_SIZE_MAX).
 XATTR_SIZE_MAX = 65536
+#: Seconds within which a process's second read of the statistics gets the first one's
+#: text (see `Filesystem._statistics_for`).
+_STATISTICS_REUSE = 0.1
 
 # Flags the kernel may pass to open/create that must not reach the backing open():
 # the kernel has already resolved creation and the final path component, O_NOFOLLOW
@@ -172,6 +176,7 @@ class Filesystem(pyfuse3.Operations):
         self.recorder = Recorder(self.setting.spec)
         self._draining: set[Engine] = set()  # old engines finishing their operations
         self._nursery: trio.Nursery | None = None
+        self._statistics_cache: dict[int, tuple[float, bytes]] = {}  # pid -> (when, JSON)
         self.as_root = os.geteuid() == 0
         self.unexpected_errors = 0
         self._files: dict[int, Inode] = {}  # backing fd (also the handle) -> inode
@@ -692,7 +697,7 @@ class Filesystem(pyfuse3.Operations):
         if not _may_access(root, os.R_OK, ctx.uid, groups):
             raise FUSEError(errno.EACCES)  # readable by whoever may list the root
         if name == STATISTICS_XATTR:
-            return self.statistics().to_json_within(XATTR_SIZE_MAX).encode()
+            return self._statistics_for(ctx.pid)
         setting = self.setting
         return json.dumps(
             {
@@ -702,6 +707,25 @@ class Filesystem(pyfuse3.Operations):
                 "history": [{"mode": spec, "at": at} for spec, at in self.recorder.mode_history],
             }
         ).encode()
+
+    def _statistics_for(self, pid: int) -> bytes:
+        """The statistics JSON; a second read by *pid* right after gets the same text.
+
+        Readers ask twice: getfattr for the size and then the value, Python with a small
+        buffer and then a large one. A fresh snapshot the second time would be longer
+        and not fit (ERANGE), so the first answer is kept for one more read by the same
+        process, for a moment.
+        """
+        now = time.monotonic()
+        cached = self._statistics_cache.pop(pid, None)
+        if cached is not None and now - cached[0] < _STATISTICS_REUSE:
+            return cached[1]
+        value = self.statistics().to_json_within(XATTR_SIZE_MAX).encode()
+        self._statistics_cache = {
+            p: c for p, c in self._statistics_cache.items() if now - c[0] < _STATISTICS_REUSE
+        }
+        self._statistics_cache[pid] = (now, value)
+        return value
 
     @_handler
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:

@@ -129,6 +129,8 @@ def start_mount(
     options: tuple[str, ...] = (),
     engine: str = "blocking",
     command: list[str] | None = None,
+    stats_log: Path | None = None,
+    stats_interval: float = 1.0,
 ) -> Mount:
     """Start a foreground daemon and wait until the kernel shows the mount.
 
@@ -142,6 +144,8 @@ def start_mount(
         engine_config=config,
         fuse_options=frozenset(options),
         log_file=log,
+        stats_log=stats_log,
+        stats_interval=stats_interval,
     )
     program = command or [sys.executable, "-m", "iofs"]
     try:
