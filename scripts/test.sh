@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 echo "test: ruff"
-.venv/bin/ruff check iofs tests
-.venv/bin/ruff format --check --quiet iofs tests
+.venv/bin/ruff check iofs tests scripts
+.venv/bin/ruff format --check --quiet iofs tests scripts
 echo "test: mypy"
 .venv/bin/mypy
 echo "test: pytest"

@@ -354,3 +354,27 @@ def test_reads_and_writes_match_a_model(
         assert os.pread(fd, len(model) + 1, 0) == model
     finally:
         os.close(fd)
+
+
+@pytest.mark.trio
+async def test_nowait_reads_half_cached_ranges_completely(tmp_path: Path) -> None:
+    """RWF_NOWAIT stops at the first uncached page: the rest must come from the fallback."""
+    engines = [n for n, c in ENGINES.items() if c.capabilities & Capability.NOWAIT_FIRST]
+    payload = os.urandom(1 << 20)
+    path = tmp_path / "half"
+    path.write_bytes(payload)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for name in engines:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead
+            os.pread(fd, 64 * 1024, 0)  # the first 64 KiB are cached again
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_NORMAL)
+            async with running(create_engine(name)) as engine:
+                assert await engine.read(fd, 0, len(payload)) == payload
+                stats = engine.statistics()
+                engine.forget(fd)
+            assert stats.fallbacks >= 1, stats
+    finally:
+        os.close(fd)

@@ -20,6 +20,7 @@ from .threads import ThreadsEngine
 
 #: errnos that mean "would block" or "not supported with RWF_NOWAIT": retry on a worker.
 _FALL_BACK = frozenset({errno.EAGAIN, errno.EOPNOTSUPP})
+_RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 
 
 class NowaitEngine(ThreadsEngine):
@@ -55,9 +56,25 @@ class NowaitEngine(ThreadsEngine):
         self._fallbacks += 1
 
     async def _pread(self, fd: int, size: int, offset: int) -> Buffer:
+        # The hot path: one allocation, one system call, no further calls.
         buffer = bytearray(size)
-        count = await self._preadinto(fd, memoryview(buffer), offset)
-        del buffer[count:]
+        try:
+            count = os.preadv(fd, (buffer,), offset, _RWF_NOWAIT)
+        except OSError as exc:
+            self._missed(exc)
+            count = await super()._preadinto(fd, memoryview(buffer), offset)
+        else:
+            self._submits += 1
+            self._completions += 1
+            if count != size and count and offset + count < os.fstat(fd).st_size:
+                self._partial += 1
+                self._fallbacks += 1
+                with memoryview(buffer)[count:] as rest:
+                    count += await super()._preadinto(fd, rest, offset + count)
+            else:
+                self._hits += 1
+        if count != size:
+            del buffer[count:]
         return buffer
 
     async def _preadinto(self, fd: int, buffer: memoryview, offset: int) -> int:
