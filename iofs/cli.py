@@ -143,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "--stats-interval", type=_seconds, default=1.0, metavar="S", help="default 1 s"
     )
+    mount.add_argument(
+        "--no-statistics",
+        dest="statistics",
+        action="store_false",
+        help="skip the per-request counters (to measure what they cost)",
+    )
     mount.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     umount = commands.add_parser("umount", help="unmount (also a mount whose daemon died)")
@@ -243,6 +249,7 @@ def _run(args: argparse.Namespace) -> int:
                 log_file=args.log,
                 stats_log=args.stats_log.absolute() if args.stats_log else None,
                 stats_interval=args.stats_interval,
+                statistics=args.statistics,
             )
         )
         return 0

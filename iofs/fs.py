@@ -46,7 +46,7 @@ from .backends import Buffer, Engine, EngineUnavailable, create_engine
 from .inodes import Inode, InodeTable, key_of, proc_path
 from .metadata import MetadataQueue
 from .modes import CACHINGS, MAX_SPEC, BadSetting, Setting, parse_setting
-from .stats import Recorder, Snapshot
+from .stats import QuietRecorder, Recorder, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ class Filesystem(pyfuse3.Operations):
         setting: Setting | None = None,
         attr_timeout: float = 1.0,
         entry_timeout: float = 1.0,
+        statistics: bool = True,
     ) -> None:
         super().__init__()
         self.inodes = InodeTable(root_fd)
@@ -173,7 +174,7 @@ class Filesystem(pyfuse3.Operations):
         self.metadata_queue = MetadataQueue()
         #: The user who mounted: with root, the only one who may switch modes.
         self.owner = os.getuid()
-        self.recorder = Recorder(self.setting.spec)
+        self.recorder = (Recorder if statistics else QuietRecorder)(self.setting.spec)
         self._draining: set[Engine] = set()  # old engines finishing their operations
         self._nursery: trio.Nursery | None = None
         self._statistics_cache: dict[int, tuple[float, bytes]] = {}  # pid -> (when, JSON)

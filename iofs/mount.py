@@ -56,6 +56,8 @@ class MountOptions:
     #: Append a statistics snapshot (one JSON line) to this file every *stats_interval* s.
     stats_log: Path | None = None
     stats_interval: float = 1.0
+    #: Per-request counters and latency histograms (off only to measure their cost).
+    statistics: bool = True
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,7 @@ def mount(opts: MountOptions) -> None:
         setting=setting,
         attr_timeout=opts.attr_timeout,
         entry_timeout=opts.entry_timeout,
+        statistics=opts.statistics,
     )
     try:
         with _stderr_captured() as captured:
@@ -451,6 +454,8 @@ def start_daemon(
         command.append("--debug")
     if opts.log_file is not None:
         command += ["--log", str(opts.log_file)]
+    if not opts.statistics:
+        command.append("--no-statistics")
     if opts.stats_log is not None:
         command += ["--stats-log", str(opts.stats_log)]
         command += ["--stats-interval", str(opts.stats_interval)]

@@ -734,3 +734,17 @@ def diff(newer: Snapshot, older: Snapshot | None = None) -> Interval:
         ctx_switches_voluntary_per_s=voluntary * per_s,
         ctx_switches_involuntary_per_s=involuntary * per_s,
     )
+
+
+class QuietRecorder(Recorder):
+    """A `Recorder` that skips the per-request counters (``iofs mount --no-statistics``).
+
+    Engine statistics, the loop-lag heartbeat, the process counters and the mode history
+    are kept; operations are not. It exists to measure what the counters cost.
+    """
+
+    def begin(self, op: str) -> int:
+        return 0
+
+    def end(self, op: str, start: int, *, error: bool, nbytes: int = 0) -> None:
+        pass
