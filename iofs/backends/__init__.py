@@ -16,6 +16,7 @@ from .base import (
     running,
 )
 from .blocking import BlockingEngine
+from .io_uring import IoUringEngine
 from .nowait import NowaitEngine
 from .threads import ThreadsEngine
 
@@ -23,6 +24,7 @@ ENGINES: dict[str, type[Engine]] = {
     BlockingEngine.name: BlockingEngine,
     ThreadsEngine.name: ThreadsEngine,
     NowaitEngine.name: NowaitEngine,
+    IoUringEngine.name: IoUringEngine,
 }
 
 DEFAULT_ENGINE = BlockingEngine.name
