@@ -10,9 +10,7 @@ import functools
 import itertools
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar, cast
@@ -29,6 +27,7 @@ from hypothesis.stateful import (
 )
 
 from iofs import syscalls
+from iofs.loopfs import LoopFilesystem
 
 from .conftest import FUSE_UNAVAILABLE, ROOT, finish_mount, scratch_dir, start_mount
 from .differential import Outcome, outcome, snapshot
@@ -300,34 +299,6 @@ def fuse_ok() -> None:
         pytest.skip(FUSE_UNAVAILABLE)
 
 
-class LoopFilesystem:
-    """A fresh filesystem image of *kind* mounted on a loop device for the block."""
-
-    def __init__(self, kind: str, mkfs: str) -> None:
-        self.kind, self.mkfs = kind, mkfs
-        self.base = Path(tempfile.mkdtemp(prefix=f"iofs-{kind}-", dir="/tmp"))
-        self.image = self.base / "image"
-        self.target = self.base / "mnt"
-
-    def __enter__(self) -> Path:
-        with open(self.image, "wb") as image:
-            image.truncate(512 * 2**20)  # Btrfs wants >= 114 MiB, XFS >= 300 MiB
-        subprocess.run([self.mkfs, "-q", "-f", str(self.image)], check=True, capture_output=True)
-        self.target.mkdir()
-        subprocess.run(
-            ["mount", "-o", "loop", str(self.image), str(self.target)],
-            check=True,
-            capture_output=True,
-        )
-        self.target.chmod(0o755)
-        return self.target
-
-    def __exit__(self, *exc: object) -> None:
-        # `mount -o loop` attaches the device with autoclear: umount detaches it.
-        subprocess.run(["umount", str(self.target)], check=False, capture_output=True)
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
 @pytest.mark.usefixtures("fuse_ok")
 @pytest.mark.parametrize(
     ("fs_root", "examples"),
@@ -345,10 +316,10 @@ def test_mount_behaves_like_the_backing_filesystem(
     fs_root: Path, examples: int, mount_engine: str, request: pytest.FixtureRequest
 ) -> None:
     """The state machine over every engine. The quick run gives the baseline engine the
-    most examples; the others share its metadata path and get a fifth on native and
+    most examples; the others share its metadata path and get a tenth on native and
     the XFS/Btrfs images only in the slow run."""
     if _quick_with_other_engine(request, mount_engine):
-        examples //= 5
+        examples //= 10
     backing, mountpoint, plain = fs_root / "backing", fs_root / "mnt", fs_root / "plain"
     for d in (backing, mountpoint, plain):
         d.mkdir()

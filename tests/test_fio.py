@@ -37,7 +37,7 @@ def test_fio_verify(
         f"--direct={direct}",
         f"--rw={rw}",
         "--bsrange=4k-64k" if rw == "randwrite" else "--bs=128k",
-        "--size=16m",
+        "--size=8m",
         "--iodepth=16",
         "--numjobs=2",
         "--verify=crc32c",
@@ -51,10 +51,10 @@ def test_fio_verify(
     report = json.loads(result.stdout[result.stdout.index("{") :])
     for job in report["jobs"]:
         assert job["error"] == 0
-        assert job["write"]["io_bytes"] == 16 * 2**20
-        assert job["read"]["io_bytes"] == 16 * 2**20  # the verify pass read it all back
+        assert job["write"]["io_bytes"] == 8 * 2**20
+        assert job["read"]["io_bytes"] == 8 * 2**20  # the verify pass read it all back
     stats = mnt.engine_statistics()
-    assert stats["bytes_written"] >= 2 * 16 * 2**20
+    assert stats["bytes_written"] >= 2 * 8 * 2**20
     assert stats["errors"] == 0
     if backing_direct:
         assert stats["direct_ops"] > 0
