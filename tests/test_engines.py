@@ -151,7 +151,7 @@ def test_engines_declare_capabilities() -> None:
 
 
 def test_unknown_engine_is_one_clear_error() -> None:
-    with pytest.raises(EngineUnavailable, match="unknown engine .nope. \\(known: "):
+    with pytest.raises(EngineUnavailable, match=r"unknown engine .nope. \(known: "):
         create_engine("nope")
 
 

@@ -5,6 +5,7 @@ Adding an engine is adding one module and one line to `ENGINES`.
 
 from __future__ import annotations
 
+from .aio import AioEngine
 from .base import (
     DIRECT_ALIGN,
     Buffer,
@@ -24,6 +25,7 @@ ENGINES: dict[str, type[Engine]] = {
     BlockingEngine.name: BlockingEngine,
     ThreadsEngine.name: ThreadsEngine,
     NowaitEngine.name: NowaitEngine,
+    AioEngine.name: AioEngine,
     IoUringEngine.name: IoUringEngine,
 }
 
