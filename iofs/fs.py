@@ -71,6 +71,9 @@ _STATISTICS_REUSE = 0.1
 _DROPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
 _PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
 
+#: (operation, errno) pairs that the statistics count as answers rather than errors.
+_NEGATIVE_ANSWERS = frozenset({("lookup", errno.ENOENT), ("getxattr", errno.ENODATA)})
+
 P = ParamSpec("P")
 R = TypeVar("R")
 FS = TypeVar("FS", bound="Filesystem")
@@ -103,6 +106,9 @@ def _handler(
         except FUSEError:
             raise
         except OSError as exc:
+            # "No such name" and "no such attribute" are answers, not failures: the
+            # kernel asks for security.capability on every write, for one.
+            error = (op, exc.errno) not in _NEGATIVE_ANSWERS
             raise FUSEError(exc.errno or errno.EIO) from None
         except Exception:
             self.unexpected_errors += 1
@@ -158,8 +164,11 @@ class Filesystem(pyfuse3.Operations):
         attr_timeout: float = 1.0,
         entry_timeout: float = 1.0,
         statistics: bool = True,
+        writeback_cache: bool = False,
     ) -> None:
         super().__init__()
+        #: Read by pyfuse3 when the kernel's INIT arrives: fixed for the mount's life.
+        self.enable_writeback_cache = writeback_cache
         self.inodes = InodeTable(root_fd)
         self.engine = engine
         self.setting = setting or Setting(
@@ -357,6 +366,7 @@ class Filesystem(pyfuse3.Operations):
             "open_dirs": len(self._dirs),
             "unexpected_errors": self.unexpected_errors,
             "draining_engines": len(self._draining),
+            "writeback_cache": int(self.enable_writeback_cache),
             **{f"metadata_queue_{name}": value for name, value in queue.items()},
         }
 
@@ -514,8 +524,24 @@ class Filesystem(pyfuse3.Operations):
     @_handler
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
         node = self.inodes[inode]
-        fd = os.open(node.proc_path, flags & ~_DROPPED_OPEN_FLAGS)
+        fd = self._open_backing(flags, lambda f: os.open(node.proc_path, f))
         return self._open_file(fd, node)
+
+    def _open_backing(self, flags: int, opener: Callable[[int], int]) -> int:
+        """Open the backing file for the kernel's *flags*, adapted to the cache mode.
+
+        With the writeback cache the kernel reads pages around partial writes through
+        any open file, and appends by itself: a write-only open is widened to
+        read-write (where the file's permissions allow it) and O_APPEND is dropped.
+        """
+        flags &= ~_DROPPED_OPEN_FLAGS
+        if not self.enable_writeback_cache:
+            return opener(flags)
+        flags &= ~os.O_APPEND
+        if flags & os.O_ACCMODE == os.O_WRONLY:
+            with contextlib.suppress(PermissionError):
+                return opener((flags & ~os.O_ACCMODE) | os.O_RDWR)
+        return opener(flags)
 
     @_handler
     @_update
@@ -528,15 +554,17 @@ class Filesystem(pyfuse3.Operations):
         ctx: RequestContext,
     ) -> tuple[FileInfo, EntryAttributes]:
         parent = self.inodes[parent_inode]
-        backing_flags = flags & ~_DROPPED_OPEN_FLAGS
         try:
-            fd = os.open(name, backing_flags | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd)
+            fd = self._open_backing(
+                flags,
+                lambda f: os.open(name, f | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd),
+            )
         except FileExistsError:
             # Created by someone else since the kernel's lookup: open(2) without O_EXCL
             # opens the existing file, and it is not ours to chown.
             if flags & os.O_EXCL:
                 raise
-            fd = os.open(name, backing_flags, dir_fd=parent.fd)
+            fd = self._open_backing(flags, lambda f: os.open(name, f, dir_fd=parent.fd))
             try:
                 entry = self._entry(parent, name)
             except BaseException:
@@ -705,6 +733,7 @@ class Filesystem(pyfuse3.Operations):
                 "spec": setting.spec,
                 "description": setting.describe(),
                 **asdict(setting),
+                "writeback_cache": self.enable_writeback_cache,
                 "history": [{"mode": spec, "at": at} for spec, at in self.recorder.mode_history],
             }
         ).encode()

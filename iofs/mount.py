@@ -58,6 +58,9 @@ class MountOptions:
     stats_interval: float = 1.0
     #: Per-request counters and latency histograms (off only to measure their cost).
     statistics: bool = True
+    #: The kernel's writeback cache (FUSE_CAP_WRITEBACK_CACHE): negotiated at mount time,
+    #: so it is a mount option, not part of a mode.
+    writeback_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,6 +215,7 @@ def mount(opts: MountOptions) -> None:
         attr_timeout=opts.attr_timeout,
         entry_timeout=opts.entry_timeout,
         statistics=opts.statistics,
+        writeback_cache=opts.writeback_cache,
     )
     try:
         with _stderr_captured() as captured:
@@ -456,6 +460,8 @@ def start_daemon(
         command += ["--log", str(opts.log_file)]
     if not opts.statistics:
         command.append("--no-statistics")
+    if opts.writeback_cache:
+        command.append("--writeback-cache")
     if opts.stats_log is not None:
         command += ["--stats-log", str(opts.stats_log)]
         command += ["--stats-interval", str(opts.stats_interval)]
