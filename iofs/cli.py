@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import rich.console
 
-from .backends import DEFAULT_ENGINE, ENGINES, Capability, EngineConfig
+from .backends import ENGINES, Capability, EngineConfig
 from .errors import IofsError
 from .modes import CACHINGS, DEFAULT_MODE, MODES, resolve
 
@@ -61,6 +61,16 @@ def _seconds(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError("must be more than 0")
     return value
+
+
+def _fio_size(text: str) -> str:
+    from .bench import parse_size
+
+    try:
+        parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
         "--stats-interval", type=_seconds, default=1.0, metavar="S", help="default 1 s"
     )
     mount.add_argument(
+        "--writeback-cache",
+        action="store_true",
+        help="let the kernel cache writes and send them in large batches "
+        "(fixed for the mount's life)",
+    )
+    mount.add_argument(
         "--no-statistics",
         dest="statistics",
         action="store_false",
@@ -156,21 +172,109 @@ def _parser() -> argparse.ArgumentParser:
     umount.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
 
     bench = commands.add_parser(
-        "bench", help="run a fio job natively and through iofs, and compare"
+        "bench",
+        help="fio jobs natively and through iofs in each mode, on a directory and on "
+        "XFS/Btrfs images, in one report",
+        description="Run fio jobs on each target filesystem natively and through iofs in "
+        "each mode, and compare. Default: native and every mode that can run here, over a "
+        "fresh directory, on a few core jobs (a few minutes). --full: every built-in job "
+        "on the directory and on fresh XFS and Btrfs loop images (root).",
     )
     bench.add_argument(
-        "--job", type=Path, help="fio job file (default: the built-in quick comparison)"
+        "--targets",
+        nargs="+",
+        metavar="FS",
+        default=None,
+        help="filesystems: dir (a fresh directory under --dir), xfs, btrfs (fresh loop "
+        "images, root only; default: dir)",
     )
-    bench.add_argument("--engine", default=DEFAULT_ENGINE, metavar="NAME")
-    bench.add_argument("--results", type=Path, default=Path("results"), help="where runs are kept")
+    bench.add_argument(
+        "--modes",
+        nargs="+",
+        metavar="SETTING",
+        default=None,
+        help="native and/or iofs mode settings, e.g. native blocking xfs,engine=aio "
+        f"(default: native {' '.join(MODES)})",
+    )
+    bench.add_argument(
+        "--jobs",
+        nargs="+",
+        metavar="JOB",
+        default=None,
+        help="built-in job names or fio job files (default: rand-read-4k rand-write-4k "
+        "seq-write-1m metadata mixed)",
+    )
+    bench.add_argument(
+        "--job",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="a fio job file of your own (repeatable; runs with its own runtime unless --runtime)",
+    )
+    bench.add_argument(
+        "--full",
+        action="store_true",
+        help="every built-in job on dir, xfs and btrfs, native and every mode",
+    )
+    bench.add_argument(
+        "--engine",
+        default=None,
+        metavar="NAME",
+        help=f"use this data engine in every mode ({', '.join(sorted(ENGINES))})",
+    )
     bench.add_argument(
         "--runtime",
         type=_seconds,
         default=None,
         metavar="S",
-        help="override each fio job's runtime in seconds",
+        help="seconds per time-based job (default 3 for built-in jobs)",
+    )
+    bench.add_argument(
+        "--size", type=_fio_size, default=None, metavar="SIZE", help="file size per job, e.g. 16m"
+    )
+    bench.add_argument("--results", type=Path, default=Path("results"), help="where runs are kept")
+    bench.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the dir target, mountpoints and images are made (default: the system "
+        "temporary directory)",
+    )
+    bench.add_argument(
+        "--no-drop-caches",
+        dest="drop_caches",
+        action="store_false",
+        help="do not drop caches before each run",
     )
     bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    demo = commands.add_parser(
+        "demo",
+        help="a 2-3 minute tour: each mode's signature and native XFS vs Btrfs, in plain words",
+    )
+    demo.add_argument(
+        "--runtime",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="seconds per time-based job (default 5)",
+    )
+    demo.add_argument("--results", type=Path, default=Path("results"), help="where runs are kept")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the backing directory, mountpoints and images are made",
+    )
+    demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    report = commands.add_parser(
+        "report", help="render a bench or demo results directory's summary and chart again"
+    )
+    report.add_argument("directory", type=Path, metavar="DIR")
 
     commands.add_parser("engines", help="list the I/O engines and whether they run here")
     commands.add_parser("modes", help="list the modes: what each models and what to expect")
@@ -250,6 +354,7 @@ def _run(args: argparse.Namespace) -> int:
                 stats_log=args.stats_log.absolute() if args.stats_log else None,
                 stats_interval=args.stats_interval,
                 statistics=args.statistics,
+                writeback_cache=args.writeback_cache,
             )
         )
         return 0
@@ -259,12 +364,39 @@ def _run(args: argparse.Namespace) -> int:
         print(f"iofs: {unmount(args.mountpoint, lazy=args.lazy)}")
         return 0
     if args.command == "bench":
-        from .bench import run_bench
+        from .bench import bench_plan, run_and_render
 
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
-        return run_bench(
-            job=args.job, engine=args.engine, results=args.results, runtime=args.runtime
+        jobs: list[str | Path] | None = None
+        if args.jobs is not None or args.job is not None:
+            jobs = [*(args.jobs or []), *(args.job or [])]
+        plan = bench_plan(
+            targets=args.targets,
+            modes=args.modes,
+            jobs=jobs,
+            engine=args.engine,
+            runtime=args.runtime,
+            size=args.size,
+            full=args.full,
+            results=args.results,
+            directory=args.dir,
+            drop_caches=args.drop_caches,
         )
+        return run_and_render(plan)
+    if args.command == "demo":
+        from .bench import run_and_render
+        from .demo import DEMO_RUNTIME, demo_plan, findings
+
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
+        plan = demo_plan(
+            runtime=args.runtime or DEMO_RUNTIME, results=args.results, directory=args.dir
+        )
+        return run_and_render(plan, findings)
+    if args.command == "report":
+        from .bench import render_results
+
+        render_results(args.directory)
+        return 0
     if args.command == "engines":
         for name, cls in sorted(ENGINES.items()):
             reason = cls.probe()
@@ -322,6 +454,7 @@ def _top(mountpoint: Path, interval: float, count: int | None) -> int:
                 refreshes += 1
         except KeyboardInterrupt:
             pass
+    print()  # the dashboard's last line ends without a newline
     return 0
 
 

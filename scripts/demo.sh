@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs the main job on its built-in default: a short fio job
-# natively and through a temporary iofs mount, compared side by side. Extra arguments
-# go to `iofs bench` (see `.venv/bin/iofs bench --help`).
+# Sets everything up, then runs the README's first command: `iofs demo`, about two to three
+# minutes of fio natively and through iofs in each mode (and, as root, on fresh XFS and
+# Btrfs loop images), printed as tables and one plain sentence per finding. Results are
+# kept under results/; extra arguments go to `iofs demo` (see `.venv/bin/iofs demo --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/iofs bench "$@"
+exec .venv/bin/iofs demo "$@"
