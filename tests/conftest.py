@@ -131,6 +131,7 @@ def start_mount(
     command: list[str] | None = None,
     stats_log: Path | None = None,
     stats_interval: float = 1.0,
+    writeback_cache: bool = False,
 ) -> Mount:
     """Start a foreground daemon and wait until the kernel shows the mount.
 
@@ -146,6 +147,7 @@ def start_mount(
         log_file=log,
         stats_log=stats_log,
         stats_interval=stats_interval,
+        writeback_cache=writeback_cache,
     )
     program = command or [sys.executable, "-m", "iofs"]
     try:

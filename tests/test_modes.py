@@ -380,3 +380,46 @@ def test_resolve_and_describe() -> None:
     for bad in ("", "xfs,engine=warp", "xfs,direct=perhaps", "xfs,cache=all", "xfs,x=1"):
         with pytest.raises(BadSetting):
             parse_setting(bad)
+
+
+# -- the kernel's writeback cache (a mount option) ---------------------------------------
+@pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
+def test_writeback_cache_keeps_data_and_posix_semantics(mount_factory: MountFactory) -> None:
+    mnt = mount_factory(writeback_cache=True)
+    assert current_mode(mnt)["writeback_cache"] is True
+    mp = mnt.mountpoint
+    # A write-only open: the kernel reads around partial pages through it.
+    (mp / "wo").write_bytes(b"a" * 10000)
+    fd = os.open(mp / "wo", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"B" * 10, 4095)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert (mnt.backing / "wo").read_bytes() == b"a" * 4095 + b"B" * 10 + b"a" * 5895
+    # O_APPEND is the kernel's business with the writeback cache.
+    with open(mp / "log", "ab") as log:
+        log.write(b"one\n")
+    with open(mp / "log", "ab") as log:
+        log.write(b"two\n")
+    assert (mnt.backing / "log").read_bytes() == b"one\ntwo\n"
+    result = subprocess.run(
+        [
+            "fio",
+            "--name=wb",
+            f"--directory={mp}",
+            "--rw=randwrite",
+            "--bsrange=512-64k",
+            "--size=8m",
+            "--numjobs=2",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout[-2000:]
