@@ -274,7 +274,15 @@ class Engine(abc.ABC):
             if twin < 0 or offset + size + DIRECT_ALIGN > _OFF_MAX:
                 data = await self._pread(fd, size, offset)
             else:
-                data = await self._read_direct(twin, offset, size)
+                try:
+                    data = await self._read_direct(twin, offset, size)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    # O_DIRECT refuses what a buffered read allows, e.g. an aligned
+                    # range that reaches past the filesystem's largest file size.
+                    self._buffered += 1
+                    data = await self._pread(fd, size, offset)
         except OSError:
             self._errors += 1
             raise
