@@ -2,7 +2,8 @@
 
 Owned rather than imported: the packaged bindings do not work here (see
 ``/work/shared/research/io-engines.md``), and the engine needs little: READ, WRITE and
-FSYNC, an eventfd for completions, and a probe that says why io_uring cannot be used.
+FSYNC, a way for an event loop to learn of completions, and a probe that says why
+io_uring cannot be used.
 
 `Ring` is synchronous and single-threaded: `prepare` writes a submission queue entry
 (SQE), `submit` hands every prepared SQE to the kernel with one ``io_uring_enter``,
@@ -10,14 +11,18 @@ FSYNC, an eventfd for completions, and a probe that says why io_uring cannot be 
 `wait` blocks until some are. Each SQE carries a caller-chosen ``user_data`` that comes
 back in its CQE. The caller keeps every buffer it passed alive, at the same address,
 until the CQE for it has been reaped: the kernel writes into (or reads from) it until
-then.
+then. An event loop can poll `Ring.fd` itself: it is readable while CQEs wait to be
+reaped, and reaping resets it. (An eventfd registered with `register_eventfd` is
+signalled for each CQE instead, and has to be read to be reset.)
 
 Memory ordering. The rings are shared memory, and Python does plain loads and stores.
 That is enough on x86_64 (total store order), which `probe` insists on:
 
-- Submission: no SQPOLL thread is used, so the kernel reads the SQ tail and the SQEs
-  only inside ``io_uring_enter``; the system call orders our earlier stores before it.
-  The SQ array is filled once (slot i names SQE i) and never written again.
+- Submission: no SQPOLL thread is used, so the kernel reads the SQ tail and the SQEs,
+  and moves the SQ head, only inside ``io_uring_enter``; the system call orders our
+  earlier stores before it. So `submit` reads the head back once and `prepare` works
+  from that copy, touching no shared memory but the SQE. The SQ array is filled once
+  (slot i names SQE i) and never written again.
 - Completion: the kernel writes a CQE, then stores the CQ tail with release semantics.
   We load the tail first, then the CQEs (x86 does not reorder loads with loads), and
   store the new CQ head only after reading them (nor loads with later stores).
@@ -27,6 +32,16 @@ That is enough on x86_64 (total store order), which `probe` insists on:
 
 Sizes: the CQ has twice as many entries as the SQ (the kernel's default), so a caller
 that keeps at most `Ring.entries` operations in flight can never overflow it.
+
+Setup flags: IORING_SETUP_SUBMIT_ALL (a failed SQE does not stop the rest of a batch)
+and IORING_SETUP_COOP_TASKRUN: completions from interrupts are run as task work when
+the submitting thread next enters the kernel (or wakes it when it sleeps, e.g. in
+epoll_wait) instead of interrupting it with an IPI while it runs. An event loop enters
+the kernel every tick, so nothing waits longer for it; the registered eventfd is still
+signalled for every CQE. Older kernels refuse unknown flags with EINVAL, and the setup
+is tried again without them. IORING_SETUP_DEFER_TASKRUN is not used: it posts CQEs only
+inside an ``io_uring_enter`` with GETEVENTS, which a caller waiting on the eventfd would
+have to add to every wake-up.
 """
 
 from __future__ import annotations
@@ -58,6 +73,13 @@ FSYNC_DATASYNC: Final = 1 << 0
 
 _SETUP_CLAMP: Final = 1 << 4  # clamp too large a size instead of failing
 _SETUP_SUBMIT_ALL: Final = 1 << 7  # keep submitting after an SQE fails (Linux 5.18)
+_SETUP_COOP_TASKRUN: Final = 1 << 8  # no IPI to post completions (Linux 5.19)
+#: Flags tried in turn until the kernel accepts a set (EINVAL: it lacks one).
+_SETUP_FLAGS: tuple[int, ...] = (
+    _SETUP_CLAMP | _SETUP_SUBMIT_ALL | _SETUP_COOP_TASKRUN,
+    _SETUP_CLAMP | _SETUP_SUBMIT_ALL,
+    _SETUP_CLAMP,
+)
 _FEAT_SINGLE_MMAP: Final = 1 << 0  # SQ and CQ rings share one mapping (Linux 5.4)
 _OFF_SQ_RING: Final = 0
 _OFF_CQ_RING: Final = 0x8000000
@@ -80,6 +102,7 @@ _PARAMS: Final = struct.Struct("<10I8IQ8IQ")
 # struct io_uring_sqe (64 bytes): opcode, flags, ioprio, fd, off, addr, len, op flags,
 # user_data; the rest (buf_index, personality, splice_fd_in, addr3) stays zero.
 _SQE: Final = struct.Struct("<BBHiQQIIQ24x")
+_SQE_SIZE: Final = _SQE.size
 _SQE_USER_DATA: Final = struct.Struct("<32xQ")
 # struct io_uring_cqe (16 bytes): user_data, res, flags.
 _CQE: Final = struct.Struct("<QiI")
@@ -144,14 +167,14 @@ class Ring:
     @staticmethod
     def _setup(entries: int, params: bytearray) -> int:
         address = ctypes.addressof(ctypes.c_char.from_buffer(params))
-        for flags in (_SETUP_CLAMP | _SETUP_SUBMIT_ALL, _SETUP_CLAMP):
+        for flags in _SETUP_FLAGS:
             params[:] = bytes(len(params))
             struct.pack_into("<I", params, 8, flags)
             fd = _syscall(_NR_SETUP, entries, ctypes.c_void_p(address))
             if fd >= 0:
                 return int(fd)
             if ctypes.get_errno() != errno.EINVAL:
-                break  # EINVAL: an older kernel without SUBMIT_ALL; try without it
+                break  # EINVAL: an older kernel without some flag; try with fewer
         raise _oserror("io_uring_setup")
 
     def _map_rings(self, params: bytearray) -> None:
@@ -169,7 +192,7 @@ class Ring:
         else:
             sq_map = self._map(sq_size, _OFF_SQ_RING)
             cq_map = self._map(cq_size, _OFF_CQ_RING)
-        sqe_map = self._map(self.entries * _SQE.size, _OFF_SQES)
+        sqe_map = self._map(self.entries * _SQE_SIZE, _OFF_SQES)
 
         self._sq = self._view(sq_map).cast("I")
         self._cq = self._sq if cq_map is sq_map else self._view(cq_map).cast("I")
@@ -189,9 +212,13 @@ class Ring:
         first = sq_array // 4
         for i in range(self.entries):
             self._sq[first + i] = i
-        # Local copies: only we move the SQ tail and the CQ head.
+        # Local copies: only we move the SQ tail and the CQ head, and the kernel moves
+        # the SQ head only inside io_uring_enter (no SQPOLL), so `submit` reads it
+        # back. The SQ indices count on past 2**32 here; the rings see them masked.
         self._sq_tail: int = self._sq[self._sq_tail_i]
+        self._sq_head: int = self._sq[self._sq_head_i]
         self._cq_head: int = self._cq[self._cq_head_i]
+        self._pack_sqe = _SQE.pack_into
 
     def _map(self, size: int, offset: int) -> mmap.mmap:
         flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
@@ -210,7 +237,7 @@ class Ring:
     @property
     def pending(self) -> int:
         """SQEs prepared and not yet taken by the kernel."""
-        return (self._sq_tail - self._sq[self._sq_head_i]) & _U32
+        return self._sq_tail - self._sq_head
 
     def prepare(
         self,
@@ -229,11 +256,12 @@ class Ring:
         (``-1`` would mean "the file position" to the kernel, so it is refused here).
         """
         tail = self._sq_tail
-        if (tail - self._sq[self._sq_head_i]) & _U32 >= self.entries:
+        if tail - self._sq_head >= self.entries:
             raise RingFull(f"all {self.entries} SQEs are waiting to be submitted")
-        _SQE.pack_into(
+        # On the hot path: one call into struct, no shared-memory read.
+        self._pack_sqe(
             self._sqes,
-            (tail & self._sq_mask) * _SQE.size,
+            (tail & self._sq_mask) * _SQE_SIZE,
             opcode,
             0,
             0,
@@ -244,7 +272,7 @@ class Ring:
             op_flags,
             user_data,
         )
-        self._sq_tail = (tail + 1) & _U32
+        self._sq_tail = tail + 1
 
     def submit(self) -> int:
         """Hand every prepared SQE to the kernel with as few system calls as it takes.
@@ -252,32 +280,35 @@ class Ring:
         Never waits for completions. Returns how many SQEs the kernel took; raises
         `OSError` if ``io_uring_enter`` fails (the rest stay `pending`).
         """
-        pending = self.pending
+        pending = self._sq_tail - self._sq_head
         if not pending:
             return 0
-        self._sq[self._sq_tail_i] = self._sq_tail  # publish; the system call orders it
+        self._sq[self._sq_tail_i] = self._sq_tail & _U32  # publish; the call orders it
         taken = 0
-        while taken < pending:
-            count = _syscall_keep_gil(_NR_ENTER, self.fd, pending - taken, 0, 0, 0, 0)
-            if count < 0:
-                if ctypes.get_errno() == errno.EINTR:
-                    continue
-                raise _oserror("io_uring_enter")
-            if count == 0:
-                break  # nothing more it will take now; the rest stays pending
-            taken += count
+        try:
+            while taken < pending:
+                count = _syscall_keep_gil(_NR_ENTER, self.fd, pending - taken, 0, 0, 0, 0)
+                if count < 0:
+                    if ctypes.get_errno() == errno.EINTR:
+                        continue
+                    raise _oserror("io_uring_enter")
+                if count == 0:
+                    break  # nothing more it will take now; the rest stays pending
+                taken += count
+        finally:
+            # The kernel's head moved by what it took (read back, not assumed).
+            self._sq_head += (self._sq[self._sq_head_i] - self._sq_head) & _U32
         return taken
 
     def discard_pending(self) -> list[int]:
         """Take back the SQEs the kernel has not taken; return their ``user_data``."""
-        head = self._sq[self._sq_head_i]
-        count = (self._sq_tail - head) & _U32
+        head = self._sq_head
         discarded = [
-            _SQE_USER_DATA.unpack_from(self._sqes, ((head + i) & self._sq_mask) * _SQE.size)[0]
-            for i in range(count)
+            _SQE_USER_DATA.unpack_from(self._sqes, ((head + i) & self._sq_mask) * _SQE_SIZE)[0]
+            for i in range(self._sq_tail - head)
         ]
         self._sq_tail = head
-        self._sq[self._sq_tail_i] = head  # safe: without SQPOLL the kernel reads it in enter
+        self._sq[self._sq_tail_i] = head & _U32  # safe: without SQPOLL the kernel reads it in enter
         return discarded
 
     # -- completing ----------------------------------------------------------------------
