@@ -55,7 +55,8 @@ from typing import Final
 
 import trio
 
-from .base import Buffer, Capability, Engine, EngineConfig, EngineUnavailable
+from .base import Buffer, Capability, EngineConfig, EngineUnavailable
+from .kernel import ReapedEngine, address_of, write_source
 
 # iocb opcodes: the kernel's IOCB_CMD_* (libaio's IO_CMD_*), needed before libaio loads.
 _PREAD: Final = 0
@@ -72,18 +73,6 @@ def _binding() -> ModuleType:
     Raises ImportError when python-libaio is missing, OSError when libaio.so.1 is.
     """
     return importlib.import_module("libaio.libaio")
-
-
-def _address(buffer: memoryview) -> int:
-    """The address of *buffer*'s first byte (0 if it is empty); it must be writable."""
-    if not buffer.nbytes:
-        return 0
-    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-
-
-def _bytes_address(data: bytes) -> int:
-    """The address of the first byte of *data* (read-only, so not through from_buffer)."""
-    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
 
 
 def _setup_failure(exc: OSError, events: int) -> str:
@@ -117,7 +106,7 @@ class _Refused(OSError):
     """``io_submit`` refused the operation: the kernel never started it."""
 
 
-class AioEngine(Engine):
+class AioEngine(ReapedEngine):
     name = "aio"
     capabilities = Capability.KERNEL_ASYNC | Capability.NEEDS_ALIGNED
     summary = "Linux AIO (io_submit) on O_DIRECT twins, completions via an eventfd"
@@ -169,9 +158,6 @@ class AioEngine(Engine):
         self._outstanding = 0
         #: fd -> whether it was opened O_DIRECT (forgotten in `forget`).
         self._fd_is_direct: dict[int, bool] = {}
-        self._reaper_scope: trio.CancelScope | None = None
-        self._reaper_running = False
-        self._reaper_done = trio.Event()
         self._reaper_work = trio.Event()  # set when the idle reaper has something to wait for
         # Counters for statistics().
         self._max_outstanding = 0
@@ -202,22 +188,8 @@ class AioEngine(Engine):
         return None
 
     # -- lifecycle -------------------------------------------------------------------
-    def start(self, nursery: trio.Nursery) -> None:
-        if self._reaper_scope is not None:
-            raise RuntimeError(f"engine {self.name} is already started")
-        self._reaper_scope = trio.CancelScope()
-        try:
-            nursery.start_soon(self._reap_completions, name="iofs-aio-reaper")
-        except BaseException:
-            self._reaper_scope = None
-            raise
-        self._reaper_running = True  # from now on, waiting tasks park for the reaper
-
     async def _shutdown(self) -> None:
-        if self._reaper_scope is not None:
-            self._reaper_scope.cancel()
-            with trio.CancelScope(shield=True):  # it leaves at once: nothing is in flight
-                await self._reaper_done.wait()
+        await self._stop_reaper()
         if self._finalizer.alive:
             trio.lowlevel.notify_closing(self._eventfd)
             self._finalizer()
@@ -422,7 +394,7 @@ class AioEngine(Engine):
             direct = self._is_direct(fd)
             slot = await self._acquire()
             try:
-                return await self._read(slot, fd, _address(pin), pin.nbytes, offset, direct)
+                return await self._read(slot, fd, address_of(pin), pin.nbytes, offset, direct)
             finally:
                 self._release_slot(slot)
         except OSError as exc:
@@ -455,19 +427,7 @@ class AioEngine(Engine):
                 return done  # end of file: spare the read that would return 0
 
     async def _pwrite(self, fd: int, data: Buffer, offset: int) -> int:
-        pin: memoryview | None = None
-        if isinstance(data, bytes):
-            address = _bytes_address(data)  # immutable: our reference keeps them in place
-        else:
-            pin = memoryview(data)  # holds a bytearray's bytes in place, as in _preadinto
-            if pin.readonly:  # e.g. a view of bytes: ctypes cannot take its address
-                data = copy = pin.tobytes()
-                pin.release()
-                pin = None
-                address = _bytes_address(copy)
-            else:
-                address = _address(pin)
-        try:
+        with write_source(data) as address:
             if not self._is_direct(fd):
                 self._buffered_submits += 1
             length = min(len(data), _MAX_LENGTH)  # a short count is continued by base.py
@@ -476,9 +436,6 @@ class AioEngine(Engine):
                 return await self._io(slot, _PWRITE, fd, address, length, offset)
             finally:
                 self._release_slot(slot)
-        finally:
-            if pin is not None:
-                pin.release()
 
     async def _fsync(self, fd: int, datasync: bool) -> None:
         slot = await self._acquire()

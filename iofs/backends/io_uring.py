@@ -63,7 +63,6 @@ once the operation has completed.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import mmap
@@ -75,7 +74,8 @@ import outcome
 import trio
 
 from . import uring
-from .base import DIRECT_ALIGN, Buffer, Capability, Engine, EngineConfig
+from .base import DIRECT_ALIGN, Buffer, Capability, EngineConfig
+from .kernel import ReapedEngine, address_of, write_source
 
 #: Reads up to this size (buffered, or aligned for O_DIRECT) go through the slot's
 #: scratch mapping and are copied out; larger ones are read straight into a buffer of
@@ -83,18 +83,6 @@ from .base import DIRECT_ALIGN, Buffer, Capability, Engine, EngineConfig
 _SCRATCH_SIZE = 64 * 1024
 
 _T = TypeVar("_T")
-
-
-def _address(buffer: memoryview) -> int:
-    """The address of *buffer*'s first byte (0 if it is empty); it must be writable."""
-    if not buffer.nbytes:
-        return 0
-    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-
-
-def _bytes_address(data: bytes) -> int:
-    """The address of the first byte of *data* (read-only, so not through from_buffer)."""
-    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
 
 
 class _Resume(outcome.Outcome[None]):
@@ -149,7 +137,7 @@ class _Slot:
         return trio.lowlevel.Abort.FAILED  # the kernel still owns the buffer
 
 
-class IoUringEngine(Engine):
+class IoUringEngine(ReapedEngine):
     name = "io_uring"
     capabilities = Capability.KERNEL_ASYNC
     summary = "io_uring via ctypes: SQEs batched per loop tick, completions polled on the ring fd"
@@ -170,9 +158,6 @@ class IoUringEngine(Engine):
         self._batch_open = False
         #: The last batch left operations in flight: expect this one to as well.
         self._park_early = False
-        self._reaper_scope: trio.CancelScope | None = None
-        self._reaper_running = False
-        self._reaper_done = trio.Event()
         #: The reaper, while it is parked with nothing outstanding.
         self._idle_reaper: trio.lowlevel.Task | None = None
         # Counters for statistics().
@@ -190,22 +175,8 @@ class IoUringEngine(Engine):
         return uring.probe()
 
     # -- lifecycle -------------------------------------------------------------------
-    def start(self, nursery: trio.Nursery) -> None:
-        if self._reaper_scope is not None:
-            raise RuntimeError(f"engine {self.name} is already started")
-        self._reaper_scope = trio.CancelScope()
-        try:
-            nursery.start_soon(self._reap_completions, name="iofs-io_uring-reaper")
-        except BaseException:
-            self._reaper_scope = None
-            raise
-        self._reaper_running = True  # from now on, waiting tasks park for the reaper
-
     async def _shutdown(self) -> None:
-        if self._reaper_scope is not None:
-            self._reaper_scope.cancel()
-            with trio.CancelScope(shield=True):  # it leaves at once: nothing is in flight
-                await self._reaper_done.wait()
+        await self._stop_reaper()
         if not self._ring.closed:
             trio.lowlevel.notify_closing(self._ring.fd)  # epoll may still watch it
             self._ring.close()
@@ -494,7 +465,7 @@ class IoUringEngine(Engine):
         mapping = slot.scratch = mmap.mmap(-1, _SCRATCH_SIZE)
         # The address stays valid while the mapping is open; the ctypes object need not
         # live (and must not, or closing the mapping would fail).
-        slot.scratch_address = _address(memoryview(mapping))
+        slot.scratch_address = address_of(memoryview(mapping))
         return mapping
 
     async def _preadinto(self, fd: int, buffer: memoryview, offset: int) -> int:
@@ -502,7 +473,7 @@ class IoUringEngine(Engine):
         # writes into it; it is released before returning, so the caller may release its.
         pin = memoryview(buffer)
         try:
-            address, size = _address(pin), pin.nbytes
+            address, size = address_of(pin), pin.nbytes
             length = min(size, uring.MAX_LENGTH)
             slot = await self._acquire()
             try:
@@ -516,28 +487,13 @@ class IoUringEngine(Engine):
             pin.release()
 
     async def _pwrite(self, fd: int, data: Buffer, offset: int) -> int:
-        pin: memoryview | None = None
-        if isinstance(data, bytes):
-            address = _bytes_address(data)  # immutable: our reference keeps them in place
-        else:
-            pin = memoryview(data)  # holds a bytearray's bytes in place, as in _preadinto
-            if pin.readonly:  # e.g. a view of bytes: ctypes cannot take its address
-                data = copy = pin.tobytes()
-                pin.release()
-                pin = None
-                address = _bytes_address(copy)
-            else:
-                address = _address(pin)
         length = min(len(data), uring.MAX_LENGTH)  # a short count is continued by base
-        try:
+        with write_source(data) as address:
             slot = await self._acquire()
             try:
                 return await self._io(slot, uring.OP_WRITE, fd, address, length, offset, 0)
             finally:
                 self._release(slot)
-        finally:
-            if pin is not None:
-                pin.release()
 
     async def _fsync(self, fd: int, datasync: bool) -> None:
         flags = uring.FSYNC_DATASYNC if datasync else 0
