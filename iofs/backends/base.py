@@ -383,11 +383,20 @@ class Engine(abc.ABC):
             self._direct_ops += 1
         else:
             self._bounced += 1
-        buffer = self._buffers.take(end - start)
+        return await self._read_aligned(twin, start, end - start, offset - start, size)
+
+    async def _read_aligned(
+        self, twin: int, start: int, length: int, skip: int, size: int
+    ) -> Buffer:
+        """Read the aligned range of *length* bytes at *start* through the O_DIRECT
+        *twin*; return its bytes from *skip* on, at most *size* (fewer at end of file).
+
+        Engines that keep page-aligned buffers of their own override this.
+        """
+        buffer = self._buffers.take(length)
         try:
-            with memoryview(buffer)[: end - start] as view:
+            with memoryview(buffer)[:length] as view:
                 count = await self._preadinto(twin, view, start)
-            skip = offset - start
             return buffer[skip : max(skip, min(count, skip + size))]
         finally:
             self._buffers.give(buffer)
