@@ -17,6 +17,7 @@ import pytest
 from iofs.backends import ENGINES, EngineConfig
 from iofs.errors import IofsError
 from iofs.fs import STATISTICS_XATTR
+from iofs.modes import DEFAULT_MODE, MODES
 from iofs.mount import MountOptions, find_mount, start_daemon, stop_daemon
 
 ROOT = os.geteuid() == 0
@@ -127,20 +128,23 @@ def start_mount(
     mountpoint: Path,
     log: Path,
     options: tuple[str, ...] = (),
-    engine: str = "blocking",
+    engine: str | None = "blocking",
     command: list[str] | None = None,
+    mode: str | None = None,
     stats_log: Path | None = None,
     stats_interval: float = 1.0,
     writeback_cache: bool = False,
 ) -> Mount:
     """Start a foreground daemon and wait until the kernel shows the mount.
 
-    *engine* is an engine setup: ``NAME`` or ``NAME+direct``.
+    *engine* is an engine setup: ``NAME`` or ``NAME+direct``; with *mode* (a mode name),
+    pass ``engine=None`` to mount the mode exactly as it is defined.
     """
-    name, config = parse_setup(engine)
+    name, config = parse_setup(engine) if engine is not None else (None, EngineConfig())
     opts = MountOptions(
         backing,
         mountpoint,
+        mode=mode or DEFAULT_MODE,
         engine=name,
         engine_config=config,
         fuse_options=frozenset(options),
@@ -178,7 +182,9 @@ def mount_factory(mount_engine: str) -> Iterator[MountFactory]:
     base = scratch_dir("iofs-test-")
     mounts: list[Mount] = []
 
-    def make(options: tuple[str, ...] = (), engine: str = mount_engine, **kwargs: object) -> Mount:
+    def make(
+        options: tuple[str, ...] = (), engine: str | None = mount_engine, **kwargs: object
+    ) -> Mount:
         index = len(mounts)
         backing, mountpoint = base / f"backing{index}", base / f"mnt{index}"
         backing.mkdir()
@@ -200,6 +206,26 @@ def mount_factory(mount_engine: str) -> Iterator[MountFactory]:
         shutil.rmtree(base, ignore_errors=True)
         if failures:
             pytest.fail("\n".join(failures))
+
+
+#: Every mode name, for tests that must hold in each (``@pytest.mark.parametrize``).
+ALL_MODES = sorted(MODES)
+
+
+def mode_runs(mode: str) -> str | None:
+    """Why *mode* cannot be mounted here (its engine's probe), or None."""
+    engine = MODES[mode].engine
+    return ENGINES[engine].probe()
+
+
+@pytest.fixture(params=ALL_MODES)
+def mode_mount(request: pytest.FixtureRequest, mount_factory: MountFactory) -> Mount:
+    """One iofs mount in each mode as defined (``mount_factory(engine=None, mode=M)``)."""
+    mode: str = request.param
+    reason = mode_runs(mode)
+    if reason is not None:
+        pytest.skip(f"mode {mode} cannot run here: {reason}")
+    return mount_factory(engine=None, mode=mode)
 
 
 @pytest.fixture
