@@ -255,7 +255,7 @@ def test_probe_explains_a_refused_setup(
 
     monkeypatch.setattr(uring, "Ring", refuse)
     monkeypatch.setattr(uring, "_sysctl", lambda name: disabled)
-    monkeypatch.setattr(uring, "_seccomp_filtered", lambda: seccomp)
+    monkeypatch.setattr(uring, "seccomp_filtered", lambda: seccomp)
     reason = uring.probe()
     assert reason is not None
     assert expected in reason

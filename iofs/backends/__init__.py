@@ -49,6 +49,38 @@ def engine_class(name: str) -> type[Engine]:
     return cls
 
 
+def fallback_engine(name: str) -> tuple[str, str] | None:
+    """What to use when the engine *name* cannot run here, if the user allows a fallback.
+
+    Returns ``(engine, reason)``: *reason* is why *name* cannot run, *engine* the
+    registered engine that runs here and shares most of its capabilities, preferring
+    one that keeps the event loop free (so io_uring and aio stand in for each other,
+    and a thread pool for both). None if *name* runs here or nothing else does.
+    """
+    wanted = ENGINES[name].capabilities
+    reason = ENGINES[name].probe()
+    if reason is None:
+        return None
+
+    def shared(flags: Capability) -> int:
+        return bin((flags & wanted).value).count("1")
+
+    candidates = [
+        (other, cls) for other, cls in ENGINES.items() if other != name and cls.probe() is None
+    ]
+    if not candidates:
+        return None
+    # max() keeps the first of equals: registry order breaks ties.
+    best, _ = max(
+        candidates,
+        key=lambda item: (
+            Capability.BLOCKS_LOOP not in item[1].capabilities or Capability.BLOCKS_LOOP in wanted,
+            shared(item[1].capabilities),
+        ),
+    )
+    return best, reason
+
+
 def create_engine(name: str, config: EngineConfig | None = None) -> Engine:
     """Instantiate the engine registered as *name* (see `engine_class`)."""
     return engine_class(name)(config)
@@ -66,5 +98,6 @@ __all__ = [
     "EngineUnavailable",
     "create_engine",
     "engine_class",
+    "fallback_engine",
     "running",
 ]

@@ -57,6 +57,7 @@ import trio
 
 from .base import Buffer, Capability, EngineConfig, EngineUnavailable
 from .kernel import ReapedEngine, address_of, write_source
+from .uring import seccomp_filtered
 
 # iocb opcodes: the kernel's IOCB_CMD_* (libaio's IO_CMD_*), needed before libaio loads.
 _PREAD: Final = 0
@@ -78,6 +79,8 @@ def _binding() -> ModuleType:
 def _setup_failure(exc: OSError, events: int) -> str:
     """One sentence saying why ``io_setup`` for *events* events failed with *exc*."""
     if exc.errno == errno.ENOSYS:
+        if seccomp_filtered():
+            return "io_setup is not available (ENOSYS): a seccomp filter hides it"
         return "this kernel has no Linux AIO (io_setup: ENOSYS, built without CONFIG_AIO)"
     if exc.errno == errno.EAGAIN:
         return (

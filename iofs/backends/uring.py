@@ -410,7 +410,8 @@ def _sysctl(name: str) -> int | None:
         return None
 
 
-def _seccomp_filtered() -> bool:
+def seccomp_filtered() -> bool:
+    """True if a seccomp filter restricts this process's system calls."""
     with contextlib.suppress(OSError), open("/proc/self/status") as status:
         for line in status:
             if line.startswith("Seccomp:"):
@@ -443,7 +444,7 @@ def probe() -> str | None:
                 os.close(eventfd)
     except OSError as exc:
         if exc.errno == errno.ENOSYS:
-            if _seccomp_filtered():
+            if seccomp_filtered():
                 return "io_uring_setup is not available (ENOSYS): a seccomp filter hides it"
             return "this kernel has no io_uring (built without CONFIG_IO_URING)"
         if exc.errno == errno.EPERM:
@@ -452,7 +453,7 @@ def probe() -> str | None:
                     "io_uring is restricted to privileged processes and the group "
                     "kernel.io_uring_group (sysctl kernel.io_uring_disabled = 1)"
                 )
-            if _seccomp_filtered():
+            if seccomp_filtered():
                 return "io_uring_setup is refused (EPERM) by a seccomp filter on this process"
         return f"io_uring cannot be set up here: {exc.strerror}"
     missing = [name for op, name in _NEEDED_OPS.items() if op not in supported]
