@@ -5,7 +5,9 @@ A bench is a plan of runs, each one fio job file on one *filesystem* through one
 
 - filesystems: ``dir`` (a fresh directory on the filesystem of ``--dir``, by default
   the system's temporary directory) and ``xfs`` / ``btrfs`` (fresh loop-device images,
-  made for the bench and always destroyed after it; root only, skipped otherwise);
+  made for the bench and always destroyed after it; root only, skipped otherwise; or,
+  with ``--xfs DIR`` / ``--btrfs DIR``, a fresh directory on an existing filesystem of
+  that type mounted at DIR, such as a real disk);
 - paths: ``native`` (fio in the backing directory itself) and iofs mode settings such
   as ``blocking`` or ``xfs,engine=aio`` (fio in the mountpoint of an iofs mount of the
   backing directory). A mode whose engine cannot run here is skipped, with the reason.
@@ -63,7 +65,7 @@ from rich.progress import (
 from . import loopfs
 from .backends import ENGINES, EngineConfig, EngineUnavailable, engine_class
 from .control import read_statistics
-from .errors import IofsError
+from .errors import ExitStatus, IofsError
 from .loopfs import LoopFilesystem, interrupts_deferred
 from .modes import MODES, BadSetting, Setting, parse_setting, resolve
 from .mount import MountOptions, find_mount, start_daemon, stop_daemon
@@ -193,11 +195,13 @@ def load_job(spec: str | Path) -> JobFile:
     builtin = builtin_jobs()
     if isinstance(spec, str) and "/" not in spec and not spec.endswith(".fio"):
         if spec not in builtin:
-            raise IofsError(f"unknown job {spec!r} (built-in: {', '.join(builtin)})")
+            raise IofsError(
+                f"unknown job {spec!r} (built-in: {', '.join(builtin)})", ExitStatus.BAD_SETTING
+            )
         return JobFile(spec, builtin[spec].read_text())
     path = Path(text_spec)
     if not path.is_file():
-        raise IofsError(f"job file {path}: not found")
+        raise IofsError(f"job file {path}: not found", ExitStatus.BAD_PATH)
     return JobFile(path.stem, path.read_text())
 
 
@@ -325,6 +329,9 @@ class Plan:
     results: Path = Path("results")
     #: Where scratch directories, mountpoints and loop images are made.
     directory: Path | None = None
+    #: Filesystems run in a fresh directory under an existing mount of that type (e.g.
+    #: ``{"xfs": Path("/scratch/xfs")}``) instead of on a loop image.
+    existing: Mapping[str, Path] = field(default_factory=dict)
     drop_caches: bool = True
     #: Extra settings to record in plan.json (runtime, size, command line).
     settings: Mapping[str, Any] = field(default_factory=dict)
@@ -349,7 +356,7 @@ def mount_setting(spec: str, engine: str | None = None) -> Setting:
         if engine is not None:
             setting = resolve(setting.mode, engine=engine, caching=setting.caching)
     except BadSetting as exc:
-        raise IofsError(str(exc)) from None
+        raise IofsError(str(exc), ExitStatus.BAD_SETTING) from None
     return setting
 
 
@@ -360,7 +367,10 @@ def check_paths(
     paths: list[str] = []
     skipped: list[tuple[str, str]] = []
     if engine is not None and engine not in ENGINES:
-        raise IofsError(f"unknown engine {engine!r} (known: {', '.join(sorted(ENGINES))})")
+        raise IofsError(
+            f"unknown engine {engine!r} (known: {', '.join(sorted(ENGINES))})",
+            ExitStatus.BAD_SETTING,
+        )
     for spec in specs:
         if spec == NATIVE:
             if NATIVE not in paths:
@@ -377,14 +387,41 @@ def check_paths(
     return paths, skipped
 
 
-def check_filesystems(names: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """The filesystems that can be made here, and (what, why) for the others."""
+def check_existing(existing: Mapping[str, Path]) -> None:
+    """Raise `IofsError` unless each directory is on a mounted filesystem of its kind."""
+    for kind, directory in existing.items():
+        if kind not in loopfs.KINDS:
+            raise IofsError(
+                f"unknown filesystem {kind!r} (known: {', '.join(loopfs.KINDS)})",
+                ExitStatus.BAD_SETTING,
+            )
+        if not directory.is_dir():
+            raise IofsError(f"--{kind} {directory}: not a directory", ExitStatus.BAD_PATH)
+        found = filesystem_of(directory).get("type", "unknown")
+        if found != kind:
+            raise IofsError(
+                f"--{kind} {directory}: on a {found} filesystem, not {kind}", ExitStatus.BAD_PATH
+            )
+
+
+def check_filesystems(
+    names: Sequence[str], existing: Mapping[str, Path] | None = None
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The filesystems that can be made here, and (what, why) for the others.
+
+    A filesystem in *existing* (checked with `check_existing`) needs no loop image.
+    """
+    existing = existing or {}
+    check_existing(existing)
     available: list[str] = []
     skipped: list[tuple[str, str]] = []
     for name in dict.fromkeys(names):
         if name not in FILESYSTEMS:
-            raise IofsError(f"unknown target {name!r} (known: {', '.join(FILESYSTEMS)})")
-        reason = None if name == "dir" else loopfs.unavailable(name)
+            raise IofsError(
+                f"unknown target {name!r} (known: {', '.join(FILESYSTEMS)})",
+                ExitStatus.BAD_SETTING,
+            )
+        reason = None if name == "dir" or name in existing else loopfs.unavailable(name)
         if reason is None:
             available.append(name)
         else:
@@ -531,7 +568,7 @@ def _extents(directory: Path) -> dict[str, int]:
     return counts
 
 
-def _log_errors(log: Path) -> int:
+def log_errors(log: Path) -> int:
     """Errors and tracebacks in a daemon log (anything unexpected is logged loudly)."""
     if not log.is_file():
         return 0
@@ -656,11 +693,12 @@ class _Runner:
         """The filesystem's backing directory and a mountpoint, both removed afterwards."""
         directory = self.plan.directory
         with contextlib.ExitStack() as stack:
-            if filesystem == "dir":
-                root = Path(tempfile.mkdtemp(prefix="iofs-bench-dir-", dir=directory))
+            if filesystem == "dir" or filesystem in self.plan.existing:
+                parent = self.plan.existing.get(filesystem, directory)
+                root = Path(tempfile.mkdtemp(prefix=f"iofs-bench-{filesystem}-", dir=parent))
                 stack.callback(shutil.rmtree, root, ignore_errors=True)
                 backing = root
-                self.env["filesystems"]["dir"] = filesystem_of(root)
+                self.env["filesystems"][filesystem] = filesystem_of(root)
             else:
                 if self.progress is not None:
                     self.progress.update(self.task, description=f"making a {filesystem} image")
@@ -740,7 +778,7 @@ class _Runner:
             record["finished"] = time.time()
             _write_json(out / "run.json", record)
         record["extents"] = _extents(workspace.backing)
-        record["daemon_log_errors"] = _log_errors(out / "daemon.log")
+        record["daemon_log_errors"] = log_errors(out / "daemon.log")
         _write_json(out / "run.json", record)
         if record["status"] != "ok":
             self.console.print(
@@ -781,14 +819,7 @@ class _Runner:
         extra: list[str],
     ) -> None:
         """Run fio; `IofsError` if it fails. The progress bar moves while it runs."""
-        command = [
-            self.fio,
-            *extra,
-            "--output-format=json",
-            f"--output={(out / f'{stem}.json').absolute()}",
-            f"--directory={directory}",
-            str(job.absolute()),
-        ]
+        command = fio_command(self.fio, job, directory, out / f"{stem}.json", extra)
         (out / f"{stem}.command").write_text(shlex.join(command) + "\n")
         estimate = self.estimates[run.id]
         limit = 3 * estimate + 60  # a hung mount must not hang the bench
@@ -799,7 +830,7 @@ class _Runner:
             while process.poll() is None:
                 elapsed = time.monotonic() - started
                 if elapsed > limit:
-                    _stop_fio(process)
+                    stop_fio(process)
                     raise IofsError(f"fio did not finish within {limit:.0f} s")
                 if self.progress is not None and stem == "fio":
                     shown = min(elapsed + _OVERHEAD[run.through_iofs], estimate)
@@ -808,14 +839,28 @@ class _Runner:
                     process.wait(timeout=0.1)
         finally:
             if process.poll() is None:
-                _stop_fio(process)
+                stop_fio(process)
         if process.returncode != 0:
             text = (out / f"{stem}.log").read_text(errors="replace").strip()
             reason = (text.splitlines() or ["no message"])[-1]
             raise IofsError(f"fio {stem} failed (status {process.returncode}): {reason}")
 
 
-def _stop_fio(process: subprocess.Popen[bytes]) -> None:
+def fio_command(
+    fio: str, job: Path, directory: Path, output: Path, extra: Sequence[str] = ()
+) -> list[str]:
+    """fio running *job* on files in *directory*, its JSON report written to *output*."""
+    return [
+        fio,
+        *extra,
+        "--output-format=json",
+        f"--output={output.absolute()}",
+        f"--directory={directory}",
+        str(job.absolute()),
+    ]
+
+
+def stop_fio(process: subprocess.Popen[bytes]) -> None:
     """Stop fio (SIGINT lets it end its jobs and close its files), then reap it."""
     with interrupts_deferred():
         process.send_signal(signal.SIGINT)
@@ -867,7 +912,10 @@ def run_plan(plan: Plan, console: Console | None = None) -> Path:
     """
     fio = shutil.which("fio")
     if fio is None:
-        raise IofsError("fio not found: install it (apt-get install fio) or run scripts/setup.sh")
+        raise IofsError(
+            "fio not found: install it (apt-get install fio) or run scripts/setup.sh",
+            ExitStatus.UNAVAILABLE,
+        )
     if not plan.runs:
         raise IofsError("nothing to run: every target or mode was skipped")
     console = console or Console(stderr=True)
@@ -897,7 +945,9 @@ def _read_json(path: Path) -> Any:
 def load_results(directory: Path) -> Results:
     """The `Results` of a results directory, from its saved files alone."""
     if not (directory / "plan.json").is_file():
-        raise IofsError(f"{directory}: not an iofs results directory (no plan.json)")
+        raise IofsError(
+            f"{directory}: not an iofs results directory (no plan.json)", ExitStatus.BAD_PATH
+        )
     try:
         plan = _read_json(directory / "plan.json")
         env_path = directory / "environment.json"
@@ -983,13 +1033,20 @@ def bench_plan(
     full: bool = False,
     results: Path = Path("results"),
     directory: Path | None = None,
+    existing: Mapping[str, Path] | None = None,
     drop_caches: bool = True,
 ) -> Plan:
     """The plan `iofs bench` runs, checked: unknown names raise `IofsError` before
-    anything runs; targets and modes that cannot run here are skipped with a reason."""
+    anything runs; targets and modes that cannot run here are skipped with a reason.
+
+    *existing* maps ``xfs``/``btrfs`` to a directory on a mounted filesystem of that type
+    to run on instead of a loop image; without *targets* those filesystems are added to
+    the default ones.
+    """
+    existing = dict(existing or {})
     paths, skipped_paths = check_paths(list(modes or default_modes()), engine)
     if targets is None:
-        targets = list(FILESYSTEMS) if full else ["dir"]
+        targets = list(FILESYSTEMS) if full else ["dir", *existing]
     if jobs is None:
         jobs = (
             [name for name in builtin_jobs() if name not in NOT_IN_FULL]
@@ -1003,8 +1060,8 @@ def bench_plan(
         effective = runtime if runtime is not None else (DEFAULT_RUNTIME if is_builtin else None)
         loaded[job.name] = JobFile(job.name, with_overrides(job.text, effective, size))
     if directory is not None and not directory.is_dir():
-        raise IofsError(f"--dir {directory}: not a directory")
-    filesystems, skipped_fs = check_filesystems(targets)
+        raise IofsError(f"--dir {directory}: not a directory", ExitStatus.BAD_PATH)
+    filesystems, skipped_fs = check_filesystems(targets, existing)
     return Plan(
         kind="bench",
         runs=matrix(filesystems, paths, list(loaded)),
@@ -1012,6 +1069,7 @@ def bench_plan(
         skipped=(*skipped_fs, *skipped_paths),
         results=results,
         directory=directory,
+        existing=existing,
         drop_caches=drop_caches,
         settings={"runtime": runtime, "size": size, "engine": engine, "full": full},
     )

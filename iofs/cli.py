@@ -1,7 +1,8 @@
 """Command line: ``iofs mount``, ``umount``, ``mode``, ``modes``, ``engines``, ``bench``.
 
-Exit status: 0 success, 1 a failure reported in one line on stderr, 2 bad usage,
-130 interrupted. ``--debug`` adds tracebacks and debug logging.
+Every failure is one line on stderr and an exit status that says what kind it is
+(`ExitStatus`: 1 failed, 2 bad usage, 3 bad path, 4 mount conflict, 5 bad setting,
+6 unavailable here, 7 not permitted, 130 interrupted). ``--debug`` adds tracebacks.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from typing import NoReturn
 import rich.console
 
 from .backends import ENGINES, Capability, EngineConfig
-from .errors import IofsError
+from .errors import ExitStatus, IofsError
 from .modes import CACHINGS, DEFAULT_MODE, MODES, resolve
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"iofs: error: {message} (see '{self.prog} --help')\n")
+        self.exit(ExitStatus.USAGE, f"iofs: error: {message} (see '{self.prog} --help')\n")
 
 
 def _fuse_option_list(text: str) -> list[str]:
@@ -71,6 +72,26 @@ def _fio_size(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+#: Filesystems a bench or demo can run on an existing mount of instead of a loop image.
+_EXISTING = ("xfs", "btrfs")
+
+
+def _add_existing(parser: argparse.ArgumentParser) -> None:
+    for kind in _EXISTING:
+        parser.add_argument(
+            f"--{kind}",
+            type=Path,
+            default=None,
+            metavar="DIR",
+            help=f"run the {kind} target in a fresh directory under DIR, a mounted {kind} "
+            "filesystem (e.g. a real disk), instead of on a loop image",
+        )
+
+
+def _existing(args: argparse.Namespace) -> dict[str, Path]:
+    return {kind: getattr(args, kind) for kind in _EXISTING if getattr(args, kind) is not None}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,10 +181,23 @@ def _parser() -> argparse.ArgumentParser:
         "(fixed for the mount's life)",
     )
     mount.add_argument(
+        "--allow-fallback",
+        action="store_true",
+        help="if the mode's engine cannot run here, use the closest one that can "
+        "(io_uring and aio stand in for each other) instead of refusing",
+    )
+    mount.add_argument(
         "--no-statistics",
         dest="statistics",
         action="store_false",
         help="skip the per-request counters (to measure what they cost)",
+    )
+    mount.add_argument(
+        "--faults",
+        default="off",
+        metavar="SPEC",
+        help="inject faults into data operations from the start, e.g. eio=0.01 or "
+        "every=100,ops=write,errno=ENOSPC or delay=20ms:0.1 (see 'iofs faults --help')",
     )
     mount.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
@@ -186,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FS",
         default=None,
         help="filesystems: dir (a fresh directory under --dir), xfs, btrfs (fresh loop "
-        "images, root only; default: dir)",
+        "images, root only, or the mounts given by --xfs/--btrfs; default: dir and those)",
     )
     bench.add_argument(
         "--modes",
@@ -242,6 +276,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where the dir target, mountpoints and images are made (default: the system "
         "temporary directory)",
     )
+    _add_existing(bench)
     bench.add_argument(
         "--no-drop-caches",
         dest="drop_caches",
@@ -269,7 +304,56 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the backing directory, mountpoints and images are made",
     )
+    _add_existing(demo)
     demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
+    soak = commands.add_parser(
+        "soak",
+        help="a mixed load on a fresh mount for a set time, switching modes, everything checked",
+        description="Mount iofs over a scratch directory and, for --duration, run fio with "
+        "crc32c verification (buffered and O_DIRECT), metadata churn checked against a "
+        "model, and a writer whose fsync-acknowledged records are checked at the end, while "
+        "the mode switches every --switch-interval through every mode that runs here. Passes "
+        "with no verification failure, no daemon error or unexpected error, and the daemon's "
+        "peak RSS after warm-up at most 10% above its peak during warm-up. Exit status 0 on "
+        "pass, 1 on failure; the report is printed and kept in the results directory.",
+    )
+
+    def duration(text: str) -> float:
+        from .soak import parse_duration
+
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    soak.add_argument(
+        "--duration",
+        type=duration,
+        default=600.0,
+        metavar="TIME",
+        help="how long the load runs, e.g. 90s, 10m, 1h (default 10m)",
+    )
+    soak.add_argument(
+        "--switch-interval",
+        type=duration,
+        default=3.0,
+        metavar="TIME",
+        help="time between mode switches (default 3s)",
+    )
+    soak.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the scratch backing directory and mountpoint are made (default: the "
+        "system temporary directory)",
+    )
+    soak.add_argument("--results", type=Path, default=Path("results"), help="where runs are kept")
+    soak.add_argument(
+        "--seed", type=int, default=None, help="seed of the metadata churn (default: random)"
+    )
+    soak.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     report = commands.add_parser(
         "report", help="render a bench or demo results directory's summary and chart again"
@@ -289,6 +373,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SETTING",
         help="NAME[,engine=E][,direct=on|off][,cache=kernel|none]",
     )
+
+    faults = commands.add_parser(
+        "faults",
+        help="show or set fault injection (failed or delayed data operations) on a live mount",
+        description="Make a fraction or pattern of data operations fail or wait, to test "
+        "how programs handle I/O errors. SPEC is 'off' or OPTION[,OPTION...]: eio=F (fail "
+        "a fraction F, e.g. 0.05 or 5%), every=N (fail every Nth), errno=NAME (default "
+        "EIO), delay=TIME[:F] (e.g. 20ms, for all or a fraction F), ops=read+write+fsync "
+        "(default all), range=START-[END] (only reads and writes touching those bytes, "
+        "e.g. 0-4K), seed=N (repeat the random choices). Owner and root only.",
+    )
+    faults.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    faults.add_argument("spec", nargs="?", metavar="SPEC", help="a fault spec, or off")
 
     stats = commands.add_parser("stats", help="a statistics snapshot of a mounted iofs")
     stats.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
@@ -311,10 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except IofsError as exc:
         print(f"iofs: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.status
     except KeyboardInterrupt:
         print("iofs: interrupted", file=sys.stderr)
-        return 130
+        return ExitStatus.INTERRUPTED
     except BrokenPipeError:
         # The reader of our output went away (`iofs modes | head`): not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -328,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(run with --debug for a traceback)",
             file=sys.stderr,
         )
-        return 1
+        return ExitStatus.FAILED
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -355,6 +452,8 @@ def _run(args: argparse.Namespace) -> int:
                 stats_interval=args.stats_interval,
                 statistics=args.statistics,
                 writeback_cache=args.writeback_cache,
+                allow_fallback=args.allow_fallback,
+                faults=args.faults,
             )
         )
         return 0
@@ -380,6 +479,7 @@ def _run(args: argparse.Namespace) -> int:
             full=args.full,
             results=args.results,
             directory=args.dir,
+            existing=_existing(args),
             drop_caches=args.drop_caches,
         )
         return run_and_render(plan)
@@ -389,9 +489,29 @@ def _run(args: argparse.Namespace) -> int:
 
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
         plan = demo_plan(
-            runtime=args.runtime or DEMO_RUNTIME, results=args.results, directory=args.dir
+            runtime=args.runtime or DEMO_RUNTIME,
+            results=args.results,
+            directory=args.dir,
+            existing=_existing(args),
         )
         return run_and_render(plan, findings)
+    if args.command == "soak":
+        from .soak import SoakOptions, render_report, run_soak
+
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
+        report = run_soak(
+            SoakOptions(
+                duration=args.duration,
+                switch_interval=args.switch_interval,
+                directory=args.dir,
+                results=args.results,
+                seed=args.seed,
+            )
+        )
+        print(render_report(report), end="")
+        if report.interrupted:
+            raise KeyboardInterrupt
+        return ExitStatus.OK if report.passed else ExitStatus.FAILED
     if args.command == "report":
         from .bench import render_results
 
@@ -420,6 +540,8 @@ def _run(args: argparse.Namespace) -> int:
             at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
             print(f"  {at}  {entry['mode']}")
         return 0
+    if args.command == "faults":
+        return _faults(args.mountpoint, args.spec)
     if args.command == "stats":
         from .control import read_statistics
         from .render import stats_table
@@ -433,6 +555,32 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "top":
         return _top(args.mountpoint, args.interval, args.count)
     raise AssertionError(args.command)
+
+
+def _faults(mountpoint: Path, spec: str | None) -> int:
+    """`iofs faults`: set the spec if given, then say what is injected and what it did."""
+    from .control import read_faults, set_faults
+
+    if spec is not None:
+        set_faults(mountpoint, spec)
+    current = read_faults(mountpoint)
+    seed = "" if current["seed"] is None else f" (seed {current['seed']})"
+    if spec is not None:
+        if current["spec"] == "off":
+            print(f"iofs: {mountpoint}: fault injection off")
+        else:
+            print(f"iofs: {mountpoint}: {current['description']}{seed}")
+        return 0
+    if current["spec"] == "off":
+        print(current["description"])
+    else:
+        print(f"{current['spec']}{seed}: {current['description']}")
+    for op, counters in current["operations"].items():
+        print(
+            f"  {op:6} {counters['matched']:>12,} matched {counters['errors']:>12,} failed "
+            f"{counters['delays']:>12,} delayed"
+        )
+    return 0
 
 
 def _top(mountpoint: Path, interval: float, count: int | None) -> int:

@@ -2,7 +2,8 @@
 
 ``iofs mode``, ``iofs stats`` and ``iofs top`` read and write them; so can anyone with
 ``getfattr -n iofs.statistics --only-values MOUNTPOINT`` or
-``setfattr -n iofs.mode -v xfs MOUNTPOINT``.
+``setfattr -n iofs.mode -v xfs MOUNTPOINT``. ``iofs faults`` reads and sets
+``iofs.faults`` (``setfattr -n iofs.faults -v eio=0.01 MOUNTPOINT``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .backends import EngineUnavailable, engine_class
-from .errors import IofsError
-from .fs import MODE_XATTR, STATISTICS_XATTR
+from .errors import ExitStatus, IofsError
+from .faults import BadFaults, FaultSpec, parse_faults
+from .fs import FAULTS_XATTR, MODE_XATTR, STATISTICS_XATTR
 from .modes import BadSetting, Setting, parse_setting
 from .mount import FSTYPE, find_mount, is_disconnected
 from .stats import Snapshot
@@ -25,12 +27,23 @@ def _checked_mountpoint(mountpoint: Path) -> Path:
     path = Path(os.path.realpath(mountpoint))
     entry = find_mount(path)
     if entry is None:
-        raise IofsError(f"{path} is not mounted")
+        raise IofsError(f"{path} is not mounted", ExitStatus.MOUNT_CONFLICT)
     if entry.fstype != FSTYPE:
-        raise IofsError(f"{path} is not an iofs mount (it is {entry.fstype})")
+        raise IofsError(
+            f"{path} is not an iofs mount (it is {entry.fstype})", ExitStatus.MOUNT_CONFLICT
+        )
     if is_disconnected(path):
-        raise IofsError(f"{path}: the iofs daemon has died (run 'iofs umount {path}')")
+        raise IofsError(
+            f"{path}: the iofs daemon has died (run 'iofs umount {path}')",
+            ExitStatus.MOUNT_CONFLICT,
+        )
     return path
+
+
+def _status_of(exc: OSError) -> ExitStatus:
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return ExitStatus.PERMISSION
+    return ExitStatus.FAILED
 
 
 def _read(mountpoint: Path, name: bytes) -> dict[str, Any]:
@@ -38,7 +51,9 @@ def _read(mountpoint: Path, name: bytes) -> dict[str, Any]:
     try:
         value = os.getxattr(path, name)
     except OSError as exc:
-        raise IofsError(f"cannot read {name.decode()} of {path}: {exc.strerror}") from None
+        raise IofsError(
+            f"cannot read {name.decode()} of {path}: {exc.strerror}", _status_of(exc)
+        ) from None
     data: dict[str, Any] = json.loads(value)
     return data
 
@@ -54,7 +69,9 @@ def read_statistics(mountpoint: Path) -> Snapshot:
     try:
         return Snapshot.from_json(os.getxattr(path, STATISTICS_XATTR).decode())
     except OSError as exc:
-        raise IofsError(f"cannot read the statistics of {path}: {exc.strerror}") from None
+        raise IofsError(
+            f"cannot read the statistics of {path}: {exc.strerror}", _status_of(exc)
+        ) from None
     except ValueError as exc:
         raise IofsError(f"{path} answered statistics iofs cannot read: {exc}") from None
 
@@ -64,19 +81,47 @@ def set_mode(mountpoint: Path, spec: str) -> Setting:
     path = _checked_mountpoint(mountpoint)
     try:
         setting = parse_setting(spec)
-        engine_class(setting.engine)
-    except (BadSetting, EngineUnavailable) as exc:
-        raise IofsError(str(exc)) from None
+    except BadSetting as exc:
+        raise IofsError(str(exc), ExitStatus.BAD_SETTING) from None
     try:
         os.setxattr(path, MODE_XATTR, setting.spec.encode())
     except OSError as exc:
         if exc.errno in (errno.EPERM, errno.EACCES):
             raise IofsError(
-                f"only the owner of {path} or root may switch its mode ({exc.strerror})"
+                f"only the owner of {path} or root may switch its mode ({exc.strerror})",
+                ExitStatus.PERMISSION,
             ) from None
         if exc.errno == errno.EOPNOTSUPP:
-            raise IofsError(
-                f"the daemon cannot run engine {setting.engine!r} (see its log)"
-            ) from None
+            try:
+                engine_class(setting.engine)
+                reason = f"the daemon cannot run engine {setting.engine!r} (see its log)"
+            except EngineUnavailable as unavailable:
+                reason = str(unavailable)
+            raise IofsError(reason, ExitStatus.UNAVAILABLE) from None
         raise IofsError(f"the daemon refused {setting.spec!r}: {exc.strerror}") from None
-    return setting
+    # The daemon may have used a fallback engine (mounted with --allow-fallback).
+    return parse_setting(str(read_mode(path)["spec"]))
+
+
+def read_faults(mountpoint: Path) -> dict[str, Any]:
+    """The mount's fault-injection setting: spec, description, seed, counters per op."""
+    return _read(mountpoint, FAULTS_XATTR)
+
+
+def set_faults(mountpoint: Path, spec: str) -> FaultSpec:
+    """Set fault injection on the live mount (``off`` stops it); checked here first."""
+    path = _checked_mountpoint(mountpoint)
+    try:
+        faults = parse_faults(spec)
+    except BadFaults as exc:
+        raise IofsError(str(exc), ExitStatus.BAD_SETTING) from None
+    try:
+        os.setxattr(path, FAULTS_XATTR, faults.text.encode())
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            raise IofsError(
+                f"only the owner of {path} or root may set its fault injection ({exc.strerror})",
+                ExitStatus.PERMISSION,
+            ) from None
+        raise IofsError(f"the daemon refused {faults.text!r}: {exc.strerror}") from None
+    return faults

@@ -11,7 +11,8 @@ About two to three minutes on a small machine. The runs (`DEMO_RUNS`):
   in ``nonblocking`` mode (its hit ratio when cold) and in ``xfs`` mode on buffered
   backing files with io_uring and with Linux AIO: which of the two stays asynchronous;
 - ``rand-write-4k-direct-qd16`` and ``fdatasync-write-4k`` natively on fresh XFS and
-  Btrfs images (root only; skipped with the reason otherwise).
+  Btrfs images (root only; skipped with the reason otherwise), or on existing XFS and
+  Btrfs filesystems (``--xfs DIR``, ``--btrfs DIR``).
 
 `findings` turns a demo's `Results` into one plain sentence per experiment, computed
 from that run's numbers; a difference smaller than the noise rules below is reported
@@ -21,7 +22,7 @@ as within noise rather than as a finding.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .bench import (
@@ -387,10 +388,17 @@ def demo_plan(
     runtime: float = DEMO_RUNTIME,
     results: Path = Path("results"),
     directory: Path | None = None,
+    existing: Mapping[str, Path] | None = None,
     drop_caches: bool = True,
 ) -> Plan:
-    """The demo's runs that can run here; the others are skipped with the reason."""
-    filesystems, skipped = check_filesystems(list(dict.fromkeys(r.filesystem for r in DEMO_RUNS)))
+    """The demo's runs that can run here; the others are skipped with the reason.
+
+    *existing* (as for `bench_plan`) puts the xfs and btrfs runs on mounted filesystems.
+    """
+    existing = dict(existing or {})
+    filesystems, skipped = check_filesystems(
+        list(dict.fromkeys(r.filesystem for r in DEMO_RUNS)), existing
+    )
     paths, skipped_paths = check_paths(list(dict.fromkeys(r.path for r in DEMO_RUNS)))
     runs = tuple(r for r in DEMO_RUNS if r.filesystem in filesystems and r.path in paths)
     jobs = {}
@@ -404,6 +412,7 @@ def demo_plan(
         skipped=(*skipped, *skipped_paths),
         results=results,
         directory=directory,
+        existing=existing,
         drop_caches=drop_caches,
         settings={"runtime": runtime},
     )

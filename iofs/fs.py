@@ -42,7 +42,8 @@ from pyfuse3 import (
 )
 
 from . import syscalls
-from .backends import Buffer, Engine, EngineUnavailable, create_engine
+from .backends import Buffer, Engine, EngineUnavailable, create_engine, fallback_engine
+from .faults import OFF, BadFaults, FaultInjector, FaultSpec, parse_faults
 from .inodes import Inode, InodeTable, key_of, proc_path
 from .metadata import MetadataQueue
 from .modes import CACHINGS, MAX_SPEC, BadSetting, Setting, parse_setting
@@ -57,7 +58,10 @@ STATISTICS_XATTR = b"iofs.statistics"
 #: setting (``NAME[,engine=E][,direct=on|off][,cache=kernel|none]``) switches to it.
 #: Only the mount's owner and root may write it. Not listed either.
 MODE_XATTR = b"iofs.mode"
-CONTROL_XATTRS = frozenset({STATISTICS_XATTR, MODE_XATTR})
+#: Control xattr on the mount root: reads as the fault-injection setting (JSON); writing
+#: a fault spec (see `iofs.faults`, ``off`` to stop) sets it. Owner and root only.
+FAULTS_XATTR = b"iofs.faults"
+CONTROL_XATTRS = frozenset({STATISTICS_XATTR, MODE_XATTR, FAULTS_XATTR})
 #: The most an xattr value may hold (Linux's XATTR_SIZE_MAX).
 XATTR_SIZE_MAX = 65536
 #: Seconds within which a process's second read of the statistics gets the first one's
@@ -165,8 +169,12 @@ class Filesystem(pyfuse3.Operations):
         entry_timeout: float = 1.0,
         statistics: bool = True,
         writeback_cache: bool = False,
+        faults: FaultSpec = OFF,
+        allow_fallback: bool = False,
     ) -> None:
         super().__init__()
+        #: A switch to a mode whose engine cannot run here uses the closest one that can.
+        self.allow_fallback = allow_fallback
         #: Read by pyfuse3 when the kernel's INIT arrives: fixed for the mount's life.
         self.enable_writeback_cache = writeback_cache
         self.inodes = InodeTable(root_fd)
@@ -184,6 +192,10 @@ class Filesystem(pyfuse3.Operations):
         #: The user who mounted: with root, the only one who may switch modes.
         self.owner = os.getuid()
         self.recorder = (Recorder if statistics else QuietRecorder)(self.setting.spec)
+        #: Fault injection in front of the engine: not part of it, so switches keep it.
+        self.faults = FaultInjector()
+        if faults.active:
+            self.set_faults(faults)
         self._draining: set[Engine] = set()  # old engines finishing their operations
         self._nursery: trio.Nursery | None = None
         self._statistics_cache: dict[int, tuple[float, bytes]] = {}  # pid -> (when, JSON)
@@ -223,6 +235,15 @@ class Filesystem(pyfuse3.Operations):
         self.setting = setting
         self.recorder.mode_changed(setting.spec)
         log.info("mode switched to %s", setting.describe())
+
+    def set_faults(self, spec: FaultSpec) -> None:
+        """Inject *spec* into data operations from now on (`OFF` stops)."""
+        self.faults.set(spec)
+        if spec.active:
+            seed = f" (seed {self.faults.seed})" if spec.random else ""
+            log.warning("fault injection on: %s%s: %s", spec.text, seed, spec.describe())
+        else:
+            log.info("fault injection off")
 
     async def _drain(self, engine: Engine) -> None:
         await engine.aclose()  # waits for its operations in flight
@@ -372,7 +393,8 @@ class Filesystem(pyfuse3.Operations):
 
     def statistics(self) -> Snapshot:
         engines = [self.engine, *self._draining]
-        return self.recorder.snapshot([e.statistics() for e in engines], self.counters())
+        faults = self.faults.statistics() if self.faults.ever_armed else None
+        return self.recorder.snapshot([e.statistics() for e in engines], self.counters(), faults)
 
     # -- inodes -----------------------------------------------------------------------
     @_handler
@@ -560,38 +582,49 @@ class Filesystem(pyfuse3.Operations):
                 lambda f: os.open(name, f | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd),
             )
         except FileExistsError:
-            # Created by someone else since the kernel's lookup: open(2) without O_EXCL
-            # opens the existing file, and it is not ours to chown.
             if flags & os.O_EXCL:
                 raise
-            fd = self._open_backing(flags, lambda f: os.open(name, f, dir_fd=parent.fd))
-            try:
-                entry = self._entry(parent, name)
-            except BaseException:
-                os.close(fd)
-                raise
-        else:
-            try:
-                entry = self._created(parent, name, ctx, opened=fd)
-            except BaseException:
-                os.close(fd)
-                raise
+            # Created by someone else since the kernel's lookup. Opening it here would
+            # skip the kernel's checks: its permissions, a symlink that leads out of the
+            # backing tree, a FIFO that blocks the loop. ESTALE makes the kernel redo
+            # the open once (LOOKUP_REVAL), which then finds the new node and opens it
+            # as open(2) would.
+            raise FUSEError(errno.ESTALE) from None
+        try:
+            entry = self._created(parent, name, ctx, opened=fd)
+        except BaseException:
+            os.close(fd)
+            raise
         return self._open_file(fd, self.inodes[entry.st_ino]), entry
 
     @_handler
     async def read(  # type: ignore[override]  # pyfuse3 takes any buffer (PyObject_GetBuffer)
         self, fh: FileHandleT, off: int, size: int
     ) -> Buffer:
-        return await self.engine.read(self._file(fh), off, size)
+        fd = self._file(fh)
+        if self.faults.armed:
+            await self.faults.inject("read", off, size)
+        return await self.engine.read(fd, off, size)
 
     @_handler
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
-        return await self.engine.write(self._file(fh), off, buf)
+        fd = self._file(fh)
+        if self.faults.armed:  # decided before the engine sees it: a failed write wrote nothing
+            await self.faults.inject("write", off, len(buf))
+        return await self.engine.write(fd, off, buf)
 
     @_handler
     async def flush(self, fh: FileHandleT) -> None:
         # close(2) of a duplicate reports errors the backing filesystem defers to close.
-        os.close(os.dup(self._file(fh)))
+        # With no descriptor left for the duplicate there is nothing to report: the
+        # caller's close(2) must not fail with EMFILE.
+        try:
+            duplicate = os.dup(self._file(fh))
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                return
+            raise
+        os.close(duplicate)
 
     @_handler
     async def release(self, fh: FileHandleT) -> None:
@@ -604,7 +637,10 @@ class Filesystem(pyfuse3.Operations):
 
     @_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
-        await self.engine.fsync(self._file(fh), datasync)
+        fd = self._file(fh)
+        if self.faults.armed:
+            await self.faults.inject("fsync")
+        await self.engine.fsync(fd, datasync)
 
     # -- directories ------------------------------------------------------------------
     @_handler
@@ -701,12 +737,22 @@ class Filesystem(pyfuse3.Operations):
         os.setxattr(self.inodes[inode].proc_path, name, value)
 
     def _control(self, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
-        """A write to a control xattr: switch the mode, or refuse without changing a thing."""
-        if name != MODE_XATTR:
+        """A write to a control xattr: switch the mode or set fault injection, or refuse
+        without changing a thing."""
+        if name == STATISTICS_XATTR:
             raise FUSEError(errno.EPERM)  # the statistics are read-only
         if ctx.uid not in (0, self.owner):
-            log.warning("uid %d may not switch the mode (only %d and root)", ctx.uid, self.owner)
+            what = "switch the mode" if name == MODE_XATTR else "set fault injection"
+            log.warning("uid %d may not %s (only %d and root)", ctx.uid, what, self.owner)
             raise FUSEError(errno.EPERM)
+        if name == FAULTS_XATTR:
+            try:
+                spec = parse_faults(value.decode())  # UTF-8: delay=5µs is a spec
+            except (BadFaults, UnicodeDecodeError) as exc:
+                log.warning("refused fault spec %s: %s", reprlib.repr(value), exc)
+                raise FUSEError(errno.EINVAL) from None
+            self.set_faults(spec)
+            return
         try:
             if len(value) > MAX_SPEC:
                 raise BadSetting("oversized")
@@ -714,6 +760,11 @@ class Filesystem(pyfuse3.Operations):
         except (BadSetting, UnicodeDecodeError) as exc:
             log.warning("refused mode setting %s: %s", reprlib.repr(value), exc)
             raise FUSEError(errno.EINVAL) from None
+        fallback = fallback_engine(setting.engine) if self.allow_fallback else None
+        if fallback is not None:
+            engine, reason = fallback
+            log.warning("engine %s cannot run here (%s): using %s", setting.engine, reason, engine)
+            setting = replace(setting, engine=engine)
         try:
             self.switch(setting)
         except EngineUnavailable as exc:
@@ -727,6 +778,8 @@ class Filesystem(pyfuse3.Operations):
             raise FUSEError(errno.EACCES)  # readable by whoever may list the root
         if name == STATISTICS_XATTR:
             return self._statistics_for(ctx.pid)
+        if name == FAULTS_XATTR:
+            return self._faults_value()
         setting = self.setting
         return json.dumps(
             {
@@ -735,6 +788,17 @@ class Filesystem(pyfuse3.Operations):
                 **asdict(setting),
                 "writeback_cache": self.enable_writeback_cache,
                 "history": [{"mode": spec, "at": at} for spec, at in self.recorder.mode_history],
+            }
+        ).encode()
+
+    def _faults_value(self) -> bytes:
+        faults = self.faults.statistics()
+        return json.dumps(
+            {
+                "spec": faults.spec,
+                "description": self.faults.spec.describe(),
+                "seed": faults.seed,
+                "operations": {op: asdict(c) for op, c in faults.operations.items()},
             }
         ).encode()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import faulthandler
 import json
 import logging
 import os
@@ -27,10 +28,17 @@ import psutil
 import pyfuse3
 import trio
 
-from .backends import EngineConfig, EngineUnavailable, create_engine
-from .errors import IofsError
+from .backends import (
+    EngineConfig,
+    EngineUnavailable,
+    create_engine,
+    engine_class,
+    fallback_engine,
+)
+from .errors import ExitStatus, IofsError
+from .faults import BadFaults, parse_faults
 from .fs import Filesystem
-from .modes import DEFAULT_MODE, BadSetting, resolve
+from .modes import DEFAULT_MODE, BadSetting, Setting, resolve
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,11 @@ class MountOptions:
     #: The kernel's writeback cache (FUSE_CAP_WRITEBACK_CACHE): negotiated at mount time,
     #: so it is a mount option, not part of a mode.
     writeback_cache: bool = False
+    #: If the mode's engine cannot run here, use the closest one that can
+    #: (`fallback_engine`) instead of refusing to mount.
+    allow_fallback: bool = False
+    #: A fault spec (`iofs.faults`): data operations to fail or delay from the start.
+    faults: str = "off"
 
 
 @dataclass(frozen=True)
@@ -121,7 +134,9 @@ def find_mount(mountpoint: Path) -> MountEntry | None:
 def is_disconnected(mountpoint: Path) -> bool:
     """True if *mountpoint* is a FUSE mount whose daemon has gone (ENOTCONN)."""
     try:
-        os.stat(mountpoint)
+        # statfs, not stat: the kernel answers stat from its attribute cache for up to
+        # --attr-timeout after the daemon died, but always sends STATFS to the daemon.
+        os.statvfs(mountpoint)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False
@@ -129,25 +144,56 @@ def is_disconnected(mountpoint: Path) -> bool:
 
 # -- mounting --------------------------------------------------------------------------
 def _check_paths(backing: Path, mountpoint: Path) -> tuple[Path, Path]:
+    _clean_up_dead_mount(mountpoint)
     for what, path in (("backing directory", backing), ("mountpoint", mountpoint)):
         try:
             st = os.stat(path)
         except OSError as exc:
             if exc.errno == errno.ENOTCONN:
                 raise IofsError(
-                    f"{path} is a stale mount whose daemon died: run 'iofs umount {path}'"
+                    f"{path} is a stale mount whose daemon died: run 'iofs umount {path}'",
+                    ExitStatus.MOUNT_CONFLICT,
                 ) from None
-            raise IofsError(f"{what} {path}: {exc.strerror}") from None
+            status = ExitStatus.PERMISSION if exc.errno == errno.EACCES else ExitStatus.BAD_PATH
+            raise IofsError(f"{what} {path}: {exc.strerror}", status) from None
         if not stat.S_ISDIR(st.st_mode):
-            raise IofsError(f"{what} {path}: not a directory")
+            raise IofsError(f"{what} {path}: not a directory", ExitStatus.BAD_PATH)
     backing, mountpoint = backing.resolve(), mountpoint.resolve()
     existing = find_mount(mountpoint)
     if existing is not None and existing.fstype == FSTYPE:
-        raise IofsError(f"{mountpoint} is already an iofs mount (of {existing.source})")
+        raise IofsError(
+            f"{mountpoint} is already an iofs mount (of {existing.source})",
+            ExitStatus.MOUNT_CONFLICT,
+        )
     if backing != mountpoint and mountpoint.is_relative_to(backing):
         # The daemon's own lookups would enter its mount and wait for themselves.
-        raise IofsError(f"mountpoint {mountpoint} lies inside the backing directory {backing}")
+        raise IofsError(
+            f"mountpoint {mountpoint} lies inside the backing directory {backing}",
+            ExitStatus.MOUNT_CONFLICT,
+        )
+    if backing != mountpoint and backing.is_relative_to(mountpoint):
+        # The mount would hide the backing directory from everyone but the daemon.
+        raise IofsError(
+            f"backing directory {backing} lies inside the mountpoint {mountpoint}",
+            ExitStatus.MOUNT_CONFLICT,
+        )
+    if os.geteuid() != 0 and not os.access(mountpoint, os.W_OK):
+        # fusermount3 refuses too, less clearly; say it before anything is started.
+        raise IofsError(
+            f"mountpoint {mountpoint}: no write access (mount on a directory you own)",
+            ExitStatus.PERMISSION,
+        )
     return backing, mountpoint
+
+
+def _clean_up_dead_mount(mountpoint: Path) -> None:
+    """If *mountpoint* is an iofs mount whose daemon died, detach it and say so, so that
+    one `iofs mount` recovers it. Anything else is left for the checks to refuse."""
+    if not is_disconnected(mountpoint):
+        return
+    entry = find_mount(Path(os.path.realpath(mountpoint)))
+    if entry is not None and entry.fstype == FSTYPE:
+        print(f"iofs: {unmount(mountpoint)}", file=sys.stderr)
 
 
 def _fuse_options(opts: MountOptions, backing: Path) -> set[str]:
@@ -189,9 +235,6 @@ def _configure_logging(debug: bool, log_file: Path | None) -> None:
 
 def mount(opts: MountOptions) -> None:
     """Mount and serve until unmounted or signalled. Raises IofsError on bad input."""
-    backing, mountpoint = _check_paths(opts.backing, opts.mountpoint)
-    if not os.path.exists("/dev/fuse"):
-        raise IofsError("/dev/fuse is missing: load the fuse module (modprobe fuse)")
     try:
         setting = resolve(
             opts.mode,
@@ -199,13 +242,31 @@ def mount(opts: MountOptions) -> None:
             direct=opts.engine_config.direct,
             caching=opts.caching,
         )
-        engine = create_engine(setting.engine, replace(opts.engine_config, direct=setting.direct))
-    except (BadSetting, EngineUnavailable) as exc:
-        raise IofsError(f"{exc}") from None
+    except BadSetting as exc:
+        raise IofsError(f"{exc}", ExitStatus.BAD_SETTING) from None
+    try:
+        faults = parse_faults(opts.faults)
+    except BadFaults as exc:
+        raise IofsError(f"--faults: {exc}", ExitStatus.BAD_SETTING) from None
+    backing, mountpoint = _check_paths(opts.backing, opts.mountpoint)
+    if not os.path.exists("/dev/fuse"):
+        raise IofsError(
+            "/dev/fuse is missing: load the fuse module (modprobe fuse)", ExitStatus.UNAVAILABLE
+        )
+    if os.geteuid() != 0 and not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise IofsError(
+            "no access to /dev/fuse: ask an administrator for it (or mount as root)",
+            ExitStatus.PERMISSION,
+        )
+    setting = _runnable(setting, opts.allow_fallback)
+    engine = create_engine(setting.engine, replace(opts.engine_config, direct=setting.direct))
     log_file = opts.log_file.absolute() if opts.log_file else None  # the daemon does chdir /
     if log_file is None and not opts.foreground:
         log_file = default_log_path(mountpoint)
     _configure_logging(opts.debug, log_file)
+    # A crash in C code (ctypes, libfuse) kills the daemon without a Python traceback:
+    # have the fatal signal's stack written where the log goes (stderr, see _daemonize).
+    faulthandler.enable()
 
     root_fd = os.open(backing, os.O_PATH | os.O_DIRECTORY)
     fs = Filesystem(
@@ -216,6 +277,8 @@ def mount(opts: MountOptions) -> None:
         entry_timeout=opts.entry_timeout,
         statistics=opts.statistics,
         writeback_cache=opts.writeback_cache,
+        faults=faults,
+        allow_fallback=opts.allow_fallback,
     )
     try:
         with _stderr_captured() as captured:
@@ -224,11 +287,21 @@ def mount(opts: MountOptions) -> None:
             except RuntimeError as exc:
                 # libfuse says why on stderr ("fuse: unknown option(s): ..."): one line.
                 reason = (captured().strip().splitlines() or [str(exc)])[-1]
-                raise IofsError(f"cannot mount {mountpoint}: {reason}") from None
+                raise IofsError(
+                    f"cannot mount {mountpoint}: {reason}", _init_failure_status(reason)
+                ) from None
         state = state_path(mountpoint)
         detach = True  # unless the kernel has let go already (see _serve)
         try:
-            ready = _noop if opts.foreground else _daemonize(log_file)
+            if opts.foreground:
+                ready = _noop
+            else:
+                # Kernel AIO contexts belong to the process that set them up: a forked
+                # daemon using its parent's dies of SIGBUS at its first completion. The
+                # engine made above only proved that this one can be made here.
+                trio.run(engine.aclose)
+                ready = _daemonize(log_file)
+                fs.engine = create_engine(setting.engine, engine.config)
             state.write_text(
                 json.dumps(
                     {
@@ -249,14 +322,45 @@ def mount(opts: MountOptions) -> None:
             log.exception("the daemon failed")
             raise
         finally:
-            with contextlib.suppress(OSError):
-                state.unlink()
+            # After a lazy detach a newer daemon may serve the mountpoint: its file stays.
+            if (read_state(mountpoint) or {}).get("pid") == os.getpid():
+                with contextlib.suppress(OSError):
+                    state.unlink()
             # A daemon that fails must not leave a mount behind that answers ENOTCONN.
             pyfuse3.close(unmount=detach)
         log.info("unmounted %s", mountpoint)
     finally:
         fs.close()
         os.close(root_fd)
+
+
+def _init_failure_status(reason: str) -> ExitStatus:
+    """The exit status for what libfuse or fusermount3 said when the mount failed."""
+    lowered = reason.lower()
+    if "unknown option" in lowered or "invalid argument" in lowered:
+        return ExitStatus.USAGE  # a -o option the kernel or libfuse does not take
+    if any(word in lowered for word in ("permission denied", "not permitted", "no write access")):
+        return ExitStatus.PERMISSION
+    return ExitStatus.FAILED
+
+
+def _runnable(setting: Setting, allow_fallback: bool) -> Setting:
+    """*setting*, or with --allow-fallback its closest runnable engine; else IofsError."""
+    try:
+        engine_class(setting.engine)
+    except EngineUnavailable as exc:
+        fallback = fallback_engine(setting.engine) if allow_fallback else None
+        if fallback is None:
+            hint = "" if allow_fallback else " (--allow-fallback uses the closest engine that runs)"
+            raise IofsError(f"mode {setting.mode}: {exc}{hint}", ExitStatus.UNAVAILABLE) from None
+        engine, reason = fallback
+        print(
+            f"iofs: engine {setting.engine} cannot run here ({reason}): "
+            f"mode {setting.mode} uses {engine} instead (--allow-fallback)",
+            file=sys.stderr,
+        )
+        return replace(setting, engine=engine)
+    return setting
 
 
 def _noop() -> None:
@@ -287,12 +391,20 @@ async def _serve(
 ) -> bool:
     """Serve requests until unmounted; return True if we must still unmount (lazily)."""
     detach = False
+    # Which mount is ours: after `iofs umount --lazy` the mountpoint may hold another.
+    device = _mount_device(mountpoint)
 
     async def watch_signals() -> None:
         nonlocal detach
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
             async for signum in sigs:
                 log.info("received %s, unmounting", signal.Signals(signum).name)
+                if _mount_device(mountpoint) != device:
+                    # Detached already: unmounting the path would hit whatever is
+                    # mounted there now. Users of our files get ENOTCONN from now on.
+                    log.warning("the mount was detached already: stopping")
+                    pyfuse3.terminate()
+                    return
                 # A normal unmount, served by the still running loop, ends main() by
                 # itself. If files are still open, detach lazily instead: their users
                 # get ENOTCONN from then on, as after any forced FUSE unmount.
@@ -321,6 +433,18 @@ async def _serve(
             await fs.aclose()
             nursery.cancel_scope.cancel()
     return detach
+
+
+def _mount_device(mountpoint: Path) -> str | None:
+    """The device (``major:minor``) of the mount on top at *mountpoint*, or None."""
+    device = None
+    with open("/proc/self/mountinfo") as table:
+        for line in table:
+            fields = line.split()
+            target = fields[4].encode().decode("unicode_escape").encode("latin-1")
+            if target.decode(errors="replace") == str(mountpoint):
+                device = fields[2]
+    return device
 
 
 async def _log_statistics(fs: Filesystem, path: Path, interval: float) -> None:
@@ -377,33 +501,57 @@ def _daemonize(log_file: Path | None) -> Callable[[], None]:
 
 # -- unmounting ------------------------------------------------------------------------
 def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 10.0) -> str:
-    """Unmount an iofs mount, also when its daemon has died. Returns what was done."""
+    """Unmount an iofs mount, also when its daemon has died. Returns what was done.
+
+    Waits up to *timeout* seconds for the daemon to exit. A busy mount is refused, or
+    with *lazy* detached at once: its daemon serves the files still open on it and
+    exits after the last close, which nobody waits for.
+    """
     mountpoint = Path(os.path.realpath(mountpoint))
     entry = find_mount(mountpoint)
     if entry is None:
-        raise IofsError(f"{mountpoint} is not mounted")
+        raise IofsError(f"{mountpoint} is not mounted", ExitStatus.MOUNT_CONFLICT)
     if entry.fstype != FSTYPE:
-        raise IofsError(f"{mountpoint} is not an iofs mount (it is {entry.fstype})")
+        raise IofsError(
+            f"{mountpoint} is not an iofs mount (it is {entry.fstype})", ExitStatus.MOUNT_CONFLICT
+        )
     dead = is_disconnected(mountpoint)
-    command = ["fusermount3", "-u"]
-    if lazy or dead:
-        command.append("-z")
-    command.append(str(mountpoint))
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise IofsError("fusermount3 not found: install the fuse3 package") from None
+    # Read before unmounting: a daemon removes its state file on the way out, and
+    # `iofs umount` must still know which process to wait for.
+    state = read_state(mountpoint)
+    # A dead mount can only be detached. --lazy tries a normal unmount first, to know
+    # whether the daemon exits now or only once the mount's users let go of it.
+    result = _fusermount(mountpoint, detach=dead)
+    busy = lazy and not dead and result.returncode != 0
+    if busy:
+        result = _fusermount(mountpoint, detach=True)
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
-        raise IofsError(f"cannot unmount {mountpoint}: {reason} (try --lazy)")
-    state = read_state(mountpoint)
+        raise IofsError(
+            f"cannot unmount {mountpoint}: {reason} (try --lazy)", ExitStatus.MOUNT_CONFLICT
+        )
+    if busy:
+        # The daemon goes on serving the files still open on the detached mount; it
+        # exits, and removes its state file, when the kernel lets go after the last close.
+        return f"detached {mountpoint}: its daemon exits once the files open on it are closed"
     if state is not None:
         _wait_for_daemon(state, timeout)
-        with contextlib.suppress(OSError):
-            state_path(mountpoint).unlink()
+        if read_state(mountpoint) == state:  # a killed daemon could not remove it
+            with contextlib.suppress(OSError):
+                state_path(mountpoint).unlink()
     if dead:
         return f"cleaned up {mountpoint} (its daemon had died)"
     return f"unmounted {mountpoint}"
+
+
+def _fusermount(mountpoint: Path, detach: bool) -> subprocess.CompletedProcess[str]:
+    command = ["fusermount3", "-u", *(["-z"] if detach else []), str(mountpoint)]
+    try:
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise IofsError(
+            "fusermount3 not found: install the fuse3 package", ExitStatus.UNAVAILABLE
+        ) from None
 
 
 def _daemon_process(state: dict[str, object]) -> psutil.Process | None:
@@ -462,6 +610,10 @@ def start_daemon(
         command.append("--no-statistics")
     if opts.writeback_cache:
         command.append("--writeback-cache")
+    if opts.allow_fallback:
+        command.append("--allow-fallback")
+    if opts.faults != "off":
+        command.append(f"--faults={opts.faults}")  # '=': a spec may start with '-'
     if opts.stats_log is not None:
         command += ["--stats-log", str(opts.stats_log)]
         command += ["--stats-interval", str(opts.stats_interval)]

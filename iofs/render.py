@@ -18,8 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from .backends.base import EngineStatistics
+from .faults import FaultStatistics
 from .stats import (
     PERCENTILES,
+    FaultInterval,
     HistogramSnapshot,
     Interval,
     OperationInterval,
@@ -117,6 +119,8 @@ def stats_table(snapshot: Snapshot) -> RenderableType:
     parts: list[RenderableType] = [_summary(snapshot), _operations_table(snapshot)]
     if snapshot.engines:
         parts.append(_engines_table(snapshot.engines))
+    if snapshot.faults is not None:
+        parts.append(_faults_table(snapshot.faults))
     if len(snapshot.mode_history) > 1:
         parts.append(_modes_table(snapshot.mode_history))
     return Group(*parts)
@@ -251,6 +255,30 @@ def _engines_table(engines: Sequence[EngineStatistics]) -> Table:
     return table
 
 
+def _faults_table(faults: FaultStatistics) -> RenderableType:
+    """The spec on a line of its own (a table title would wrap it), then the counters."""
+    heading = Text.assemble(("fault injection ", "bold"), (faults.spec, "bold yellow"))
+    if faults.seed is not None and "seed=" not in faults.spec:
+        heading.append(f" · seed {faults.seed} (add seed={faults.seed} to repeat the choices)")
+    table = Table(
+        caption="since start; each failure is also an error above",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("operation", no_wrap=True)
+    for heading_text in ("matched", "failed", "delayed", "delay total"):
+        table.add_column(heading_text, justify="right", no_wrap=True)
+    for name, counters in faults.operations.items():
+        table.add_row(
+            f"  {name}",
+            _count(counters.matched),
+            _errors(_count(counters.errors), counters.errors > 0),
+            _count(counters.delays),
+            format_ns(counters.delay_ns) if counters.delays else "-",
+        )
+    return Group(heading, table)
+
+
 def _modes_table(history: Sequence[tuple[str, float]]) -> Table:
     table = Table(title="mode history", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("entered", no_wrap=True)
@@ -271,6 +299,8 @@ def dashboard(newer: Snapshot, older: Snapshot | None = None) -> RenderableType:
     engine_line = _engine_line(interval)
     if engine_line is not None:
         parts.append(engine_line)
+    if interval.faults is not None:
+        parts.append(_faults_line(interval.faults))
     if len(newer.engines) > 1:
         draining = (f"{escape(e.engine)} ({e.in_flight:,} in flight)" for e in newer.engines[1:])
         parts.append(_line("[bold]draining[/] " + next(draining), *draining))
@@ -285,6 +315,21 @@ def dashboard(newer: Snapshot, older: Snapshot | None = None) -> RenderableType:
             modes.append(f"{format_clock(at)} {name}")
         parts.append(modes)
     return Group(*parts)
+
+
+def _faults_line(faults: FaultInterval) -> Text:
+    """``faults eio=0.05 · injected errors/s read 3.0 write 0 · delays/s ...``."""
+    errors = sum(faults.errors.values())
+    return _line(
+        Text.assemble(("faults ", "bold"), (faults.spec, "bold yellow")),
+        _errors(
+            "injected errors/s "
+            + " ".join(f"{op} {format_rate(rate)}" for op, rate in faults.errors_per_s.items()),
+            errors > 0,
+        ),
+        "delays/s "
+        + " ".join(f"{op} {format_rate(rate)}" for op, rate in faults.delays_per_s.items()),
+    )
 
 
 def _header(interval: Interval) -> Text:

@@ -72,6 +72,8 @@ class Figures:
     iops_stddev: float = 0.0
     iops_samples: int = 0
     runtime_s: float = 0.0
+    #: Bytes transferred (0 for syncs).
+    io_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,7 @@ def parse_fio(report: Mapping[str, Any]) -> list[Figures]:
                     iops_stddev=float(side.get("iops_stddev", 0)),
                     iops_samples=int(side.get("iops_samples", 0)),
                     runtime_s=runtime_s,
+                    io_bytes=int(side.get("io_bytes", 0)),
                 )
             )
         sync = job.get("sync", {}).get("lat_ns", {})

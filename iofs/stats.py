@@ -34,6 +34,8 @@ import psutil
 import trio
 
 from .backends.base import EngineStatistics
+from .faults import OPERATIONS as FAULT_OPERATIONS
+from .faults import FaultCounters, FaultStatistics
 
 #: FUSE operations that go through the I/O engine; every other operation is metadata
 #: (served by system calls on the event loop). flush and fsyncdir touch no file data
@@ -310,6 +312,8 @@ class Snapshot:
     process: ProcessSnapshot
     #: Filesystem counters (inodes, open_files, open_dirs, unexpected_errors, ...).
     extra: Mapping[str, int] = field(default_factory=dict)
+    #: Fault injection (``iofs faults``), or None if it was never on since the mount.
+    faults: FaultStatistics | None = None
 
     @property
     def engine(self) -> EngineStatistics | None:
@@ -360,6 +364,8 @@ class Snapshot:
             "loop_lag": _histogram_to_json(self.loop_lag),
             "extra": dict(self.extra),
         }
+        if self.faults is not None:  # absent unless faults were ever on: old layout kept
+            document["faults"] = _faults_to_json(self.faults)
         if indent is None:
             return json.dumps(document, separators=(",", ":"), allow_nan=False)
         return json.dumps(document, indent=indent, allow_nan=False)
@@ -421,6 +427,7 @@ class Snapshot:
                     threads=int(process["threads"]),
                 ),
                 extra={str(key): int(value) for key, value in document["extra"].items()},
+                faults=_faults_from_json(document["faults"]) if "faults" in document else None,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not an {FORMAT} document: {exc!r}") from None
@@ -454,6 +461,30 @@ def _histogram_from_json(document: dict[str, Any]) -> HistogramSnapshot:
         total=int(document["total_ns"]),
         max=int(document["max_ns"]),
         coarseness=coarseness,
+    )
+
+
+def _faults_to_json(faults: FaultStatistics) -> dict[str, Any]:
+    return {
+        "spec": faults.spec,
+        "seed": faults.seed,
+        "operations": {name: asdict(counters) for name, counters in faults.operations.items()},
+    }
+
+
+def _faults_from_json(document: dict[str, Any]) -> FaultStatistics:
+    return FaultStatistics(
+        spec=str(document["spec"]),
+        seed=None if document["seed"] is None else int(document["seed"]),
+        operations={
+            str(name): FaultCounters(
+                matched=int(counters["matched"]),
+                errors=int(counters["errors"]),
+                delays=int(counters["delays"]),
+                delay_ns=int(counters["delay_ns"]),
+            )
+            for name, counters in document["operations"].items()
+        },
     )
 
 
@@ -551,9 +582,13 @@ class Recorder:
             lag.record(round((trio.current_time() - deadline) * 1e9))
 
     def snapshot(
-        self, engines: Iterable[EngineStatistics], extra: Mapping[str, int] | None = None
+        self,
+        engines: Iterable[EngineStatistics],
+        extra: Mapping[str, int] | None = None,
+        faults: FaultStatistics | None = None,
     ) -> Snapshot:
-        """Freeze the statistics, with the *engines*' (current first) and *extra* counters."""
+        """Freeze the statistics, with the *engines*' (current first), *extra* and
+        fault-injection counters."""
         return Snapshot(
             time=self._wall_clock(),
             uptime=self._monotonic() - self._started,
@@ -575,6 +610,7 @@ class Recorder:
             loop_lag=self.loop_lag.snapshot(),
             process=self._read_process(),
             extra=dict(extra or {}),
+            faults=faults,
         )
 
 
@@ -622,6 +658,18 @@ class EngineInterval:
 
 
 @dataclass(frozen=True)
+class FaultInterval:
+    """Fault injection between two snapshots: the spec now, and what it did per operation."""
+
+    spec: str
+    #: Operation -> injected errors, and delays, in the interval.
+    errors: Mapping[str, int]
+    delays: Mapping[str, int]
+    errors_per_s: Mapping[str, float]
+    delays_per_s: Mapping[str, float]
+
+
+@dataclass(frozen=True)
 class Interval:
     """What changed between two snapshots, as rates and interval percentiles.
 
@@ -642,6 +690,8 @@ class Interval:
     cpu_system_percent: float
     ctx_switches_voluntary_per_s: float
     ctx_switches_involuntary_per_s: float
+    #: Fault injection, if it was ever on (see `Snapshot.faults`).
+    faults: FaultInterval | None = None
 
 
 def diff(newer: Snapshot, older: Snapshot | None = None) -> Interval:
@@ -719,6 +769,27 @@ def diff(newer: Snapshot, older: Snapshot | None = None) -> Interval:
             fallbacks_per_s=rate("fallbacks"),
         )
 
+    faults = None
+    if newer.faults is not None:
+        now_faults = newer.faults.operations
+        then_faults = older.faults.operations if older and older.faults else {}
+        zero = FaultCounters()
+        fault_errors = {
+            op: now_faults.get(op, zero).errors - then_faults.get(op, zero).errors
+            for op in FAULT_OPERATIONS
+        }
+        fault_delays = {
+            op: now_faults.get(op, zero).delays - then_faults.get(op, zero).delays
+            for op in FAULT_OPERATIONS
+        }
+        faults = FaultInterval(
+            spec=newer.faults.spec,
+            errors=fault_errors,
+            delays=fault_delays,
+            errors_per_s={op: count * per_s for op, count in fault_errors.items()},
+            delays_per_s={op: count * per_s for op, count in fault_delays.items()},
+        )
+
     process = newer.process
     voluntary = process.ctx_switches_voluntary - older_process.ctx_switches_voluntary
     involuntary = process.ctx_switches_involuntary - older_process.ctx_switches_involuntary
@@ -733,6 +804,7 @@ def diff(newer: Snapshot, older: Snapshot | None = None) -> Interval:
         cpu_system_percent=(process.cpu_system - older_process.cpu_system) * per_s * 100,
         ctx_switches_voluntary_per_s=voluntary * per_s,
         ctx_switches_involuntary_per_s=involuntary * per_s,
+        faults=faults,
     )
 
 

@@ -11,6 +11,7 @@ packages=(
     python3-dev python3-venv                 # Debian's Python: headers and venv
     fio xfsprogs btrfs-progs util-linux attr # fio, native XFS/Btrfs, setpriv/losetup, getfattr
     libaio1                                  # Linux AIO, for the aio engine (python-libaio)
+    ruby                                     # ruby -c: the tests' check of vagrant/Vagrantfile
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from iofs.bench import load_results
+from iofs.errors import ExitStatus
 from iofs.loopfs import LoopFilesystem, attached_devices
 from iofs.mount import mounts
 from iofs.report import NATIVE
@@ -231,16 +232,23 @@ def test_loop_filesystem_is_destroyed_even_if_the_block_fails(scratch: Path) -> 
 
 
 def test_usage_mistakes_are_one_line(tmp_path: Path) -> None:
+    bad_setting, bad_path = ExitStatus.BAD_SETTING, ExitStatus.BAD_PATH
     cases = {
-        ("bench", "--targets", "zfs"): "unknown target 'zfs' (known: dir, xfs, btrfs)",
-        ("bench", "--modes", "warp"): "unknown mode 'warp'",
-        ("bench", "--jobs", "nope"): "unknown job 'nope' (built-in: ",
-        ("report", str(tmp_path)): f"{tmp_path}: not an iofs results directory (no plan.json)",
+        ("bench", "--targets", "zfs"): (
+            bad_setting,
+            "unknown target 'zfs' (known: dir, xfs, btrfs)",
+        ),
+        ("bench", "--modes", "warp"): (bad_setting, "unknown mode 'warp'"),
+        ("bench", "--jobs", "nope"): (bad_setting, "unknown job 'nope' (built-in: "),
+        ("report", str(tmp_path)): (
+            bad_path,
+            f"{tmp_path}: not an iofs results directory (no plan.json)",
+        ),
     }
-    for args, message in cases.items():
+    for args, (status, message) in cases.items():
         result = iofs(*args)
-        assert result.returncode == 1, args
+        assert result.returncode == status, args
         assert result.stderr.startswith(f"iofs: error: {message}"), result.stderr
         assert result.stderr.count("\n") == 1 and result.stdout == ""
     result = iofs("bench", "--size", "lots")
-    assert result.returncode == 2 and "not a size" in result.stderr
+    assert result.returncode == ExitStatus.USAGE and "not a size" in result.stderr

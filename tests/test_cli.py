@@ -16,10 +16,11 @@ import psutil
 import pytest
 
 from iofs.backends import ENGINES
+from iofs.errors import ExitStatus
 from iofs.modes import MODES
 from iofs.mount import default_log_path, find_mount, is_disconnected, state_path
 
-from .conftest import Mount, MountFactory, needs_fuse, scratch_dir
+from .conftest import Mount, MountFactory, needs_fuse, needs_root, scratch_dir
 
 IOFS = [sys.executable, "-m", "iofs"]
 
@@ -77,7 +78,7 @@ def test_background_mount_serves_at_once_and_umount_stops_the_daemon(
     assert (mountpoint / "hello").read_text() == "world"  # no waiting needed
     again = iofs("mount", str(backing), str(mountpoint))
     assert (again.returncode, again.stderr) == (
-        1,
+        ExitStatus.MOUNT_CONFLICT,
         f"iofs: error: {mountpoint} is already an iofs mount (of {backing})\n",
     )
     entry = find_mount(mountpoint)
@@ -103,12 +104,7 @@ def test_umount_cleans_up_after_a_dead_daemon(dirs: tuple[Path, Path]) -> None:
     with pytest.raises(OSError) as info:
         os.stat(mountpoint)
     assert info.value.errno == errno.ENOTCONN
-    again = iofs("mount", str(backing), str(mountpoint))
-    assert again.returncode == 1
-    assert again.stderr.strip() == (
-        f"iofs: error: {mountpoint} is a stale mount whose daemon died: "
-        f"run 'iofs umount {mountpoint}'"
-    )
+    # (`iofs mount` recovers a dead mount too: tests/test_crash.py.)
     result = iofs("umount", str(mountpoint))
     assert result.returncode == 0, result.stderr
     assert "daemon had died" in result.stdout
@@ -158,7 +154,7 @@ def test_umount_of_a_busy_mount_says_so(dirs: tuple[Path, Path]) -> None:
     holder = subprocess.Popen(["sleep", "60"], cwd=mountpoint)
     try:
         result = iofs("umount", str(mountpoint))
-        assert result.returncode == 1
+        assert result.returncode == ExitStatus.MOUNT_CONFLICT
         assert result.stderr.startswith(f"iofs: error: cannot unmount {mountpoint}: ")
         assert result.stderr.count("\n") == 1
         assert find_mount(mountpoint) is not None
@@ -170,48 +166,224 @@ def test_umount_of_a_busy_mount_says_so(dirs: tuple[Path, Path]) -> None:
         holder.wait()
 
 
-def test_bad_arguments_are_one_line_and_status_1(dirs: tuple[Path, Path]) -> None:
+def test_bad_arguments_are_one_line_and_a_status_per_kind(dirs: tuple[Path, Path]) -> None:
     backing, mountpoint = dirs
     (backing / "file").touch()
     (backing / "inside").mkdir()
-    cases = {
+    (mountpoint / "inside").mkdir()
+    engines = ", ".join(sorted(ENGINES))
+    cases: dict[tuple[str, ...], tuple[ExitStatus, str]] = {
         ("mount", str(backing / "missing"), str(mountpoint)): (
-            f"backing directory {backing / 'missing'}: No such file or directory"
+            ExitStatus.BAD_PATH,
+            f"backing directory {backing / 'missing'}: No such file or directory",
         ),
         ("mount", str(backing / "file"), str(mountpoint)): (
-            f"backing directory {backing / 'file'}: not a directory"
+            ExitStatus.BAD_PATH,
+            f"backing directory {backing / 'file'}: not a directory",
         ),
         ("mount", str(backing), str(backing / "file")): (
-            f"mountpoint {backing / 'file'}: not a directory"
+            ExitStatus.BAD_PATH,
+            f"mountpoint {backing / 'file'}: not a directory",
+        ),
+        ("mount", str(backing), str(mountpoint / "missing")): (
+            ExitStatus.BAD_PATH,
+            f"mountpoint {mountpoint / 'missing'}: No such file or directory",
         ),
         ("mount", str(backing), str(backing / "inside")): (
-            f"mountpoint {backing / 'inside'} lies inside the backing directory {backing}"
+            ExitStatus.MOUNT_CONFLICT,
+            f"mountpoint {backing / 'inside'} lies inside the backing directory {backing}",
+        ),
+        ("mount", str(mountpoint / "inside"), str(mountpoint)): (
+            ExitStatus.MOUNT_CONFLICT,
+            f"backing directory {mountpoint / 'inside'} lies inside the mountpoint {mountpoint}",
         ),
         ("mount", "--engine", "warp", str(backing), str(mountpoint)): (
-            f"unknown engine 'warp' (known: {', '.join(sorted(ENGINES))})"
+            ExitStatus.BAD_SETTING,
+            f"unknown engine 'warp' (known: {engines})",
         ),
-        ("umount", str(mountpoint)): f"{mountpoint} is not mounted",
-        ("umount", "/proc"): "/proc is not an iofs mount (it is proc)",
-        (
-            "bench",
-            "--engine",
-            "warp",
-        ): f"unknown engine 'warp' (known: {', '.join(sorted(ENGINES))})",
+        ("mount", "--mode", "zfs", str(backing), str(mountpoint)): (
+            ExitStatus.BAD_SETTING,
+            f"unknown mode 'zfs' (known: {', '.join(MODES)})",
+        ),
+        ("umount", str(mountpoint)): (ExitStatus.MOUNT_CONFLICT, f"{mountpoint} is not mounted"),
+        ("umount", "/proc"): (ExitStatus.MOUNT_CONFLICT, "/proc is not an iofs mount (it is proc)"),
+        ("mode", str(mountpoint), "xfs"): (
+            ExitStatus.MOUNT_CONFLICT,
+            f"{mountpoint} is not mounted",
+        ),
+        ("bench", "--engine", "warp"): (
+            ExitStatus.BAD_SETTING,
+            f"unknown engine 'warp' (known: {engines})",
+        ),
         ("bench", "--job", str(backing / "missing.fio")): (
-            f"job file {backing / 'missing.fio'}: not found"
+            ExitStatus.BAD_PATH,
+            f"job file {backing / 'missing.fio'}: not found",
         ),
     }
-    for args, message in cases.items():
+    for args, (status, message) in cases.items():
         result = iofs(*args)
-        assert (result.returncode, result.stderr) == (1, f"iofs: error: {message}\n"), args
+        assert (result.returncode, result.stderr) == (status, f"iofs: error: {message}\n"), args
         assert result.stdout == ""
+        assert find_mount(mountpoint) is None and find_mount(backing / "inside") is None
+    assert len({status for status, _ in cases.values()}) == 3  # the kinds stay apart
+
+
+@needs_fuse
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_background_daemon_serves_data_with_every_engine(
+    dirs: tuple[Path, Path], engine: str
+) -> None:
+    """The daemon forks after the mount: what the engine holds in the kernel must be its
+    own (an AIO context made before the fork killed the daemon with SIGBUS)."""
+    reason = ENGINES[engine].probe()
+    if reason is not None:
+        pytest.skip(f"engine {engine} cannot run here: {reason}")
+    backing, mountpoint = dirs
+    log = backing.parent / "daemon.log"
+    result = iofs("mount", "--engine", engine, "--log", str(log), str(backing), str(mountpoint))
+    assert result.returncode == 0, result.stderr
+    try:
+        data = os.urandom(1 << 20)
+        fd = os.open(mountpoint / "f", os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o644)
+        try:
+            assert os.pwrite(fd, data, 0) == len(data)
+            os.fsync(fd)
+            assert os.pread(fd, len(data), 0) == data
+        finally:
+            os.close(fd)
+        assert (backing / "f").read_bytes() == data
+    finally:
+        unmounted = iofs("umount", str(mountpoint))
+    assert unmounted.stdout == f"iofs: unmounted {mountpoint}\n", log.read_text()
+    assert "Fatal Python error" not in log.read_text()
+
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@needs_root
+@needs_fuse
+def test_a_user_without_fuse_access_gets_one_line(dirs: tuple[Path, Path]) -> None:
+    """/dev/fuse is hidden behind a 0600 file in a private mount namespace, as on a host
+    where only a group may use FUSE; and a user may not mount on a directory not theirs."""
+    backing, mountpoint = dirs
+    forbidden = backing.parent / "fuse-0600"
+    forbidden.touch(mode=0o600)
+    os.chown(mountpoint, 65534, 65534)  # theirs: only /dev/fuse stands in the way
+    hidden = iofs_as_nobody(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'mount --bind {forbidden} /dev/fuse && exec "$@"', "sh"],
+        "mount", str(backing), str(mountpoint),
+    )  # fmt: skip
+    assert (hidden.returncode, hidden.stderr) == (
+        ExitStatus.PERMISSION,
+        "iofs: error: no access to /dev/fuse: ask an administrator for it (or mount as root)\n",
+    )
+    os.chown(mountpoint, 0, 0)
+    not_theirs = iofs_as_nobody([], "mount", str(backing), str(mountpoint))
+    assert (not_theirs.returncode, not_theirs.stderr) == (
+        ExitStatus.PERMISSION,
+        f"iofs: error: mountpoint {mountpoint}: no write access (mount on a directory you own)\n",
+    )
+    assert find_mount(mountpoint) is None
+
+
+def iofs_as_nobody(prefix: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``iofs ARGS`` as uid 65534, after *prefix* (which runs as root and execs the rest)."""
+    command = [*prefix, *AS_NOBODY, *IOFS, *args]
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(scratch_dir("iofs-nobody-run-"))}
+    Path(env["XDG_RUNTIME_DIR"]).chmod(0o777)
+    try:
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=60, check=False, env=env
+        )
+    finally:
+        subprocess.run(["rm", "-rf", env["XDG_RUNTIME_DIR"]], check=False)
+
+
+WITHOUT_KERNEL_ASYNC = [
+    sys.executable,
+    "-m",
+    "tests.without_syscalls",
+    "io_uring_setup,io_setup",
+    "--",
+]
+
+
+@needs_fuse
+def test_a_mode_whose_engine_cannot_run_is_refused_with_the_reason(
+    dirs: tuple[Path, Path],
+) -> None:
+    backing, mountpoint = dirs
+    result = subprocess.run(
+        [*WITHOUT_KERNEL_ASYNC, *IOFS, "mount", "--mode", "xfs", str(backing), str(mountpoint)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == ExitStatus.UNAVAILABLE
+    assert result.stderr == (
+        "iofs: error: mode xfs: engine 'io_uring' cannot run here: io_uring_setup is not "
+        "available (ENOSYS): a seccomp filter hides it (--allow-fallback uses the closest "
+        "engine that runs)\n"
+    )
+    assert find_mount(mountpoint) is None
+    # Mounted in a mode that runs, a switch to the missing engine is refused likewise.
+    result = subprocess.run(
+        [*WITHOUT_KERNEL_ASYNC, *IOFS, "mount", "--mode", "btrfs", str(backing), str(mountpoint)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    try:
+        switched = iofs("mode", str(mountpoint), "xfs")
+        assert (switched.returncode, switched.stderr) == (
+            ExitStatus.UNAVAILABLE,
+            "iofs: error: the daemon cannot run engine 'io_uring' (see its log)\n",
+        )
+        assert json.loads(os.getxattr(mountpoint, "iofs.mode"))["spec"].startswith("btrfs")
+    finally:
+        assert iofs("umount", str(mountpoint)).returncode == 0
+
+
+@needs_fuse
+def test_allow_fallback_uses_the_closest_engine_that_runs(dirs: tuple[Path, Path]) -> None:
+    """Without io_uring the xfs mode runs on aio; without either, on a thread pool."""
+    backing, mountpoint = dirs
+    for hidden, expected in (("io_uring_setup", "aio"), ("io_uring_setup,io_setup", "threads")):
+        command = [sys.executable, "-m", "tests.without_syscalls", hidden, "--", *IOFS]
+        result = subprocess.run(
+            [*command, "mount", "--allow-fallback", "--mode", "xfs", str(backing), str(mountpoint)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        try:
+            assert result.returncode == 0, result.stderr
+            assert result.stderr.startswith("iofs: engine io_uring cannot run here (")
+            assert result.stderr.endswith(f"mode xfs uses {expected} instead (--allow-fallback)\n")
+            (mountpoint / "f").write_bytes(b"data" * 1024)
+            assert (backing / "f").read_bytes() == b"data" * 1024
+            mode = json.loads(os.getxattr(mountpoint, "iofs.mode"))
+            assert mode["spec"].startswith(f"xfs,engine={expected}")
+            assert daemon_engine(mountpoint) == expected
+            # A later switch to a mode on the missing engine falls back the same way.
+            for spec, engine in (("btrfs", "threads"), ("xfs", expected)):
+                switched = iofs("mode", str(mountpoint), spec)
+                assert switched.returncode == 0, switched.stderr
+                assert f"switched to {spec} (engine {engine}" in switched.stdout
+                assert daemon_engine(mountpoint) == engine
+        finally:
+            unmounted = iofs("umount", str(mountpoint))
+            assert unmounted.returncode == 0, unmounted.stderr
+
+
+def daemon_engine(mountpoint: Path) -> str:
+    engines = json.loads(os.getxattr(mountpoint, "iofs.statistics"))["engines"]
+    name: str = engines[0]["engine"]
+    return name
 
 
 @needs_fuse
 def test_unknown_fuse_option_is_one_line(dirs: tuple[Path, Path]) -> None:
     backing, mountpoint = dirs
     result = iofs("mount", "-o", "bogus", str(backing), str(mountpoint))
-    assert result.returncode == 1
+    assert result.returncode == ExitStatus.USAGE
     assert result.stderr == (
         f"iofs: error: cannot mount {mountpoint}: fuse: unknown option(s): `-o bogus'\n"
     )
@@ -231,7 +403,7 @@ def test_unknown_fuse_option_is_one_line(dirs: tuple[Path, Path]) -> None:
 )
 def test_usage_errors_are_one_line_and_status_2(args: tuple[str, ...]) -> None:
     result = iofs(*args)
-    assert result.returncode == 2
+    assert result.returncode == ExitStatus.USAGE
     assert result.stderr.startswith("iofs: error: ")
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr

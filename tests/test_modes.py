@@ -4,12 +4,10 @@ refuses bad input without changing anything, and statistics count what happened.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import mmap
 import os
 import shutil
-import struct
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from iofs.fs import MODE_XATTR, STATISTICS_XATTR
 from iofs.metadata import MetadataQueue
 from iofs.modes import MODES, BadSetting, parse_setting, resolve
 
+from .acknowledged import RECORD, record
 from .conftest import Mount, MountFactory, needs_fuse, needs_root
 
 pytestmark = needs_fuse
@@ -106,15 +105,6 @@ def test_fio_verify_passes_while_modes_switch_every_second(mnt: Mount, direct: i
     assert isinstance(history, list) and len(history) >= switcher.switches
 
 
-RECORD = 4096
-
-
-def _record(index: int, generation: int) -> bytes:
-    """A 4 KiB record that says which slot and generation it is, with its own digest."""
-    body = struct.pack("<QQ", index, generation) * ((RECORD - 32) // 16)
-    return body + hashlib.sha256(body).digest()
-
-
 def test_acknowledged_writes_survive_switching(mount_factory: MountFactory) -> None:
     """A writer fsyncs each batch and remembers what was acknowledged; after the run and
     an unmount, the backing file holds exactly the acknowledged records."""
@@ -129,20 +119,20 @@ def test_acknowledged_writes_survive_switching(mount_factory: MountFactory) -> N
                 generation += 1
                 batch = {(generation * 37 + i * 11) % slots for i in range(16)}
                 for index in batch:
-                    os.pwrite(fd, _record(index, generation), index * RECORD)
+                    os.pwrite(fd, record(index, generation), index * RECORD)
                 if generation % 2:
                     os.fsync(fd)
                 else:
                     os.fdatasync(fd)
                 acknowledged.update(dict.fromkeys(batch, generation))
                 for index in list(batch)[:4]:  # read back through whichever engine is current
-                    assert os.pread(fd, RECORD, index * RECORD) == _record(index, generation)
+                    assert os.pread(fd, RECORD, index * RECORD) == record(index, generation)
         finally:
             os.close(fd)
     assert not switcher.errors, switcher.errors
     backing = (mnt.backing / "journal").read_bytes()
     for index, generation in acknowledged.items():
-        assert backing[index * RECORD : (index + 1) * RECORD] == _record(index, generation)
+        assert backing[index * RECORD : (index + 1) * RECORD] == record(index, generation)
 
 
 def test_open_files_keep_working_across_switches(mnt: Mount) -> None:

@@ -1,0 +1,1018 @@
+"""``iofs soak``: a mixed load on a live mount for a set time, every result checked.
+
+One iofs daemon (a child process, in a session of its own so that a terminal's Ctrl-C
+reaches only the soak) serves a fresh scratch directory while, at the same time:
+
+- **fio** runs in rounds until the time is up: mixed random reads and writes (4-64 KiB)
+  with crc32c verification as it goes (``verify_backlog``), buffered (psync) and
+  O_DIRECT (libaio), two jobs each, ``verify_fatal=1`` (`SOAK_JOB`);
+- **metadata churn** (`iofs.workloads.MetadataChurn`) creates, renames, links,
+  unlinks, makes and removes directories, sets attributes, truncates and reads back,
+  checking every read and, every `CHURN_CHECK_EVERY` operations, the whole tree against
+  its model;
+- a **journal writer** (`iofs.workloads.Journal`) fsyncs batches of records and
+  remembers what was acknowledged;
+- a **mode switcher** moves the mount to the next mode every ``--switch-interval``,
+  through every mode whose engine runs here (the others are skipped, with the reason);
+- a **watcher** samples the daemon's RSS, and checks that the daemon is alive, its log
+  has no error and its statistics count no unexpected error.
+
+The run stops at the first failure (or Ctrl-C / SIGTERM), then checks the tree and the
+journal through the mount, reads the statistics, unmounts, checks both again in the
+backing directory, and removes the scratch directory.
+
+**RSS criterion.** Warm-up is the first `WARMUP_FRACTION` of the load, and at least one
+full cycle through the modes: the first switch comes as the load starts, so by then every
+mode's engine has been created and has served a full interval of the running load.
+The baseline is the highest RSS sampled up to the end of warm-up; the run fails if the
+highest RSS sampled after warm-up exceeds it by more than `RSS_GROWTH_LIMIT` (10%).
+Peak against peak: a leak raises the later peak, a dip at one sample does not fake one.
+
+Everything is kept in ``results/<time>-soak/``: ``soak.json`` (the report, with every
+RSS sample and mode switch), ``report.txt``, ``environment.json``, ``daemon.log``,
+``stats-start.json`` / ``stats-end.json`` and, per fio round, ``fio/round-NNN.fio``
+(the job as run), ``.command``, ``.json`` (fio's raw JSON) and ``.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import itertools
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import FrameType
+
+import psutil
+from rich.console import Console
+
+from .backends import EngineUnavailable, engine_class
+from .bench import environment, fio_command, log_errors, results_directory, stop_fio, with_overrides
+from .control import read_mode, read_statistics, set_mode
+from .errors import ExitStatus, IofsError
+from .modes import MODES
+from .mount import MountOptions, find_mount, is_disconnected, start_daemon, stop_daemon
+from .report import format_count, parse_fio
+from .workloads import CheckFailed, Journal, MetadataChurn
+
+#: Default length of the load, in seconds.
+DEFAULT_DURATION = 600.0
+#: Default seconds between mode switches.
+DEFAULT_SWITCH_INTERVAL = 3.0
+#: Warm-up: this fraction of the load (and at least one cycle through the modes).
+WARMUP_FRACTION = 0.2
+#: Most growth of the daemon's peak RSS after warm-up over its peak during warm-up.
+RSS_GROWTH_LIMIT = 0.10
+#: A fio round lasts a sixth of the load, within these bounds (seconds).
+FIO_ROUND_BOUNDS = (5.0, 30.0)
+#: No fio round starts with less time left than this (seconds).
+FIO_MIN_ROUND = 2.0
+#: Seconds a fio round may take beyond its runtime (laying out files) before it hangs.
+FIO_GRACE = 60.0
+#: The metadata churn checks the whole tree every this many operations.
+CHURN_CHECK_EVERY = 500
+#: Seconds between checks of the daemon's log and statistics during the load.
+WATCH_INTERVAL = 5.0
+#: Seconds a worker may take to stop once asked, before it counts as hung.
+STOP_TIMEOUT = 30.0
+
+#: fio's errno for a failed verification (EILSEQ).
+_EILSEQ = 84
+
+SOAK_JOB = """\
+; Soak: mixed 4-64 KiB random reads and writes, each write verified with crc32c as the
+; job goes (verify_backlog), buffered (psync, fdatasync every 64 writes) and O_DIRECT
+; (libaio, queue depth 8), two jobs each; a job stops at its first verification failure.
+[global]
+rw=randrw
+bsrange=4k-64k
+size=16m
+verify=crc32c
+verify_backlog=64
+do_verify=1
+verify_fatal=1
+verify_state_save=0
+time_based=1
+runtime=30
+
+[buffered]
+ioengine=psync
+direct=0
+fdatasync=64
+numjobs=2
+
+[direct]
+ioengine=libaio
+direct=1
+iodepth=8
+numjobs=2
+"""
+
+
+class Kind(enum.StrEnum):
+    """The kinds of error a soak tells apart."""
+
+    FIO_VERIFY = "fio verify"
+    FIO = "fio"
+    METADATA = "metadata"
+    JOURNAL = "journal"
+    MODE_SWITCH = "mode switch"
+    DAEMON = "daemon"
+    DAEMON_LOG = "daemon log"
+    UNEXPECTED_ERRORS = "unexpected errors"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class SoakOptions:
+    duration: float = DEFAULT_DURATION
+    switch_interval: float = DEFAULT_SWITCH_INTERVAL
+    #: Where the scratch directory (backing directory and mountpoint) is made.
+    directory: Path | None = None
+    results: Path = Path("results")
+    #: Seeds the metadata churn and the journal; None: chosen at random (and reported).
+    seed: int | None = None
+    #: What runs ``iofs`` for the daemon (tests substitute one that corrupts data).
+    program: tuple[str, ...] = (sys.executable, "-m", "iofs")
+
+
+# -- what a soak reports -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Failure:
+    kind: str
+    message: str
+    #: Seconds since the load started.
+    at: float
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    #: None: not judged, because the load was cut short before it could be (a failure
+    #: elsewhere, or Ctrl-C), e.g. a mode not reached yet.
+    passed: bool | None
+    detail: str
+
+    @property
+    def mark(self) -> str:
+        return {True: "PASS", False: "FAIL", None: "n/a"}[self.passed]
+
+
+@dataclass(frozen=True)
+class FioRound:
+    round: int
+    runtime_s: float
+    status: int | None
+    #: Stopped by the soak (a failure elsewhere, or Ctrl-C) before its runtime was up.
+    stopped: bool
+    reads: int = 0
+    read_bytes: int = 0
+    writes: int = 0
+    write_bytes: int = 0
+    syncs: int = 0
+    #: Jobs that ended with a failed verification (each stops at its first).
+    verify_errors: int = 0
+    #: Other job errors, as "job: error" lines.
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RssFigures:
+    """The daemon's RSS against the warm-up (see the module docstring)."""
+
+    warmup_end_s: float
+    start: int
+    #: Highest sample up to the end of warm-up: the baseline.
+    baseline: int
+    #: Highest sample after warm-up (None if the load ended within warm-up).
+    peak_after: int | None
+    peak: int
+    end: int
+
+    @property
+    def growth(self) -> float | None:
+        if self.peak_after is None:
+            return None
+        return (self.peak_after - self.baseline) / self.baseline
+
+
+def rss_figures(samples: Sequence[tuple[float, int]], warmup_end: float) -> RssFigures | None:
+    """*samples* (seconds since the load started, RSS bytes) against the warm-up."""
+    if not samples:
+        return None
+    during = [rss for at, rss in samples if at <= warmup_end] or [samples[0][1]]
+    after = [rss for at, rss in samples if at > warmup_end]
+    return RssFigures(
+        warmup_end_s=warmup_end,
+        start=samples[0][1],
+        baseline=max(during),
+        peak_after=max(after) if after else None,
+        peak=max(rss for _, rss in samples),
+        end=samples[-1][1],
+    )
+
+
+def warmup_seconds(duration: float, modes: int, switch_interval: float) -> float:
+    """`WARMUP_FRACTION` of *duration*, and at least one full cycle through the modes."""
+    return max(WARMUP_FRACTION * duration, modes * switch_interval)
+
+
+def fio_round_seconds(duration: float) -> float:
+    low, high = FIO_ROUND_BOUNDS
+    return min(high, max(low, duration / 6))
+
+
+@dataclass(frozen=True)
+class SoakReport:
+    results: str
+    started: str
+    duration_s: float
+    switch_interval_s: float
+    seed: int
+    #: Seconds the load ran (from its start until every worker stopped).
+    elapsed_s: float
+    interrupted: bool
+    modes: tuple[str, ...]
+    #: (mode, why it cannot run here)
+    skipped_modes: tuple[tuple[str, str], ...]
+    initial_mode: str
+    #: (seconds since the load started, mode switched to)
+    switches: tuple[tuple[float, str], ...]
+    fio_rounds: tuple[FioRound, ...]
+    metadata_ops: Mapping[str, int]
+    metadata_tree_checks: int
+    journal_records: int
+    journal_syncs: int
+    #: Slots checked at the end through the mount, and in the backing file after unmount.
+    journal_verified_mount: int
+    journal_verified_backing: int
+    rss: RssFigures | None
+    rss_samples: tuple[tuple[float, int], ...]
+    daemon_pid: int
+    #: The daemon's exit status once stopped (None: it could not be reaped).
+    daemon_status: int | None
+    daemon_log_errors: int
+    unexpected_errors: int | None
+    failures: tuple[Failure, ...]
+    criteria: tuple[Criterion, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return not self.interrupted and all(c.passed is True for c in self.criteria)
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether the load stopped before its time: Ctrl-C, or a failure during it."""
+        return self.interrupted or any(f.at < self.duration_s for f in self.failures)
+
+    @property
+    def verdict(self) -> str:
+        if self.interrupted:
+            return "INTERRUPTED"
+        return "PASS" if self.passed else "FAIL"
+
+    def switch_counts(self) -> dict[str, int]:
+        counts = Counter(mode for _, mode in self.switches)
+        return {mode: counts[mode] for mode in self.modes}
+
+    def fio_total(self, name: str) -> int:
+        return sum(int(getattr(r, name)) for r in self.fio_rounds)
+
+    def errors_by_kind(self) -> dict[str, int]:
+        return dict(Counter(f.kind for f in self.failures))
+
+    def to_json(self) -> str:
+        document = asdict(self)
+        document["verdict"] = self.verdict
+        document["passed"] = self.passed
+        document["switch_counts"] = self.switch_counts()
+        document["errors_by_kind"] = self.errors_by_kind()
+        document["fio_totals"] = {
+            name: self.fio_total(name)
+            for name in ("reads", "read_bytes", "writes", "write_bytes", "syncs", "verify_errors")
+        }
+        document["metadata_ops_total"] = sum(self.metadata_ops.values())
+        if self.rss is not None:
+            document["rss"]["growth"] = self.rss.growth
+            document["rss"]["rule"] = (
+                "growth = (highest RSS sampled after warm-up - highest RSS sampled up to "
+                f"the end of warm-up) / the latter; must be at most {RSS_GROWTH_LIMIT:.0%}"
+            )
+        return json.dumps(document, indent=2) + "\n"
+
+
+def evaluate(report: SoakReport) -> tuple[Criterion, ...]:
+    """PASS/FAIL per criterion, from the report's figures alone."""
+    kinds = report.errors_by_kind()
+
+    def errors(*names: Kind) -> int:
+        return sum(kinds.get(name, 0) for name in names)
+
+    def first(*names: Kind) -> str:
+        messages = [f.message for f in report.failures if f.kind in names]
+        return f"; first: {messages[0]}" if messages else ""
+
+    rounds = len(report.fio_rounds)
+    verify_errors = report.fio_total("verify_errors")
+    fio_ok = rounds > 0 and report.fio_total("writes") > 0 and not errors(Kind.FIO_VERIFY, Kind.FIO)
+    ops = sum(report.metadata_ops.values())
+    counts = report.switch_counts()
+    unvisited = [
+        mode for mode, count in counts.items() if not count and mode != report.initial_mode
+    ]
+    rss = report.rss
+    growth = rss.growth if rss is not None else None
+    logged = report.daemon_log_errors
+    switches_ok = not unvisited and not errors(Kind.MODE_SWITCH) and bool(report.switches)
+    rss_ok = growth is not None and growth <= RSS_GROWTH_LIMIT
+    return (
+        Criterion(
+            "fio verification",
+            fio_ok,
+            f"{_plural(rounds, 'round')}, {verify_errors} verify errors, "
+            f"{errors(Kind.FIO)} other errors" + first(Kind.FIO_VERIFY, Kind.FIO),
+        ),
+        Criterion(
+            "metadata churn",
+            ops > 0 and not errors(Kind.METADATA),
+            f"{ops:,} operations, {report.metadata_tree_checks} whole-tree checks, "
+            f"{errors(Kind.METADATA)} errors" + first(Kind.METADATA),
+        ),
+        Criterion(
+            "fsync-acknowledged writes",
+            report.journal_records > 0
+            and not errors(Kind.JOURNAL)
+            and report.journal_verified_backing > 0,
+            f"{report.journal_records:,} records in {report.journal_syncs:,} fsyncs; "
+            f"last records of {report.journal_verified_mount} slots verified through the "
+            f"mount, {report.journal_verified_backing} in the backing file after unmount"
+            + first(Kind.JOURNAL),
+        ),
+        Criterion(
+            "mode switches",
+            _judged(switches_ok, report.cut_short and not errors(Kind.MODE_SWITCH)),
+            f"{_plural(len(report.switches), 'switch')}, "
+            + (f"never reached: {', '.join(unvisited)}" if unvisited else "every mode reached")
+            + f", {errors(Kind.MODE_SWITCH)} failed"
+            + first(Kind.MODE_SWITCH),
+        ),
+        Criterion(
+            "daemon alive",
+            not errors(Kind.DAEMON) and report.daemon_status == 0,
+            ("served throughout" if not errors(Kind.DAEMON) else "stopped serving")
+            + f"; exit status {report.daemon_status} once stopped"
+            + first(Kind.DAEMON),
+        ),
+        Criterion(
+            "daemon log",
+            logged == 0,
+            f"{logged} ERROR or Traceback lines",
+        ),
+        Criterion(
+            "unexpected errors",
+            report.unexpected_errors == 0,
+            "statistics extra.unexpected_errors = "
+            + ("unknown" if report.unexpected_errors is None else str(report.unexpected_errors)),
+        ),
+        Criterion(
+            "RSS growth after warm-up",
+            _judged(rss_ok, report.cut_short and growth is None),
+            _rss_detail(rss),
+        ),
+    )
+
+
+def _judged(passed: bool, cut_short: bool) -> bool | None:
+    """*passed*, or None (not judged) if it failed only because the load was cut short."""
+    return None if not passed and cut_short else passed
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "es" if noun.endswith("h") else "s")
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+def _size(value: int) -> str:
+    return _mib(value) if value < 2**30 else f"{value / 2**30:.2f} GiB"
+
+
+def _rss_detail(rss: RssFigures | None) -> str:
+    if rss is None:
+        return "not sampled"
+    if rss.peak_after is None or rss.growth is None:
+        return f"the load ended within warm-up ({rss.warmup_end_s:.0f} s): nothing to compare"
+    return (
+        f"{rss.growth:+.1%}: peak after warm-up {_mib(rss.peak_after)} vs peak up to "
+        f"warm-up end ({rss.warmup_end_s:.0f} s) {_mib(rss.baseline)}; "
+        f"limit +{RSS_GROWTH_LIMIT:.0%}"
+    )
+
+
+def format_seconds(seconds: float) -> str:
+    """``3m 0s``, ``45.2s``, ``1h 2m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs}s"
+    return f"{minutes // 60}h {minutes % 60}m"
+
+
+def render_report(report: SoakReport) -> str:
+    """The report as plain text: a verdict, one line per criterion, then the figures."""
+    lines = [
+        f"iofs soak: {report.verdict} after {format_seconds(report.elapsed_s)} of "
+        f"{format_seconds(report.duration_s)} (seed {report.seed}, a switch every "
+        f"{report.switch_interval_s:g} s)"
+    ]
+    if report.interrupted:
+        lines.append("interrupted: the figures below are what ran until then")
+    width = max(len(c.name) for c in report.criteria) if report.criteria else 0
+    lines.append("")
+    for criterion in report.criteria:
+        lines.append(f"  {criterion.mark:<4}  {criterion.name:<{width}}  {criterion.detail}")
+    lines.append("")
+    reads, writes = report.fio_total("reads"), report.fio_total("writes")
+    lines.append(
+        f"fio        {_plural(len(report.fio_rounds), 'round')} · reads {format_count(reads)} "
+        f"({_size(report.fio_total('read_bytes'))}, verify reads included) · writes "
+        f"{format_count(writes)} ({_size(report.fio_total('write_bytes'))}) · syncs "
+        f"{format_count(report.fio_total('syncs'))} · verify errors "
+        f"{report.fio_total('verify_errors')}"
+    )
+    ops = " · ".join(f"{name} {count:,}" for name, count in sorted(report.metadata_ops.items()))
+    lines.append(f"metadata   {sum(report.metadata_ops.values()):,} ops: {ops or 'none'}")
+    lines.append(
+        f"journal    {report.journal_records:,} records acknowledged by "
+        f"{report.journal_syncs:,} fsync/fdatasync calls"
+    )
+    counts = " · ".join(f"{mode} {count}" for mode, count in report.switch_counts().items())
+    lines.append(f"switches   {len(report.switches)}: {counts} (mounted in {report.initial_mode})")
+    for mode, reason in report.skipped_modes:
+        lines.append(f"           skipped {mode}: {reason}")
+    rss = report.rss
+    if rss is not None:
+        lines.append(
+            f"RSS        start {_mib(rss.start)} · warm-up peak {_mib(rss.baseline)} "
+            f"(first {rss.warmup_end_s:.0f} s) · peak {_mib(rss.peak)} · end {_mib(rss.end)}"
+            f" · {len(report.rss_samples)} samples"
+        )
+    kinds = report.errors_by_kind()
+    lines.append(
+        "errors     "
+        + (", ".join(f"{kind} {count}" for kind, count in kinds.items()) if kinds else "none")
+    )
+    for failure in report.failures[:5]:
+        lines.append(f"           at {failure.at:.1f}s {failure.kind}: {failure.message}")
+    if len(report.failures) > 5:
+        lines.append(f"           ... {len(report.failures) - 5} more in soak.json")
+    lines.append(f"results    {report.results}")
+    return "\n".join(lines) + "\n"
+
+
+# -- parsing durations ---------------------------------------------------------------------
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``10m``, ``1h``, ``1m30s`` or plain seconds -> seconds; ValueError if not."""
+    match = _DURATION.match(text.strip().lower())
+    if match is None or not any(match.groups()):
+        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 10m, 1h)")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    value = hours * 3600 + minutes * 60 + seconds
+    if value <= 0:
+        raise ValueError(f"must be more than 0: {text!r}")
+    return value
+
+
+# -- running -------------------------------------------------------------------------------
+def runnable_modes() -> tuple[list[str], list[tuple[str, str]]]:
+    """The modes whose engine runs here, and (mode, why not) for the others."""
+    modes, skipped = [], []
+    for name, mode in MODES.items():
+        try:
+            engine_class(mode.engine)
+        except EngineUnavailable as exc:
+            skipped.append((name, str(exc)))
+        else:
+            modes.append(name)
+    return modes, skipped
+
+
+def run_soak(options: SoakOptions, console: Console | None = None) -> SoakReport:
+    """Run a soak; return its report (also written to the results directory).
+
+    Raises `IofsError` when it cannot start (no fio, no FUSE, no runnable mode, bad
+    arguments). SIGINT and SIGTERM stop it cleanly: the report says it was interrupted.
+    """
+    fio = shutil.which("fio")
+    if fio is None:
+        raise IofsError(
+            "fio not found: install it (apt-get install fio) or run scripts/setup.sh",
+            ExitStatus.UNAVAILABLE,
+        )
+    if not os.path.exists("/dev/fuse"):
+        raise IofsError(
+            "/dev/fuse is missing: load the fuse module (modprobe fuse)", ExitStatus.UNAVAILABLE
+        )
+    if options.directory is not None and not options.directory.is_dir():
+        raise IofsError(f"--dir {options.directory}: not a directory", ExitStatus.BAD_PATH)
+    modes, skipped = runnable_modes()
+    if not modes:
+        raise IofsError("no mode can run here: " + "; ".join(r for _, r in skipped))
+    warmup = warmup_seconds(options.duration, len(modes), options.switch_interval)
+    if warmup > options.duration / 2:
+        shortest = 2 * len(modes) * options.switch_interval
+        raise IofsError(
+            f"--duration {options.duration:g}s is too short to go through {len(modes)} modes "
+            f"once, every {options.switch_interval:g} s, and measure after that: at least "
+            f"{shortest:g}s (or a shorter --switch-interval)",
+            ExitStatus.USAGE,
+        )
+    out = results_directory(options.results, "soak")
+    soak = _Soak(options, fio, out, modes, skipped, console or Console(stderr=True))
+    return soak.run()
+
+
+class _Soak:
+    """One soak run; see the module docstring. Workers are named threads, all joined
+    before the daemon is stopped: the load is blocking system calls on the mount."""
+
+    def __init__(
+        self,
+        options: SoakOptions,
+        fio: str,
+        out: Path,
+        modes: list[str],
+        skipped: list[tuple[str, str]],
+        console: Console,
+    ) -> None:
+        self.options = options
+        self.fio = fio
+        self.out = out
+        self.modes = modes
+        self.skipped = skipped
+        self.console = console
+        self.seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(4))
+        self.env = environment(fio, "none")
+        self.env.pop("cache_drop", None)
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        #: Set by the first failure, Ctrl-C or SIGTERM: every worker stops.
+        self.abort = threading.Event()
+        #: Set once the load workers have stopped: the watcher stops too.
+        self.load_done = threading.Event()
+        self.interrupted = False
+        self._lock = threading.Lock()
+        self.failures: list[Failure] = []
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + options.duration
+        self.elapsed = 0.0
+        self.switches: list[tuple[float, str]] = []
+        self.rounds: list[FioRound] = []
+        self.rss_samples: list[tuple[float, int]] = []
+        self.current_mode = modes[0]
+        self.churn: MetadataChurn | None = None
+        self.churn_checks = 0
+        self.journal: Journal | None = None
+        self.journal_mount = 0
+        self.journal_backing = 0
+        self.unexpected_errors: int | None = None
+        self.daemon: subprocess.Popen[bytes] | None = None
+        self.daemon_status: int | None = None
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def fail(self, kind: Kind, message: str) -> None:
+        """Record a failure; the first one stops the soak."""
+        with self._lock:
+            self.failures.append(Failure(str(kind), message, round(self.now(), 3)))
+        self.abort.set()
+
+    def _until_deadline(self) -> bool:
+        return not self.abort.is_set() and time.monotonic() < self.deadline
+
+    # -- the whole run ------------------------------------------------------------------
+    def run(self) -> SoakReport:
+        with self._signals_stop_cleanly():
+            try:
+                self._run()
+            finally:
+                report = self._report()
+                (self.out / "soak.json").write_text(report.to_json())
+                (self.out / "report.txt").write_text(render_report(report))
+                self.env["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                self.env["interrupted"] = self.interrupted
+                (self.out / "environment.json").write_text(json.dumps(self.env, indent=2) + "\n")
+        return report
+
+    @contextlib.contextmanager
+    def _signals_stop_cleanly(self) -> Iterator[None]:
+        """SIGINT and SIGTERM stop the load; the teardown always runs to its end."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            if not self.interrupted:
+                self.console.print(
+                    f"[yellow]{signal.Signals(signum).name}: stopping the soak cleanly[/]"
+                )
+            self.interrupted = True
+            self.abort.set()
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> None:
+        scratch = Path(tempfile.mkdtemp(prefix="iofs-soak-", dir=self.options.directory))
+        try:
+            backing, mountpoint = scratch / "backing", scratch / "mnt"
+            backing.mkdir()
+            mountpoint.mkdir()
+            opts = MountOptions(
+                backing=backing,
+                mountpoint=mountpoint,
+                mode=self.modes[0],
+                log_file=self.out / "daemon.log",
+            )
+            # In a session of its own, the daemon does not get a terminal's Ctrl-C: the
+            # soak does, and stops the load before it unmounts. (setsid execs in place,
+            # so the child's pid stays the daemon's.)
+            setsid = ("setsid",) if shutil.which("setsid") else ()
+            self.daemon = start_daemon(opts, (*setsid, *self.options.program))
+            try:
+                (self.out / "stats-start.json").write_text(read_statistics(mountpoint).to_json())
+                self._load(mountpoint)
+                self._final_checks(mountpoint)
+            finally:
+                stop_daemon(self.daemon, mountpoint)
+                self.daemon_status = self.daemon.poll()
+            self._backing_checks(backing)
+        finally:
+            if find_mount(scratch / "mnt") is None:  # never delete through a live mount
+                shutil.rmtree(scratch, ignore_errors=True)
+            else:
+                self.fail(Kind.DAEMON, f"{scratch / 'mnt'} is still mounted: {scratch} kept")
+
+    def _load(self, mountpoint: Path) -> None:
+        self.churn = MetadataChurn(mountpoint / "churn", self.seed)
+        self.journal = Journal(mountpoint / "journal", self.seed)
+        workers = {
+            "soak-fio": lambda: self._fio_rounds(mountpoint),
+            "soak-churn": lambda: self._churn(mountpoint),
+            "soak-journal": self._journal,
+            "soak-switcher": lambda: self._switch_modes(mountpoint),
+        }
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + self.options.duration
+        load = [self._start(name, body) for name, body in workers.items()]
+        watcher = self._start("soak-watcher", lambda: self._watch(mountpoint))
+        every = max(10.0, self.options.duration / 20)
+        next_progress = every
+        self.console.print(
+            f"soak: {format_seconds(self.options.duration)} on {mountpoint} (mode "
+            f"{self.modes[0]}, then {', '.join(self.modes[1:]) or 'no other'}, a switch every "
+            f"{self.options.switch_interval:g} s); results in {self.out}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        while any(t.is_alive() for t in load) and not self.abort.is_set():
+            if self.now() >= next_progress:
+                self._progress()
+                next_progress += every
+            self.abort.wait(0.2)
+        for thread in load:
+            thread.join(STOP_TIMEOUT)
+            if thread.is_alive():
+                self.fail(Kind.INTERNAL, f"{thread.name} did not stop within {STOP_TIMEOUT:g} s")
+        self.elapsed = self.now()
+        self.load_done.set()
+        watcher.join(STOP_TIMEOUT)
+
+    def _start(self, name: str, body: Callable[[], None]) -> threading.Thread:
+        def guarded() -> None:
+            try:
+                body()
+            except Exception as exc:  # a bug in the soak itself: reported, not hidden
+                self.fail(Kind.INTERNAL, f"{name}: {type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def _progress(self) -> None:
+        ops = self.churn.operations if self.churn else 0
+        records = self.journal.records if self.journal else 0
+        rss = self.rss_samples[-1][1] if self.rss_samples else 0
+        self.console.print(
+            f"soak {format_seconds(self.now())} of {format_seconds(self.options.duration)} · "
+            f"mode {self.current_mode} · fio round {len(self.rounds) + 1} · "
+            f"{ops:,} metadata ops · {records:,} fsynced records · "
+            f"{len(self.switches)} switches · daemon RSS {_mib(rss)}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+    # -- workers --------------------------------------------------------------------------
+    def _fio_rounds(self, mountpoint: Path) -> None:
+        round_seconds = fio_round_seconds(self.options.duration)
+        (self.out / "fio").mkdir()
+        number = 0
+        while self._until_deadline():
+            remaining = self.deadline - time.monotonic()
+            if remaining < FIO_MIN_ROUND:
+                break
+            number += 1
+            runtime = round(min(round_seconds, remaining), 1)
+            self.rounds.append(self._fio_round(mountpoint, number, runtime))
+
+    def _fio_round(self, mountpoint: Path, number: int, runtime: float) -> FioRound:
+        stem = self.out / "fio" / f"round-{number:03d}"
+        job = stem.with_suffix(".fio")
+        job.write_text(with_overrides(SOAK_JOB, runtime))
+        directory = mountpoint / "fio" / stem.name
+        directory.mkdir(parents=True)
+        output = stem.with_suffix(".json")
+        command = fio_command(self.fio, job, directory, output)
+        stem.with_suffix(".command").write_text(shlex.join(command) + "\n")
+        log = stem.with_suffix(".log")
+        with open(log, "wb") as log_file:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                start_new_session=True,  # Ctrl-C reaches the soak, which stops fio
+            )
+        stopped = False
+        limit = time.monotonic() + runtime + FIO_GRACE
+        try:
+            while process.poll() is None:
+                if self.abort.is_set():
+                    stopped = True
+                    break
+                if time.monotonic() > limit:
+                    stopped = True
+                    self.fail(
+                        Kind.FIO,
+                        f"round {number} did not finish within its runtime + {FIO_GRACE:g} s",
+                    )
+                    break
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=0.2)
+        finally:
+            if process.poll() is None:
+                stop_fio(process)
+        result = self._fio_result(number, runtime, process.returncode, stopped, output, log)
+        try:
+            shutil.rmtree(directory)
+        except OSError as exc:
+            self.fail(Kind.FIO, f"round {number}: cannot remove its files: {exc}")
+        return result
+
+    def _fio_result(
+        self, number: int, runtime: float, status: int, stopped: bool, output: Path, log: Path
+    ) -> FioRound:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        try:
+            document = json.loads(output.read_text())
+        except (OSError, ValueError):
+            if not stopped:
+                last = (text.strip().splitlines() or ["no output"])[-1]
+                self.fail(Kind.FIO, f"round {number}: fio exited with {status}: {last}")
+            return FioRound(number, runtime, status, stopped)
+        figures = parse_fio(document)
+        verify_errors = 0
+        errors = []
+        for job in document.get("jobs", []):
+            error = int(job.get("error", 0))
+            if error == _EILSEQ:
+                verify_errors += 1
+            elif error:
+                errors.append(f"{job.get('jobname')}: {os.strerror(error)}")
+        if verify_errors:
+            detail = next(
+                (line.strip() for line in text.splitlines() if "verify" in line.lower()),
+                "see the log",
+            )
+            self.fail(
+                Kind.FIO_VERIFY,
+                f"round {number}: {verify_errors} jobs failed verification ({detail}); log {log}",
+            )
+        for message in errors:
+            self.fail(Kind.FIO, f"round {number}: {message}")
+        if status != 0 and not stopped and not verify_errors and not errors:
+            last = (text.strip().splitlines() or ["no output"])[-1]
+            self.fail(Kind.FIO, f"round {number}: fio exited with {status}: {last}")
+
+        def total(direction: str, attribute: str) -> int:
+            return sum(int(getattr(f, attribute)) for f in figures if f.direction == direction)
+
+        return FioRound(
+            number,
+            runtime,
+            status,
+            stopped,
+            reads=total("read", "ios"),
+            read_bytes=total("read", "io_bytes"),
+            writes=total("write", "ios"),
+            write_bytes=total("write", "io_bytes"),
+            syncs=total("sync", "ios"),
+            verify_errors=verify_errors,
+            errors=tuple(errors),
+        )
+
+    def _churn(self, mountpoint: Path) -> None:
+        churn = self.churn
+        assert churn is not None
+        churn.root.mkdir()
+        while self._until_deadline():
+            try:
+                churn.step()
+                if churn.operations % CHURN_CHECK_EVERY == 0:
+                    churn.check()
+                    self.churn_checks += 1
+            except (OSError, CheckFailed) as exc:
+                self.fail(Kind.METADATA, f"after {churn.operations:,} operations: {exc}")
+                return
+
+    def _journal(self) -> None:
+        journal = self.journal
+        assert journal is not None
+        try:
+            journal.open()
+            try:
+                while self._until_deadline():
+                    journal.step()
+            finally:
+                journal.close()
+        except (OSError, CheckFailed) as exc:
+            self.fail(Kind.JOURNAL, f"after {journal.records:,} records: {exc}")
+
+    def _switch_modes(self, mountpoint: Path) -> None:
+        """Switch *k* happens at k intervals, to the mode after the current one. The
+        first is at 0 s, as the load starts: every mode, the one mounted in included,
+        then serves one full interval of the running load within the first cycle."""
+        if len(self.modes) < 2:
+            return
+        for switch in itertools.count():
+            at = self.t0 + switch * self.options.switch_interval
+            if at >= self.deadline:
+                return
+            if self.abort.wait(max(0.0, at - time.monotonic())):
+                return
+            mode = self.modes[(switch + 1) % len(self.modes)]
+            try:
+                setting = set_mode(mountpoint, mode)
+                current = read_mode(mountpoint).get("spec")
+            except IofsError as exc:
+                self.fail(Kind.MODE_SWITCH, f"to {mode}: {exc}")
+                return
+            if current != setting.spec:
+                self.fail(Kind.MODE_SWITCH, f"to {mode}: the mount reports {current!r}")
+                return
+            self.current_mode = mode
+            self.switches.append((round(self.now(), 3), mode))
+
+    def _watch(self, mountpoint: Path) -> None:
+        """Sample the daemon's RSS; check it is alive, its log and its statistics."""
+        daemon = self.daemon
+        assert daemon is not None
+        process = psutil.Process(daemon.pid)
+        interval = min(1.0, max(0.2, self.options.duration / 100))
+        next_check = time.monotonic() + WATCH_INTERVAL
+        while True:
+            if daemon.poll() is not None:
+                self.fail(Kind.DAEMON, f"the daemon exited with status {daemon.returncode}")
+                return
+            if is_disconnected(mountpoint):
+                self.fail(Kind.DAEMON, f"{mountpoint} is disconnected (ENOTCONN)")
+                return
+            try:
+                self.rss_samples.append((round(self.now(), 3), process.memory_info().rss))
+            except psutil.Error as exc:
+                self.fail(Kind.DAEMON, f"cannot read the daemon's memory: {exc}")
+                return
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + WATCH_INTERVAL
+                self._check_daemon(mountpoint)
+            if self.load_done.wait(interval):
+                return
+
+    def _check_daemon(self, mountpoint: Path) -> None:
+        """Fail on a daemon log error or an unexpected error in the statistics."""
+        if log_errors(self.out / "daemon.log") and not any(
+            f.kind == Kind.DAEMON_LOG for f in self.failures
+        ):
+            self.fail(Kind.DAEMON_LOG, f"the daemon logged an error: see {self.out / 'daemon.log'}")
+        try:
+            unexpected = read_statistics(mountpoint).extra.get("unexpected_errors", 0)
+        except IofsError as exc:
+            self.fail(Kind.DAEMON, f"cannot read statistics: {exc}")
+            return
+        if unexpected and not any(f.kind == Kind.UNEXPECTED_ERRORS for f in self.failures):
+            self.fail(Kind.UNEXPECTED_ERRORS, f"the statistics count {unexpected}")
+
+    # -- after the load ---------------------------------------------------------------------
+    def _final_checks(self, mountpoint: Path) -> None:
+        """The tree and the journal through the mount, and the final statistics."""
+        if self.daemon is None or self.daemon.poll() is not None:
+            return
+        if self.churn is not None and self.churn.root.is_dir():
+            try:
+                self.churn.check()
+                self.churn_checks += 1
+            except (OSError, CheckFailed) as exc:
+                self.fail(Kind.METADATA, f"final check through the mount: {exc}")
+        if self.journal is not None and self.journal.acknowledged:
+            try:
+                self.journal_mount = self.journal.verify(self.journal.path)
+            except (OSError, CheckFailed) as exc:
+                self.fail(Kind.JOURNAL, f"final check through the mount: {exc}")
+        try:
+            snapshot = read_statistics(mountpoint)
+        except IofsError as exc:
+            self.fail(Kind.DAEMON, f"cannot read the final statistics: {exc}")
+            return
+        (self.out / "stats-end.json").write_text(snapshot.to_json())
+        self.unexpected_errors = snapshot.extra.get("unexpected_errors", 0)
+        if self.unexpected_errors and not any(
+            f.kind == Kind.UNEXPECTED_ERRORS for f in self.failures
+        ):
+            self.fail(Kind.UNEXPECTED_ERRORS, f"the statistics count {self.unexpected_errors}")
+
+    def _backing_checks(self, backing: Path) -> None:
+        """After unmounting: the backing directory must hold what the mount acknowledged."""
+        if self.churn is not None and (backing / "churn").is_dir():
+            try:
+                self.churn.check(backing / "churn")
+                self.churn_checks += 1
+            except (OSError, CheckFailed) as exc:
+                self.fail(Kind.METADATA, f"backing directory after unmount: {exc}")
+        if self.journal is not None and self.journal.acknowledged:
+            try:
+                self.journal_backing = self.journal.verify(backing / "journal")
+            except (OSError, CheckFailed) as exc:
+                self.fail(Kind.JOURNAL, f"backing file after unmount: {exc}")
+
+    def _report(self) -> SoakReport:
+        daemon_log = self.out / "daemon.log"
+        log_count = log_errors(daemon_log)
+        if log_count and not any(f.kind == Kind.DAEMON_LOG for f in self.failures):
+            self.fail(Kind.DAEMON_LOG, f"{log_count} ERROR or Traceback lines in {daemon_log}")
+        warmup = warmup_seconds(
+            self.options.duration, len(self.modes), self.options.switch_interval
+        )
+        report = SoakReport(
+            results=str(self.out),
+            started=self.started_at,
+            duration_s=self.options.duration,
+            switch_interval_s=self.options.switch_interval,
+            seed=self.seed,
+            elapsed_s=round(self.elapsed, 3),
+            interrupted=self.interrupted,
+            modes=tuple(self.modes),
+            skipped_modes=tuple(self.skipped),
+            initial_mode=self.modes[0],
+            switches=tuple(self.switches),
+            fio_rounds=tuple(self.rounds),
+            metadata_ops=dict(sorted(self.churn.counts.items())) if self.churn else {},
+            metadata_tree_checks=self.churn_checks,
+            journal_records=self.journal.records if self.journal else 0,
+            journal_syncs=self.journal.syncs if self.journal else 0,
+            journal_verified_mount=self.journal_mount,
+            journal_verified_backing=self.journal_backing,
+            rss=rss_figures(self.rss_samples, warmup),
+            rss_samples=tuple(self.rss_samples),
+            daemon_pid=self.daemon.pid if self.daemon else 0,
+            daemon_status=self.daemon_status,
+            daemon_log_errors=log_count,
+            unexpected_errors=self.unexpected_errors,
+            failures=tuple(self.failures),
+        )
+        return replace(report, criteria=evaluate(report))
