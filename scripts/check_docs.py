@@ -61,10 +61,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+
+from iofs.mount import runtime_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILES = ("README.md", "vagrant/README.md")
@@ -439,6 +442,16 @@ class Scratch:
     def remove(self) -> None:
         if not self.mounts():
             shutil.rmtree(self.path, ignore_errors=True)
+            self.remove_daemon_files()
+
+    def remove_daemon_files(self) -> None:
+        """The logs (and any state files) that background daemons of the documented
+        commands left in the runtime directory, named after their mountpoints."""
+        with contextlib.suppress(OSError):
+            for entry in runtime_dir().iterdir():
+                mountpoint = Path(urllib.parse.unquote(entry.stem))
+                if mountpoint.is_relative_to(self.path):
+                    entry.unlink(missing_ok=True)
 
 
 def _is_daemon(pid: int) -> bool:

@@ -27,6 +27,7 @@ import pytest
 from iofs.backends import ENGINES, EngineConfig, create_engine
 from iofs.fs import Filesystem
 from iofs.modes import resolve
+from iofs.mount import runtime_dir
 
 from .conftest import FUSE_UNAVAILABLE, ROOT
 
@@ -333,12 +334,17 @@ needs_root_and_fuse = pytest.mark.skipif(
 @needs_root_and_fuse
 def test_documented_commands_fast_blocks() -> None:
     """README.md and vagrant/README.md, the blocks not marked slow (~40 s here)."""
+    daemon_files = set(runtime_dir().iterdir())
     result = _run_check(timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert " 0 failed" in result.stdout
     assert not re.search(r"^\s+cleanup: unmounted", result.stdout, re.MULTILINE), (
         "a block left a mount behind: " + result.stdout
     )
+    # The background daemons' logs go with the scratch directory they were named after.
+    assert not [
+        path for path in set(runtime_dir().iterdir()) - daemon_files if "iofs-docs-" in path.name
+    ]
 
 
 @pytest.mark.slow
