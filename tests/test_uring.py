@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from iofs.backends import EngineConfig, running, uring
-from iofs.backends.io_uring import IoUringEngine, _Slot
+from iofs.backends.io_uring import EARLY_SUBMIT, IoUringEngine, _Slot
 
 REASON = uring.probe()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unusable: {REASON}")
@@ -338,6 +338,40 @@ async def test_after_a_batch_left_in_flight_operations_park_at_once(
     stats = engine.statistics()
     assert (stats.submits, stats.max_batch, stats.completions) == (2, 4, 8)
     assert second == first - (len(pipes) - 1)
+
+
+@pytest.mark.trio
+async def test_a_batch_bound_for_the_device_is_submitted_in_early_chunks(
+    engine: IoUringEngine,
+) -> None:
+    """After a batch went to the device, every EARLY_SUBMIT SQEs are submitted at once,
+    so the device starts on them while the loop prepares the rest of the tick's."""
+    count = 3 * EARLY_SUBMIT + 1
+    made = [os.pipe() for _ in range(count)]
+    try:
+
+        async def read(i: int, into: dict[int, bytes]) -> None:
+            into[i] = bytes(await engine.read(made[i][0], 0, 2))
+
+        async def one_round(tag: bytes) -> None:
+            results: dict[int, bytes] = {}
+            async with trio.open_nursery() as nursery:
+                for i in range(count):
+                    nursery.start_soon(read, i, results)
+                await trio.testing.wait_all_tasks_blocked()  # all of them in flight
+                for _, write_end in made:
+                    os.write(write_end, tag)
+            assert results == dict.fromkeys(range(count), tag)
+
+        await one_round(b"ab")  # no batch went to the device yet: one submission
+        assert (engine.statistics().submits, engine.statistics().max_batch) == (1, count)
+        await one_round(b"cd")  # three early chunks, then the remainder at the tick's end
+        stats = engine.statistics()
+        assert (stats.submits, stats.max_batch, stats.completions) == (5, count, 2 * count)
+    finally:
+        for read_end, write_end in made:
+            os.close(read_end)
+            os.close(write_end)
 
 
 @pytest.mark.trio

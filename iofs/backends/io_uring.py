@@ -24,6 +24,15 @@ per operation costs 16 µs a round, so the hot path is kept short (trio task ste
 O_DIRECT read: 3.06 before, 2.14 now; loop CPU per read with a fake ring that takes no
 kernel time: 19 µs before, 12 µs now):
 
+- Overlap. When the last batch went to the device (`_park_early`), a batch that
+  reaches `EARLY_SUBMIT` SQEs is submitted at once rather than at the end of the tick:
+  the disk starts on those while the loop still handles the rest of the completions
+  that just came in, instead of idling until all 16 are ready. Measured with
+  ``scripts/bench_engines.py`` (5 rounds, side by side): O_DIRECT 4 KiB reads at c=16
+  went from 1.45-1.47x the blocking engine to 2.03-2.05x (chunks of 4; 8 did the same,
+  2 and 1 less: each system call has its cost), cold buffered c=16 from 1.45-1.60x to
+  1.89-2.14x. Page-cache hits complete inside the system call, keep `_park_early`
+  false and are batched per tick as before.
 - Task switches (about 2-4 µs each in trio here). An operation that has to wait parks
   with `trio.lowlevel.wait_task_rescheduled`, and whoever reaps its CQE (the submitting
   task, inline, or the reaper) reschedules it directly: no Event, no second hop. When
@@ -135,6 +144,11 @@ class _Slot:
     def _abort(self, _: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
         self.cancelled = True
         return trio.lowlevel.Abort.FAILED  # the kernel still owns the buffer
+
+
+#: SQEs after which a batch bound for the device is submitted without waiting for the
+#: end of the loop tick (see "Overlap" above).
+EARLY_SUBMIT = 4
 
 
 class IoUringEngine(ReapedEngine):
@@ -280,7 +294,15 @@ class IoUringEngine(ReapedEngine):
         if offset < 0:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         self._ring.prepare(opcode, fd, address, length, offset, flags, slot.index)
-        if self._batch_open and self._park_early and self._reaper_running:
+        if self._park_early and self._reaper_running and self._ring.pending >= EARLY_SUBMIT:
+            # Enough for the device to start on while the loop prepares the rest.
+            self._submit()
+            if slot.result is None:
+                result = await self._wait(slot)
+            else:
+                result = slot.result
+                slot.result = None
+        elif self._batch_open and self._park_early and self._reaper_running:
             # The task that queued this tick's first SQE submits ours with it, and the
             # last batch did not complete inline: park at once, for the reaper (or
             # that task's inline reap) to wake us when the CQE is in.
