@@ -84,21 +84,16 @@ def set_mode(mountpoint: Path, spec: str) -> Setting:
     except BadSetting as exc:
         raise IofsError(str(exc), ExitStatus.BAD_SETTING) from None
     try:
-        os.setxattr(path, MODE_XATTR, setting.spec.encode())
+        _write(path, MODE_XATTR, setting.spec, "switch its mode")
     except OSError as exc:
-        if exc.errno in (errno.EPERM, errno.EACCES):
-            raise IofsError(
-                f"only the owner of {path} or root may switch its mode ({exc.strerror})",
-                ExitStatus.PERMISSION,
-            ) from None
-        if exc.errno == errno.EOPNOTSUPP:
-            try:
-                engine_class(setting.engine)
-                reason = f"the daemon cannot run engine {setting.engine!r} (see its log)"
-            except EngineUnavailable as unavailable:
-                reason = str(unavailable)
-            raise IofsError(reason, ExitStatus.UNAVAILABLE) from None
-        raise IofsError(f"the daemon refused {setting.spec!r}: {exc.strerror}") from None
+        if exc.errno != errno.EOPNOTSUPP:
+            raise
+        try:
+            engine_class(setting.engine)
+            reason = f"the daemon cannot run engine {setting.engine!r} (see its log)"
+        except EngineUnavailable as unavailable:
+            reason = str(unavailable)
+        raise IofsError(reason, ExitStatus.UNAVAILABLE) from None
     # The daemon may have used a fallback engine (mounted with --allow-fallback).
     return parse_setting(str(read_mode(path)["spec"]))
 
@@ -115,13 +110,21 @@ def set_faults(mountpoint: Path, spec: str) -> FaultSpec:
         faults = parse_faults(spec)
     except BadFaults as exc:
         raise IofsError(str(exc), ExitStatus.BAD_SETTING) from None
+    _write(path, FAULTS_XATTR, faults.text, "set its fault injection")
+    return faults
+
+
+def _write(path: Path, name: bytes, value: str, what: str) -> None:
+    """Write the control xattr *name*; refusals become IofsError, except EOPNOTSUPP
+    (the caller knows what it means for its attribute), which stays an OSError."""
     try:
-        os.setxattr(path, FAULTS_XATTR, faults.text.encode())
+        os.setxattr(path, name, value.encode())
     except OSError as exc:
         if exc.errno in (errno.EPERM, errno.EACCES):
             raise IofsError(
-                f"only the owner of {path} or root may set its fault injection ({exc.strerror})",
+                f"only the owner of {path} or root may {what} ({exc.strerror})",
                 ExitStatus.PERMISSION,
             ) from None
-        raise IofsError(f"the daemon refused {faults.text!r}: {exc.strerror}") from None
-    return faults
+        if exc.errno == errno.EOPNOTSUPP:
+            raise
+        raise IofsError(f"the daemon refused {value!r}: {exc.strerror}") from None
