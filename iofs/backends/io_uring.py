@@ -29,9 +29,10 @@ kernel time: 19 µs before, 12 µs now):
   the disk starts on those while the loop still handles the rest of the completions
   that just came in, instead of idling until all 16 are ready. Measured with
   ``scripts/bench_engines.py`` (5 rounds, side by side): O_DIRECT 4 KiB reads at c=16
-  went from 1.45-1.47x the blocking engine to 2.03-2.05x (chunks of 4; 8 did the same,
-  2 and 1 less: each system call has its cost), cold buffered c=16 from 1.45-1.60x to
-  1.89-2.14x. Page-cache hits complete inside the system call, keep `_park_early`
+  went from 1.39-1.57x the blocking engine to 1.78-2.11x (chunks of 4; 8 did the same,
+  2 and 1 less: each system call has its cost); cold buffered c=16 is noisier
+  (1.42-1.60x before, 1.26-2.14x after). The loop's heartbeat lag rises a little with
+  the throughput. Page-cache hits complete inside the system call, keep `_park_early`
   false and are batched per tick as before.
 - Task switches (about 2-4 µs each in trio here). An operation that has to wait parks
   with `trio.lowlevel.wait_task_rescheduled`, and whoever reaps its CQE (the submitting
