@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,31 @@ def scratch_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     path.chmod(0o755)
     return path
+
+
+def race_beside_script(
+    script: str, arguments: list[str], threads: list[threading.Thread], stop: threading.Event
+) -> str:
+    """Run the Python *script* with *arguments* while *threads* run beside it; return
+    what it printed. The threads are told to *stop* and joined, and the script killed if
+    it still runs, however this ends."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *arguments], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        for thread in threads:
+            thread.start()
+        out, _ = process.communicate(timeout=60)
+    finally:
+        stop.set()
+        for thread in threads:
+            if thread.ident is not None:
+                thread.join()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, f"the racing script failed: {out!r}"
+    return out
 
 
 @dataclass

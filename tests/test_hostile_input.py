@@ -29,7 +29,7 @@ from typing import cast
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import Mount, needs_fuse, needs_root
+from .conftest import Mount, needs_fuse, needs_root, race_beside_script
 from .differential import Outcome, outcome
 
 pytestmark = needs_fuse
@@ -446,21 +446,8 @@ def test_truncation_racing_readers_and_writers(mode_mount: Mount) -> None:
         threading.Thread(target=work, args=(path, stop, seed, errors))
         for work, seed in ((_writer, 1), (_writer, 2), (_reader, 3), (_reader, 4))
     ]
-    truncator = subprocess.Popen(
-        [sys.executable, "-c", TRUNCATOR, str(path), "1.0"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        for worker in workers:
-            worker.start()
-        out, _ = truncator.communicate(timeout=60)
-    finally:
-        stop.set()
-        for worker in workers:
-            worker.join()
-        if truncator.poll() is None:
-            truncator.kill()
-            truncator.wait()
-    assert truncator.returncode == 0 and int(out) > 10
+    out = race_beside_script(TRUNCATOR, [str(path), "1.0"], workers, stop)
+    assert int(out) > 10
     assert not errors, errors[:10]
     # The final state is the backing file's, seen the same through the mount.
     backing = (mode_mount.backing / "raced").read_bytes()

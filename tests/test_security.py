@@ -64,6 +64,7 @@ from .conftest import (
     mode_runs,
     needs_fuse,
     needs_root,
+    race_beside_script,
     scratch_dir,
     start_mount,
 )
@@ -608,26 +609,11 @@ def test_symlinks_swapped_in_during_operations(hostile: Hostile) -> None:
     backing, mnt = hostile.mount.backing, hostile.mount.mountpoint
     _prepare_victims(backing)
     seconds = 1.2
-    swapper = subprocess.Popen(
-        [sys.executable, "-c", SWAPPER, str(backing), str(seconds)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     stop = threading.Event()
     results: list[object] = []
     hammers = [threading.Thread(target=_hammer, args=(mnt, stop, seed, results)) for seed in (1, 2)]
-    try:
-        for thread in hammers:
-            thread.start()
-        out, _ = swapper.communicate(timeout=60)
-    finally:
-        stop.set()
-        for thread in hammers:
-            thread.join()
-        if swapper.poll() is None:
-            swapper.kill()
-            swapper.wait()
-    assert swapper.returncode == 0 and int(out) > 10, "the swapper did not run"
+    out = race_beside_script(SWAPPER, [str(backing), str(seconds)], hammers, stop)
+    assert int(out) > 10, "the swapper did not run"
     assert len(results) > 100
     text = repr(results)
     assert SECRET.decode() not in text and SENTINEL_ONLY not in text
