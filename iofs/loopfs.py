@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from . import mounttable
 from .errors import IofsError
-from .mount import find_mount
 
 #: The filesystems a loop image can hold.
 KINDS = ("xfs", "btrfs")
@@ -123,7 +123,7 @@ class LoopFilesystem:
             self.target.mkdir()
             # `mount -o loop` attaches the device with autoclear: umount detaches it.
             self._run(["mount", "-o", "loop", str(self.image), str(self.target)])
-            entry = find_mount(self.target)
+            entry = mounttable.find(self.target)
             self.device = entry.source if entry is not None else None
             self.target.chmod(0o755)
         except BaseException:
@@ -141,12 +141,8 @@ class LoopFilesystem:
 
     def mount_options(self) -> str:
         """The options the kernel shows for the mounted filesystem (from /proc/mounts)."""
-        with open("/proc/self/mounts") as table:
-            for line in table:
-                fields = line.split()
-                if len(fields) >= 4 and fields[1] == str(self.target):
-                    return fields[3]
-        return ""
+        entry = mounttable.find(self.target)
+        return entry.options if entry else ""
 
     def destroy(self) -> None:
         """Unmount, detach every loop device on the image, remove it all. Idempotent.
@@ -157,7 +153,7 @@ class LoopFilesystem:
             return
         with interrupts_deferred():
             problems = []
-            if find_mount(self.target) is not None:
+            if mounttable.find(self.target) is not None:
                 result = subprocess.run(
                     ["umount", str(self.target)], capture_output=True, text=True, check=False
                 )

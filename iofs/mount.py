@@ -28,6 +28,7 @@ import psutil
 import pyfuse3
 import trio
 
+from . import mounttable
 from .backends import (
     EngineConfig,
     EngineUnavailable,
@@ -39,6 +40,7 @@ from .errors import ExitStatus, IofsError
 from .faults import BadFaults, parse_faults
 from .fs import Filesystem
 from .modes import DEFAULT_MODE, BadSetting, Setting, resolve
+from .mounttable import MountEntry
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +78,6 @@ class MountOptions:
     faults: str = "off"
 
 
-@dataclass(frozen=True)
-class MountEntry:
-    source: str
-    mountpoint: str
-    fstype: str
-
-
 # -- where a mount's state lives -------------------------------------------------------
 def runtime_dir() -> Path:
     """Per-user directory for daemon state files and background logs."""
@@ -112,23 +107,8 @@ def read_state(mountpoint: Path) -> dict[str, object] | None:
     return state
 
 
-def mounts() -> list[MountEntry]:
-    """The current mount table, with /proc/mounts' octal escapes undone."""
-
-    def unescape(text: str) -> str:
-        return text.encode().decode("unicode_escape").encode("latin-1").decode(errors="replace")
-
-    entries = []
-    with open("/proc/self/mounts") as table:
-        for line in table:
-            source, target, fstype, *_ = line.split()
-            entries.append(MountEntry(unescape(source), unescape(target), fstype))
-    return entries
-
-
 def find_mount(mountpoint: Path) -> MountEntry | None:
-    matches = [m for m in mounts() if m.mountpoint == str(mountpoint)]
-    return matches[-1] if matches else None
+    return mounttable.find(mountpoint)
 
 
 def is_disconnected(mountpoint: Path) -> bool:
@@ -437,14 +417,8 @@ async def _serve(
 
 def _mount_device(mountpoint: Path) -> str | None:
     """The device (``major:minor``) of the mount on top at *mountpoint*, or None."""
-    device = None
-    with open("/proc/self/mountinfo") as table:
-        for line in table:
-            fields = line.split()
-            target = fields[4].encode().decode("unicode_escape").encode("latin-1")
-            if target.decode(errors="replace") == str(mountpoint):
-                device = fields[2]
-    return device
+    entry = mounttable.find(mountpoint)
+    return entry.device if entry else None
 
 
 async def _log_statistics(fs: Filesystem, path: Path, interval: float) -> None:

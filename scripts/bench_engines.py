@@ -67,6 +67,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from iofs import mounttable
 from iofs.backends import (
     ENGINES,
     Capability,
@@ -658,32 +659,17 @@ def create_data_file(directory: Path, size: int) -> Path:
 # -- environment -----------------------------------------------------------------------
 
 
-def _unescape_mount_field(field: str) -> str:
-    """/proc/self/mounts writes space, tab, newline and backslash as octal escapes."""
-    for code in ("040", "011", "012", "134"):
-        field = field.replace("\\" + code, chr(int(code, 8)))
-    return field
-
-
 def mount_of(path: Path) -> dict[str, str]:
-    """The /proc/self/mounts entry holding *path* (the longest mount point above it)."""
-    target = os.path.realpath(path)
-    best: dict[str, str] = {}
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if len(fields) < 4:
-                continue
-            device, mountpoint, fstype, options = map(_unescape_mount_field, fields[:4])
-            inside = target == mountpoint or target.startswith(mountpoint.rstrip("/") + "/")
-            if inside and len(mountpoint) >= len(best.get("mountpoint", "")):
-                best = {
-                    "device": device,
-                    "mountpoint": mountpoint,
-                    "type": fstype,
-                    "options": options,
-                }
-    return best
+    """The mount table entry holding *path* (the longest mount point above it)."""
+    entry = mounttable.containing(path)
+    if entry is None:
+        return {}
+    return {
+        "device": entry.source,
+        "mountpoint": entry.mountpoint,
+        "type": entry.fstype,
+        "options": entry.options,
+    }
 
 
 def _block_device(device: str) -> dict[str, str]:

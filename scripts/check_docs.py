@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from iofs import mounttable
 from iofs.mount import runtime_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -372,14 +373,11 @@ class Scratch:
 
     def mounts(self) -> list[tuple[str, str]]:
         """(mountpoint, fstype) of every mount under the scratch directory, deepest first."""
-        found = []
-        with open("/proc/self/mountinfo") as mountinfo:
-            for line in mountinfo:
-                fields = line.split()
-                point = fields[4].encode().decode("unicode_escape")
-                fstype = fields[fields.index("-") + 1]
-                if Path(point).is_relative_to(self.path):
-                    found.append((point, fstype))
+        found = [
+            (entry.mountpoint, entry.fstype)
+            for entry in mounttable.entries()
+            if Path(entry.mountpoint).is_relative_to(self.path)
+        ]
         return sorted(found, key=lambda entry: entry[0].count("/"), reverse=True)
 
     def processes(self) -> list[int]:

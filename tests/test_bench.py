@@ -22,7 +22,7 @@ import pytest
 from iofs.bench import load_results
 from iofs.errors import ExitStatus
 from iofs.loopfs import LoopFilesystem, attached_devices
-from iofs.mount import mounts
+from iofs.mounttable import entries as mounts
 from iofs.report import NATIVE
 
 from .conftest import ROOT, needs_fuse, needs_root, scratch_dir

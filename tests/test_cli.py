@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from iofs import mounttable
 from iofs.backends import ENGINES
 from iofs.errors import ExitStatus
 from iofs.modes import MODES
@@ -431,9 +432,10 @@ def test_modes_describe_every_mode() -> None:
 @needs_fuse
 def test_mount_options_reach_the_kernel(mount_factory: MountFactory) -> None:
     mnt = mount_factory(options=("ro", "allow_other"))
-    with open("/proc/self/mounts") as table:
-        line = next(x for x in table if f" {mnt.mountpoint} " in x)
-    assert " fuse.iofs ro," in line and "allow_other" in line and "default_permissions" in line
+    entry = mounttable.find(mnt.mountpoint)
+    assert entry is not None and entry.fstype == "fuse.iofs"
+    options = entry.options.split(",")
+    assert options[0] == "ro" and "allow_other" in options and "default_permissions" in options
     with pytest.raises(OSError) as info:
         (mnt.mountpoint / "f").touch()
     assert info.value.errno == errno.EROFS

@@ -24,7 +24,8 @@ import psutil
 import pytest
 
 from iofs.errors import ExitStatus
-from iofs.mount import default_log_path, find_mount, is_disconnected, mounts, read_state, state_path
+from iofs.mount import default_log_path, find_mount, is_disconnected, read_state, state_path
+from iofs.mounttable import entries as mounts
 
 from .acknowledged import AckedWriter, AppendWriter, SlotWriter
 from .conftest import (

@@ -51,6 +51,7 @@ import pytest
 import trio
 from pyfuse3 import FUSEError, RequestContext
 
+from iofs import mounttable
 from iofs.backends import EngineConfig, create_engine
 from iofs.fs import FAULTS_XATTR, MODE_XATTR, STATISTICS_XATTR, Filesystem
 
@@ -889,11 +890,9 @@ def test_set_id_bits_and_devices_count_only_where_the_mount_says(
         shutil.copy("/usr/bin/id", mp / "id")
         os.chmod(mp / "id", 0o4755)  # set-user-ID root
         os.mknod(mp / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
-        flags = next(
-            line.split()[3].split(",")
-            for line in Path("/proc/mounts").read_text().splitlines()
-            if line.split()[1] == str(mp)
-        )
+        entry = mounttable.find(mp)
+        assert entry is not None
+        flags = entry.options.split(",")
         outcomes = probe(
             NOBODY, [["exec", str(mp / "id"), "-u"], ["write", str(mp / "null"), "x", 0]]
         )

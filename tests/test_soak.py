@@ -21,7 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from iofs.mount import mounts, read_state
+from iofs.mount import read_state
+from iofs.mounttable import entries as mounts
 from iofs.soak import (
     RSS_GROWTH_LIMIT,
     Criterion,
