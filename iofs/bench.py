@@ -538,12 +538,67 @@ def _fadvise_dontneed(path: Path) -> None:
 
 # -- running -----------------------------------------------------------------------------------
 @dataclass
-class _Workspace:
+class Workspace:
     """Where one filesystem's runs happen."""
 
     filesystem: str
     backing: Path
     mountpoint: Path
+
+
+@contextlib.contextmanager
+def target_workspace(
+    filesystem: str,
+    *,
+    directory: Path | None,
+    existing: Mapping[str, Path],
+    image_size: int,
+    described: dict[str, Any],
+) -> Iterator[Workspace]:
+    """A fresh backing directory on *filesystem* and a mountpoint, removed afterwards.
+
+    ``dir`` and the filesystems in *existing* get a new directory (under *directory*, or
+    under the existing mount); ``xfs`` and ``btrfs`` a loop image of *image_size* bytes,
+    destroyed afterwards. What the backing directory is on goes into *described*.
+    """
+    with contextlib.ExitStack() as stack:
+        if filesystem == "dir" or filesystem in existing:
+            parent = existing.get(filesystem, directory)
+            root = Path(tempfile.mkdtemp(prefix=f"iofs-bench-{filesystem}-", dir=parent))
+            stack.callback(shutil.rmtree, root, ignore_errors=True)
+            backing = root
+            described[filesystem] = filesystem_of(root)
+        else:
+            image = LoopFilesystem(filesystem, size=image_size, directory=directory)
+            root = stack.enter_context(image)
+            backing = root / "backing"
+            backing.mkdir()
+            described[filesystem] = {
+                "path": str(backing),
+                "type": filesystem,
+                "image": str(image.image),
+                "image_size": image.size,
+                "source": image.device or "?",
+                "options": image.mount_options(),
+            }
+        mountpoint = Path(tempfile.mkdtemp(prefix="iofs-bench-mnt-", dir=directory))
+        stack.callback(_remove_mountpoint, mountpoint)
+        yield Workspace(filesystem, backing, mountpoint)
+
+
+def start_mount(spec: str, workspace: Workspace, log_file: Path) -> subprocess.Popen[bytes]:
+    """An iofs daemon in setting *spec* over the workspace's backing directory, serving."""
+    setting = mount_setting(spec)
+    opts = MountOptions(
+        backing=workspace.backing,
+        mountpoint=workspace.mountpoint,
+        mode=setting.mode,
+        engine=setting.engine,
+        engine_config=EngineConfig(direct=setting.direct),
+        caching=setting.caching,
+        log_file=log_file,
+    )
+    return start_daemon(opts)
 
 
 def _empty(directory: Path) -> None:
@@ -689,35 +744,20 @@ class _Runner:
         _write_json(out / "run.json", {**record, "status": "failed", "reason": reason})
 
     @contextlib.contextmanager
-    def _workspace(self, filesystem: str) -> Iterator[_Workspace]:
+    def _workspace(self, filesystem: str) -> Iterator[Workspace]:
         """The filesystem's backing directory and a mountpoint, both removed afterwards."""
-        directory = self.plan.directory
-        with contextlib.ExitStack() as stack:
-            if filesystem == "dir" or filesystem in self.plan.existing:
-                parent = self.plan.existing.get(filesystem, directory)
-                root = Path(tempfile.mkdtemp(prefix=f"iofs-bench-{filesystem}-", dir=parent))
-                stack.callback(shutil.rmtree, root, ignore_errors=True)
-                backing = root
-                self.env["filesystems"][filesystem] = filesystem_of(root)
-            else:
-                if self.progress is not None:
-                    self.progress.update(self.task, description=f"making a {filesystem} image")
-                image = LoopFilesystem(filesystem, size=self._image_size(), directory=directory)
-                root = stack.enter_context(image)
-                backing = root / "backing"
-                backing.mkdir()
-                self.env["filesystems"][filesystem] = {
-                    "path": str(backing),
-                    "type": filesystem,
-                    "image": str(image.image),
-                    "image_size": image.size,
-                    "source": image.device or "?",
-                    "options": image.mount_options(),
-                }
-            mountpoint = Path(tempfile.mkdtemp(prefix="iofs-bench-mnt-", dir=directory))
-            stack.callback(_remove_mountpoint, mountpoint)
+        making_image = filesystem in loopfs.KINDS and filesystem not in self.plan.existing
+        if self.progress is not None and making_image:
+            self.progress.update(self.task, description=f"making a {filesystem} image")
+        with target_workspace(
+            filesystem,
+            directory=self.plan.directory,
+            existing=self.plan.existing,
+            image_size=self._image_size(),
+            described=self.env["filesystems"],
+        ) as workspace:
             self.write_environment()
-            yield _Workspace(filesystem, backing, mountpoint)
+            yield workspace
 
     def _image_size(self) -> int:
         sizes = [
@@ -729,7 +769,7 @@ class _Runner:
         return max(loopfs.DEFAULT_SIZE * 2, 4 * max(sizes, default=0))
 
     # -- one run ------------------------------------------------------------------------
-    def _run(self, run: PlannedRun, workspace: _Workspace) -> None:
+    def _run(self, run: PlannedRun, workspace: Workspace) -> None:
         """One run into ``runs/<id>/``; a failure is recorded there and the bench goes on.
 
         run.json is written in any case (an interrupted run is recorded without a status).
@@ -791,21 +831,11 @@ class _Runner:
             )
 
     def _mount(
-        self, run: PlannedRun, workspace: _Workspace, out: Path, record: dict[str, Any]
+        self, run: PlannedRun, workspace: Workspace, out: Path, record: dict[str, Any]
     ) -> subprocess.Popen[bytes]:
         """Start an iofs daemon in *run*'s mode over the backing directory."""
-        setting = mount_setting(run.path)
-        record["setting"] = setting.describe()
-        opts = MountOptions(
-            backing=workspace.backing,
-            mountpoint=workspace.mountpoint,
-            mode=setting.mode,
-            engine=setting.engine,
-            engine_config=EngineConfig(direct=setting.direct),
-            caching=setting.caching,
-            log_file=out / "daemon.log",
-        )
-        daemon = start_daemon(opts)
+        record["setting"] = mount_setting(run.path).describe()
+        daemon = start_mount(run.path, workspace, out / "daemon.log")
         record["daemon_pid"] = daemon.pid
         return daemon
 

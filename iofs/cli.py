@@ -307,6 +307,58 @@ def _parser() -> argparse.ArgumentParser:
     _add_existing(demo)
     demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
+    switch = commands.add_parser(
+        "switch",
+        help="one fio job on a fresh mount while the mode switches live: a timeline chart",
+        description="Run one time-based fio job on a fresh mount while switching through "
+        "a schedule of mode settings, recording fio's per-interval logs, the daemon's "
+        "statistics and every switch on one clock; then read everything back through the "
+        "mount with crc32c verification. Prints a per-phase table, what each switch cost "
+        "and one sentence per finding; keeps a timeline chart (SVG, HTML) and the raw data "
+        "in the results directory ('iofs report DIR' renders it again).",
+    )
+    switch.add_argument(
+        "--schedule",
+        nargs="+",
+        required=True,
+        metavar="SETTING:TIME",
+        help="mode settings and how long each serves, e.g. blocking:10s xfs:10s "
+        "btrfs,engine=aio:10s nonblocking:10s (the first is mounted, the others switched to)",
+    )
+    switch.add_argument(
+        "--job",
+        default=None,
+        metavar="NAME|FILE",
+        help="a built-in job name or a fio job file (default: rand-read-4k-direct-qd16); "
+        "its runtime becomes the schedule's",
+    )
+    switch.add_argument(
+        "--target", default="dir", metavar="FS", help="dir (default), xfs or btrfs, as for bench"
+    )
+    switch.add_argument(
+        "--size", type=_fio_size, default=None, metavar="SIZE", help="file size per job, e.g. 64m"
+    )
+    switch.add_argument(
+        "--settle",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="seconds after each switch left out of the phase table (default: a quarter "
+        "of the shortest phase, at most 1)",
+    )
+    switch.add_argument("--results", type=Path, default=Path("results"), help="where runs are kept")
+    switch.add_argument(
+        "--dir", type=Path, default=None, metavar="DIR", help="where scratch files are made"
+    )
+    _add_existing(switch)
+    switch.add_argument(
+        "--no-drop-caches",
+        dest="drop_caches",
+        action="store_false",
+        help="do not drop caches before the run",
+    )
+    switch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+
     soak = commands.add_parser(
         "soak",
         help="a mixed load on a fresh mount for a set time, switching modes, everything checked",
@@ -356,7 +408,8 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
 
     report = commands.add_parser(
-        "report", help="render a bench or demo results directory's summary and chart again"
+        "report",
+        help="render a bench, demo or switch results directory's summary and chart again",
     )
     report.add_argument("directory", type=Path, metavar="DIR")
 
@@ -495,6 +548,23 @@ def _run(args: argparse.Namespace) -> int:
             existing=_existing(args),
         )
         return run_and_render(plan, findings)
+    if args.command == "switch":
+        from .switch import DEFAULT_JOB, render_switch, run_switch, switch_plan
+
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
+        schedule = switch_plan(
+            args.schedule,
+            job=args.job or DEFAULT_JOB,
+            target=args.target,
+            size=args.size,
+            results=args.results,
+            directory=args.dir,
+            existing=_existing(args),
+            drop_caches=args.drop_caches,
+            settle=args.settle,
+        )
+        render_switch(run_switch(schedule))
+        return 0
     if args.command == "soak":
         from .soak import SoakOptions, render_report, run_soak
 
@@ -513,9 +583,9 @@ def _run(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt
         return ExitStatus.OK if report.passed else ExitStatus.FAILED
     if args.command == "report":
-        from .bench import render_results
+        from .switch import render_directory
 
-        render_results(args.directory)
+        render_directory(args.directory)
         return 0
     if args.command == "engines":
         for name, cls in sorted(ENGINES.items()):

@@ -21,7 +21,6 @@ as within noise rather than as a finding.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -32,6 +31,12 @@ from .bench import (
     check_paths,
     load_job,
     with_overrides,
+)
+from .noise import (
+    MIN_CPU_RATIO,
+    MIN_LATENCY_RATIO,
+    means_differ,
+    ratio_differs,
 )
 from .render import format_ns
 from .report import NATIVE, DaemonFigures, Figures, Results, format_count, format_ratio
@@ -70,32 +75,13 @@ NOWAIT_RUNS: tuple[RunKey, RunKey] = (
     ("dir", "nonblocking", "rand-read-4k-direct-qd16"),
 )
 
-# -- noise rules --------------------------------------------------------------------------
-#: A throughput difference counts only beyond this share of the larger figure *and* two
-#: standard errors of fio's per-interval IOPS samples.
-MIN_IOPS_DIFFERENCE = 0.10
-#: A latency percentile counts as different from this ratio up: p99s of runs this short
-#: on a shared machine move by about that much from one run to the next.
-MIN_LATENCY_RATIO = 1.5
-#: Daemon CPU per operation counts as different from this ratio up.
-MIN_CPU_RATIO = 1.2
-
 
 def iops_differ(a: Figures, b: Figures) -> bool:
-    """Whether *a* and *b*'s IOPS differ beyond noise (see `MIN_IOPS_DIFFERENCE`)."""
-    larger = max(a.iops, b.iops)
-    if larger <= 0:
-        return False
-    error = 0.0
-    if a.iops_samples and b.iops_samples:
-        error = math.sqrt(a.iops_stddev**2 / a.iops_samples + b.iops_stddev**2 / b.iops_samples)
-    return abs(a.iops - b.iops) > max(2 * error, MIN_IOPS_DIFFERENCE * larger)
-
-
-def ratio_differs(a: float, b: float, threshold: float) -> bool:
-    if a <= 0 or b <= 0:
-        return a != b
-    return max(a, b) / min(a, b) >= threshold
+    """Whether *a* and *b*'s IOPS differ beyond noise (`iofs.noise.means_differ` over
+    fio's per-interval IOPS samples)."""
+    return means_differ(
+        a.iops, a.iops_stddev, a.iops_samples, b.iops, b.iops_stddev, b.iops_samples
+    )
 
 
 def _x(a: float, b: float) -> str:

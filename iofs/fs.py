@@ -225,13 +225,18 @@ class Filesystem(pyfuse3.Operations):
         Raises `EngineUnavailable` if the setting's engine cannot run here.
         """
         assert self._nursery is not None, "switch() before start()"
+        requested = time.monotonic()
         old = self.engine
+        previous = self.setting.spec
         if (setting.engine, setting.direct) != (self.setting.engine, self.setting.direct):
             engine = create_engine(setting.engine, replace(old.config, direct=setting.direct))
             engine.start(self._nursery)
             self.engine = engine
             self._draining.add(old)
-            self._nursery.start_soon(self._drain, old, name=f"iofs-drain-{old.name}")
+            number = self.recorder.switch_began(setting.spec, previous, requested, old.statistics())
+            self._nursery.start_soon(self._drain, old, number, name=f"iofs-drain-{old.name}")
+        else:
+            self.recorder.switch_began(setting.spec, previous, requested, None)
         self.setting = setting
         self.recorder.mode_changed(setting.spec)
         log.info("mode switched to %s", setting.describe())
@@ -245,9 +250,10 @@ class Filesystem(pyfuse3.Operations):
         else:
             log.info("fault injection off")
 
-    async def _drain(self, engine: Engine) -> None:
+    async def _drain(self, engine: Engine, switch: int) -> None:
         await engine.aclose()  # waits for its operations in flight
         self._draining.discard(engine)
+        self.recorder.switch_drained(switch, engine.statistics())
 
     @property
     def attr_timeout(self) -> float:

@@ -288,6 +288,29 @@ def read_process(process: psutil.Process) -> ProcessSnapshot:
 
 
 @dataclass(frozen=True)
+class SwitchRecord:
+    """One mode switch as the daemon saw it, on CLOCK_MONOTONIC (seconds).
+
+    That clock is the machine's, not the process's: a runner's ``time.monotonic()``
+    and fio's logs (``log_alternate_epoch_clock_id=1``) read the same one.
+    """
+
+    mode: str
+    #: The setting switched away from.
+    previous: str
+    #: When the daemon took the request to switch, and when new requests started going
+    #: to the new engine (the same moment if the engine did not change).
+    requested: float
+    serving: float
+    #: When the old engine had finished every operation it held and was closed; None
+    #: while it still drains. Equal to `serving` if the engine did not change.
+    drained: float | None
+    #: Operations inside the old engine at the switch, and those it completed after it.
+    in_flight_at_switch: int
+    finished_on_old: int
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything the statistics know at one moment: plain, frozen data.
 
@@ -314,6 +337,8 @@ class Snapshot:
     extra: Mapping[str, int] = field(default_factory=dict)
     #: Fault injection (``iofs faults``), or None if it was never on since the mount.
     faults: FaultStatistics | None = None
+    #: The last `MODE_HISTORY` switches, oldest first (none before the first switch).
+    switches: tuple[SwitchRecord, ...] = ()
 
     @property
     def engine(self) -> EngineStatistics | None:
@@ -366,6 +391,8 @@ class Snapshot:
         }
         if self.faults is not None:  # absent unless faults were ever on: old layout kept
             document["faults"] = _faults_to_json(self.faults)
+        if self.switches:  # absent before the first switch
+            document["switches"] = [asdict(record) for record in self.switches]
         if indent is None:
             return json.dumps(document, separators=(",", ":"), allow_nan=False)
         return json.dumps(document, indent=indent, allow_nan=False)
@@ -428,6 +455,9 @@ class Snapshot:
                 ),
                 extra={str(key): int(value) for key, value in document["extra"].items()},
                 faults=_faults_from_json(document["faults"]) if "faults" in document else None,
+                switches=tuple(
+                    _switch_from_json(record) for record in document.get("switches", ())
+                ),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not an {FORMAT} document: {exc!r}") from None
@@ -488,6 +518,19 @@ def _faults_from_json(document: dict[str, Any]) -> FaultStatistics:
     )
 
 
+def _switch_from_json(document: dict[str, Any]) -> SwitchRecord:
+    drained = document["drained"]
+    return SwitchRecord(
+        mode=str(document["mode"]),
+        previous=str(document["previous"]),
+        requested=float(document["requested"]),
+        serving=float(document["serving"]),
+        drained=None if drained is None else float(drained),
+        in_flight_at_switch=int(document["in_flight_at_switch"]),
+        finished_on_old=int(document["finished_on_old"]),
+    )
+
+
 _ENGINE_FIELDS = frozenset(f.name for f in fields(EngineStatistics))
 
 
@@ -520,6 +563,9 @@ class Recorder:
         self._started = monotonic()
         self._mode_history: deque[tuple[str, float]] = deque(maxlen=MODE_HISTORY)
         self._mode_history.append((mode, wall_clock()))
+        #: Switch number -> (record, operations the old engine had finished at the switch).
+        self._switches: dict[int, tuple[SwitchRecord, int]] = {}
+        self._switch_count = 0
         # A new psutil.Process each time: the daemon forks after the recorder is made.
         self._read_process = process or (lambda: read_process(psutil.Process()))
 
@@ -553,6 +599,42 @@ class Recorder:
     def mode_changed(self, mode: str) -> None:
         """The filesystem now runs in *mode* (e.g. after switching engines)."""
         self._mode_history.append((mode, self._wall_clock()))
+
+    def switch_began(
+        self, mode: str, previous: str, requested: float, old: EngineStatistics | None
+    ) -> int:
+        """New requests go to *mode* from now on (requested at monotonic *requested*).
+
+        *old* is the statistics of the engine left to drain, None if the engine did not
+        change. Returns the switch's number for `switch_drained`.
+        """
+        now = self._monotonic()
+        self._switch_count += 1
+        record = SwitchRecord(
+            mode=mode,
+            previous=previous,
+            requested=requested,
+            serving=now,
+            drained=None if old is not None else now,
+            in_flight_at_switch=old.in_flight if old is not None else 0,
+            finished_on_old=0,
+        )
+        self._switches[self._switch_count] = (record, _finished(old) if old is not None else 0)
+        while len(self._switches) > MODE_HISTORY:
+            del self._switches[next(iter(self._switches))]
+        return self._switch_count
+
+    def switch_drained(self, number: int, old: EngineStatistics) -> None:
+        """The old engine of switch *number* has finished everything and is closed."""
+        entry = self._switches.get(number)
+        if entry is not None:
+            record, finished = entry
+            self._switches[number] = (
+                dataclasses.replace(
+                    record, drained=self._monotonic(), finished_on_old=_finished(old) - finished
+                ),
+                finished,
+            )
 
     @property
     def mode(self) -> str:
@@ -611,7 +693,13 @@ class Recorder:
             process=self._read_process(),
             extra=dict(extra or {}),
             faults=faults,
+            switches=tuple(record for record, _ in self._switches.values()),
         )
+
+
+def _finished(engine: EngineStatistics) -> int:
+    """Operations *engine* has finished, failed ones included."""
+    return engine.reads + engine.writes + engine.fsyncs + engine.fdatasyncs + engine.errors
 
 
 # -- intervals: what `iofs top` shows -----------------------------------------------------
