@@ -537,17 +537,17 @@ def _run(args: argparse.Namespace) -> int:
         )
         return run_and_render(plan)
     if args.command == "demo":
-        from .bench import run_and_render
-        from .demo import DEMO_RUNTIME, demo_plan, findings
+        from .demo import DEMO_RUNTIME, demo_plan, run_demo, switch_demo_plan
 
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
+        runtime = args.runtime or DEMO_RUNTIME
         plan = demo_plan(
-            runtime=args.runtime or DEMO_RUNTIME,
+            runtime=runtime,
             results=args.results,
             directory=args.dir,
             existing=_existing(args),
         )
-        return run_and_render(plan, findings)
+        return run_demo(plan, switch_demo_plan(runtime=runtime, directory=args.dir))
     if args.command == "switch":
         from .switch import DEFAULT_JOB, render_switch, run_switch, switch_plan
 

@@ -13,6 +13,9 @@ About two to three minutes on a small machine. The runs (`DEMO_RUNS`):
 - ``rand-write-4k-direct-qd16`` and ``fdatasync-write-4k`` natively on fresh XFS and
   Btrfs images (root only; skipped with the reason otherwise), or on existing XFS and
   Btrfs filesystems (``--xfs DIR``, ``--btrfs DIR``).
+- a live switch (`SWITCH_SCHEDULE`, ``iofs switch``): ``rand-read-4k-direct-qd16``
+  through one mount switched blocking → xfs → btrfs → nonblocking while it runs, kept
+  in ``switch/`` of the demo's results directory with its timeline chart.
 
 `findings` turns a demo's `Results` into one plain sentence per experiment, computed
 from that run's numbers; a difference smaller than the noise rules below is reported
@@ -24,14 +27,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from rich.console import Console
+
 from .bench import (
+    Interrupted,
     Plan,
     PlannedRun,
     check_filesystems,
     check_paths,
     load_job,
+    render_results,
+    run_plan,
     with_overrides,
 )
+from .errors import IofsError
+from .loopfs import interrupts_deferred
 from .noise import (
     MIN_CPU_RATIO,
     MIN_LATENCY_RATIO,
@@ -40,8 +50,13 @@ from .noise import (
 )
 from .render import format_ns
 from .report import NATIVE, DaemonFigures, Figures, Results, format_count, format_ratio
+from .switch import SwitchPlan, render_switch, run_switch, switch_plan
 
 RunKey = tuple[str, str, str]  # (filesystem, path, job)
+
+#: The live-switch experiment: the modes in order, on this job, through one mount.
+SWITCH_SCHEDULE = ("blocking", "xfs", "btrfs", "nonblocking")
+SWITCH_JOB = "rand-read-4k-direct-qd16"
 
 #: Seconds each time-based demo job runs.
 DEMO_RUNTIME = 5.0
@@ -402,3 +417,50 @@ def demo_plan(
         drop_caches=drop_caches,
         settings={"runtime": runtime},
     )
+
+
+def switch_demo_plan(
+    *, runtime: float = DEMO_RUNTIME, directory: Path | None = None
+) -> SwitchPlan | str:
+    """The live-switch experiment: `SWITCH_SCHEDULE`, each mode for 0.6 x *runtime*
+    (3 s by default); modes that cannot run here are left out. Why not, if it cannot run.
+    """
+    seconds = max(1.0, round(0.6 * runtime, 1))
+    try:
+        return switch_plan(
+            [f"{mode}:{seconds:g}s" for mode in SWITCH_SCHEDULE],
+            job=SWITCH_JOB,
+            directory=directory,
+            skip_unavailable=True,
+        )
+    except IofsError as exc:
+        return str(exc)
+
+
+def run_demo(plan: Plan, switch: SwitchPlan | str, console: Console | None = None) -> int:
+    """Run the demo's fio runs, then the live-switch experiment into ``switch/`` of the
+    same results directory (*switch* is why not, if it cannot run); print both summaries."""
+    console = console or Console(stderr=True)
+    try:
+        out = run_plan(plan, console)
+    except Interrupted as interrupted:
+        with interrupts_deferred():
+            render_results(interrupted.results, findings=findings)
+        raise
+    switched = False
+    if isinstance(switch, str):
+        console.print(f"[yellow]skipping the live-switch experiment: {switch}[/]")
+    else:
+        try:
+            run_switch(switch, out / "switch", console)
+            switched = True
+        except IofsError as exc:
+            console.print(f"[yellow]the live-switch experiment failed: {exc}[/]")
+        except KeyboardInterrupt:
+            with interrupts_deferred():
+                render_results(out, findings=findings)
+            raise
+    render_results(out, findings=findings)
+    if switched:
+        render_switch(out / "switch")
+    return 0

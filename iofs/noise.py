@@ -33,12 +33,20 @@ def means_differ(a: float, a_sd: float, a_n: int, b: float, b_sd: float, b_n: in
 
 
 def samples_differ(a: Sequence[float], b: Sequence[float]) -> bool:
-    """`means_differ` for two lists of per-interval samples (e.g. IOPS every 200 ms)."""
+    """Whether the medians of two lists of per-interval samples (e.g. IOPS every
+    200 ms) differ beyond noise: by more than `MIN_IOPS_DIFFERENCE` of the larger and
+    two standard errors of the difference (a median's standard error taken as 1.25
+    times the mean's, as for normally distributed samples)."""
     if not a or not b:
         return False
-    a_sd = statistics.stdev(a) if len(a) > 1 else 0.0
-    b_sd = statistics.stdev(b) if len(b) > 1 else 0.0
-    return means_differ(statistics.fmean(a), a_sd, len(a), statistics.fmean(b), b_sd, len(b))
+    ma, mb = statistics.median(a), statistics.median(b)
+    larger = max(ma, mb)
+    if larger <= 0:
+        return False
+    va = statistics.variance(a) if len(a) > 1 else 0.0
+    vb = statistics.variance(b) if len(b) > 1 else 0.0
+    error = 1.2533 * math.sqrt(va / len(a) + vb / len(b))
+    return abs(ma - mb) > max(2 * error, MIN_IOPS_DIFFERENCE * larger)
 
 
 def ratio_differs(a: float, b: float, threshold: float) -> bool:

@@ -35,8 +35,13 @@ class Phase:
 
     @property
     def spec(self) -> str:
-        """``SETTING:SECONDSs``, the form `parse_schedule` reads."""
-        return f"{self.setting.spec}:{self.seconds:g}s"
+        """``SETTING:SECONDSs``, the form `parse_schedule` reads (to the millisecond)."""
+        return f"{self.setting.spec}:{seconds_text(self.seconds)}s"
+
+
+def seconds_text(seconds: float) -> str:
+    """*seconds* to the millisecond, without trailing zeros: ``2``, ``0.75``, ``1000.001``."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
 def parse_duration(text: str) -> float:

@@ -32,13 +32,16 @@ def _x(a: float, b: float) -> str:
     return format_ratio(a / b) if b > 0 else "-"
 
 
-def comparison(before: PhaseFigures, after: PhaseFigures) -> str:
+def comparison(before: PhaseFigures, after: PhaseFigures, interval: float) -> str:
     """One sentence: the steady state of *after* against *before*."""
     a, b = before.median_iops, after.median_iops
     if samples_differ(before.iops, after.iops):
         iops = f"median IOPS went from {format_count(a)} to {format_count(b)} ({_x(b, a)})"
     else:
-        iops = f"median IOPS stayed within noise ({format_count(a)} vs {format_count(b)})"
+        iops = (
+            f"median IOPS were {format_count(a)} and {format_count(b)}, apart by less than "
+            f"the noise of their {_ms(interval)} samples"
+        )
     p99 = f"p99 latency from {format_ns(before.p99_ns)} to {format_ns(after.p99_ns)}"
     if ratio_differs(before.p99_ns, after.p99_ns, MIN_LATENCY_RATIO):
         p99 += f" ({_x(after.p99_ns, before.p99_ns)})"
@@ -85,11 +88,13 @@ def cost_sentence(cost: SwitchCost, settle: float, interval: float) -> str:
     )
     if cost.before_p99_ns and cost.peak_p99_ns:
         before = format_ns(cost.before_p99_ns)
-        if ratio_differs(cost.peak_p99_ns, cost.before_p99_ns, MIN_LATENCY_RATIO):
+        if not ratio_differs(cost.peak_p99_ns, cost.before_p99_ns, MIN_LATENCY_RATIO):
+            peak += f", within noise of the steady p99 before the switch ({before})"
+        elif cost.peak_p99_ns > cost.before_p99_ns:
             ratio = _x(cost.peak_p99_ns, cost.before_p99_ns)
             peak += f", {ratio} the steady p99 before the switch ({before})"
         else:
-            peak += f", within noise of the steady p99 before the switch ({before})"
+            peak += f", below the steady p99 before the switch ({before}): no spike"
     if cost.to_steady is None:
         steady = f"IOPS never came within 10% of {cost.mode}'s median"
     else:
@@ -123,7 +128,7 @@ def findings(
     """One plain sentence per finding, worded from the numbers."""
     sentences = []
     for cost in costs:
-        sentences.append(comparison(figures[cost.number - 1], figures[cost.number]))
+        sentences.append(comparison(figures[cost.number - 1], figures[cost.number], interval))
         sentences.append(cost_sentence(cost, settle, interval))
     sentences.append(verify_sentence(verify, len(costs)))
     return sentences
@@ -387,8 +392,8 @@ def timeline_svg(
         tick += step
     body.append(
         f'<text x="{_LEFT + plot_w / 2:.1f}" y="{axis_y + 14:.1f}" class="c h">seconds since '
-        f"fio's first request · shaded: the mode serving · grey hatching: settling window left out of "
-        f"the phase table · dashed: switch requested</text>"
+        "fio's first request · shaded: the mode serving · grey hatching: settling window "
+        "left out of the phase table · dashed: switch requested</text>"
     )
     style = (
         "<style>text{font-family:sans-serif;font-size:11px;fill:#222}"
