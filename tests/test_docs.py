@@ -287,6 +287,7 @@ def snapshots(tmp_path: Path) -> Iterator[list[dict[str, Any]]]:
             fs = Filesystem(root_fd, create_engine(name, EngineConfig()), setting=resolve("btrfs"))
             try:
                 fs.recorder.end("getattr", fs.recorder.begin("getattr"), error=False)
+                fs.recorder.switch_began("xfs", "btrfs", 0.0, fs.engine.statistics())
                 if hasattr(fs, "set_faults"):
                     from iofs.faults import parse_faults
 
