@@ -41,7 +41,6 @@ from rich.console import Console
 from . import loopfs
 from .backends import EngineUnavailable, engine_class
 from .bench import (
-    _SIZE,
     SUMMARY_WIDTH,
     JobFile,
     Workspace,
@@ -77,7 +76,14 @@ from .timeline import (
     settle_time,
     switch_costs,
 )
-from .timeline_render import findings, html_page, renderables, summary_text, timeline_svg
+from .timeline_render import (
+    findings,
+    html_page,
+    renderables,
+    summary_text,
+    timeline_csv,
+    timeline_svg,
+)
 
 #: The job `iofs switch` runs when none is named.
 DEFAULT_JOB = "rand-read-4k-direct-qd16"
@@ -96,6 +102,7 @@ FILES = {
     "stats-final.json": "the statistics once fio ended and every old engine drained",
     "switches.json": "each switch as requested by the runner and carried out by the daemon",
     "verify-result.json": "the crc32c verification: blocks read back, errors",
+    "timeline.csv": "every per-interval series on one axis (rendered, like the chart)",
     "run.json": "status, start and end (CLOCK_MONOTONIC), daemon pid, daemon log errors",
 }
 
@@ -409,12 +416,12 @@ def _finish(process: subprocess.Popen[bytes], out: Path, stem: str, timeout: flo
 
 
 def _image_size(job: JobFile) -> int:
-    sizes = [
-        parse_size(size)
-        for size in (section.get("size") for section in job.sections)
-        if size and _SIZE.match(size)
-    ]
-    return max(loopfs.DEFAULT_SIZE * 2, 4 * max(sizes, default=0))
+    """A loop image four times the job's largest file size, at least bench's default."""
+    sizes = [0]
+    for section in job.sections:
+        with contextlib.suppress(ValueError):
+            sizes.append(parse_size(section.get("size") or "0"))
+    return max(loopfs.DEFAULT_SIZE * 2, 4 * max(sizes))
 
 
 class _Run:
@@ -728,6 +735,7 @@ def render_switch(directory: Path, console: Console | None = None) -> list[str]:
     svg = timeline_svg(timeline, costs, title)
     env = _load_json(directory / "environment.json")
     (directory / "summary.txt").write_text(text)
+    (directory / "timeline.csv").write_text(timeline_csv(timeline))
     (directory / "timeline.svg").write_text(svg)
     (directory / "timeline.html").write_text(
         html_page(title, svg, sentences, text, str(plan.get("intent", "")), env)

@@ -28,6 +28,10 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else format_ns(seconds * 1e9)
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 def _x(a: float, b: float) -> str:
     return format_ratio(a / b) if b > 0 else "-"
 
@@ -72,16 +76,19 @@ def cost_sentence(cost: SwitchCost, settle: float, interval: float) -> str:
     elif not cost.engine_changed:
         daemon = f"it took effect in {_ms(cost.setup)}; the engine stayed, nothing drained"
     else:
-        drained = (
-            f"the old engine drained in {_ms(cost.drain)}"
+        held, done = cost.in_flight_at_switch, cost.finished_on_old
+        if held == 0:
+            old = "the old engine held no request"
+        elif done == held:
+            old = f"the old engine finished the {_plural(held, 'request')} it held"
+        else:
+            old = f"the old engine held {_plural(held, 'request')} and finished {done}"
+        closed = (
+            f"was closed {_ms(cost.drain)} after the request"
             if cost.drain is not None
-            else "the old engine had not finished draining"
+            else "had not closed by the end"
         )
-        held = (
-            f"{cost.in_flight_at_switch} in flight at the switch, "
-            f"{cost.finished_on_old} finished on it after"
-        )
-        daemon = f"the new engine served after {_ms(cost.setup)} and {drained} ({held})"
+        daemon = f"new requests went to the new engine after {_ms(cost.setup)}; {old} and {closed}"
     peak = (
         f"in the {_ms(settle)} after it, fio's worst {_ms(interval)} p99 was "
         f"{format_ns(cost.peak_p99_ns)}"
@@ -223,6 +230,31 @@ def summary_text(parts: Sequence[RenderableType], width: int = 120) -> str:
         console.print(part)
     text = console.file.getvalue()  # type: ignore[attr-defined]
     return "\n".join(line.rstrip() for line in str(text).splitlines()) + "\n"
+
+
+def timeline_csv(timeline: Timeline) -> str:
+    """Every per-interval series on one axis, one row per interval end (seconds since
+    the start), for plotting elsewhere: fio's IOPS and p99, and the daemon's data
+    requests per second, loop lag p99, mean in flight, CPU and mean engine batch."""
+    columns = {
+        "fio_iops": timeline.iops,
+        "fio_p99_ns": timeline.p99,
+        "daemon_data_ops_per_s": timeline.daemon_ops,
+        "loop_lag_p99_ns": timeline.loop_lag,
+        "in_flight_mean": timeline.in_flight,
+        "cpu_percent": timeline.cpu,
+        "engine_mean_batch": timeline.batch,
+    }
+    rows: dict[float, dict[str, float]] = {}
+    for name, points in columns.items():
+        for point in points:
+            rows.setdefault(round(point.t, 3), {})[name] = point.value
+    lines = [",".join(["t_s", "mode", *columns])]
+    for t in sorted(rows):
+        index = max(i for i, b in enumerate(timeline.bounds[:-1]) if b < t or i == 0)
+        values = [f"{rows[t][name]:.6g}" if name in rows[t] else "" for name in columns]
+        lines.append(",".join([f"{t:.3f}", timeline.phases[index].setting.spec, *values]))
+    return "\n".join(lines) + "\n"
 
 
 # -- the chart ----------------------------------------------------------------------------------

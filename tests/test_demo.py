@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from iofs.bench import load_results
 from iofs.demo import (
     AIO_BUFFERED,
     DEMO_RUNS,
+    SWITCH_JOB,
+    SWITCH_SCHEDULE,
     URING_BUFFERED,
     aio_vs_uring,
     demo_plan,
@@ -21,6 +24,7 @@ from iofs.demo import (
     head_of_line,
     iops_differ,
     nowait_hits,
+    switch_demo_plan,
     thread_cost,
     xfs_vs_btrfs,
 )
@@ -228,6 +232,16 @@ def test_plan_covers_every_finding() -> None:
     } == set(DEMO_RUNS)
 
 
+def test_the_live_switch_experiment_takes_a_share_of_the_runtime() -> None:
+    plan = switch_demo_plan()
+    assert not isinstance(plan, str)
+    runnable = [m for m in SWITCH_SCHEDULE if f"mode {m}" not in dict(plan.skipped)]
+    assert [p.setting.spec for p in plan.phases] == runnable
+    assert all(p.seconds == 3.0 for p in plan.phases) and plan.job.name == SWITCH_JOB
+    short = switch_demo_plan(runtime=1.0)
+    assert not isinstance(short, str) and all(p.seconds == 1.0 for p in short.phases)
+
+
 @needs_fuse
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
@@ -242,3 +256,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     for sentence in sentences:
         assert sentence.replace("\n", " ")[:60] in result.stdout.replace("\n", " ")
     assert "Findings" in (run_dir / "summary.txt").read_text()
+    # The live-switch experiment, in switch/ of the same results directory.
+    switch = run_dir / "switch"
+    assert {"timeline.svg", "timeline.html", "summary.txt"} <= {p.name for p in switch.iterdir()}
+    verify = json.loads((switch / "verify-result.json").read_text())
+    assert verify["status"] == "ok" and verify["switches"] == len(SWITCH_SCHEDULE) - 1
+    assert "Switch 1 (blocking to xfs)" in result.stdout.replace("\n", " ")

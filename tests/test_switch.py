@@ -261,6 +261,10 @@ def test_the_recorded_run_renders_from_its_files_alone(recorded: Path) -> None:
     for cost, sentence in zip(costs, sentences[1::2], strict=True):
         assert f"Switch {cost.number} ({cost.previous} to {cost.mode})" in sentence
         assert format_ns(cost.peak_p99_ns) in sentence
+    rows = (recorded / "timeline.csv").read_text().splitlines()
+    assert rows[0].startswith("t_s,mode,fio_iops,fio_p99_ns,")
+    assert len(rows) - 1 >= len(timeline.iops)
+    assert {row.split(",")[1] for row in rows[1:]} == {"blocking", "xfs", "btrfs"}
     page = (recorded / "timeline.html").read_text()
     assert "<svg" in page and "<script" not in page and sentences[0].split(",")[0] in page
     assert plan["job"] in page
