@@ -549,7 +549,8 @@ def _run(args: argparse.Namespace) -> int:
         )
         return run_demo(plan, switch_demo_plan(runtime=runtime, directory=args.dir))
     if args.command == "switch":
-        from .switch import DEFAULT_JOB, render_switch, run_switch, switch_plan
+        from .switch import DEFAULT_JOB, run_switch, switch_plan
+        from .switch_report import render_switch
 
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
         schedule = switch_plan(
@@ -583,7 +584,7 @@ def _run(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt
         return ExitStatus.OK if report.passed else ExitStatus.FAILED
     if args.command == "report":
-        from .switch import render_directory
+        from .switch_report import render_directory
 
         render_directory(args.directory)
         return 0

@@ -50,7 +50,8 @@ from .noise import (
 )
 from .render import format_ns
 from .report import NATIVE, DaemonFigures, Figures, Results, format_count, format_ratio
-from .switch import SwitchPlan, render_switch, run_switch, switch_plan
+from .switch import SwitchPlan, run_switch, switch_plan
+from .switch_report import render_switch
 
 RunKey = tuple[str, str, str]  # (filesystem, path, job)
 

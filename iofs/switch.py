@@ -4,7 +4,7 @@ The run, in order (target, mount and loop-image machinery are `iofs.bench`'s):
 
 1. a fresh backing directory on the target (``dir``, or an XFS/Btrfs loop image or
    existing mount); fio lays the job's files out there natively, every block with a
-   crc32c header (``verify=crc32c``);
+   crc32c header (``verify=crc32c``; the job texts are `iofs.switch_jobs`');
 2. iofs mounted in the first phase's setting, caches dropped;
 3. fio runs the job for the whole schedule, writing per-interval logs (IOPS, bandwidth,
    latency, latency histograms; ``log_avg_msec=200``) stamped with CLOCK_MONOTONIC;
@@ -14,7 +14,7 @@ The run, in order (target, mount and loop-image machinery are `iofs.bench`'s):
    returned; the daemon records when the new engine served and the old one drained;
 4. fio reads every block of the job's files back through the mount, O_DIRECT, checking
    each crc32c header: nothing written may be lost or corrupted by a switch;
-5. unmount, clean up, render (`render_switch`).
+5. unmount, clean up; `iofs.switch_report` renders the results directory.
 
 Everything is kept in ``results/<time>-switch/`` (see `FILES`); ``iofs report DIR``
 renders it again.
@@ -28,7 +28,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,7 +40,6 @@ from rich.console import Console
 from . import loopfs
 from .backends import EngineUnavailable, engine_class
 from .bench import (
-    SUMMARY_WIDTH,
     JobFile,
     Workspace,
     check_filesystems,
@@ -50,10 +48,7 @@ from .bench import (
     fio_command,
     load_job,
     log_errors,
-    parse_sections,
     parse_size,
-    prepare_text,
-    render_results,
     results_directory,
     start_mount,
     stop_fio,
@@ -64,32 +59,24 @@ from .control import read_statistics, set_mode
 from .errors import ExitStatus, IofsError
 from .loopfs import interrupts_deferred
 from .mount import stop_daemon
-from .report import METADATA_ENGINES
 from .schedule import BadSchedule, Phase, boundaries, parse_schedule
-from .stats import Snapshot, SwitchRecord
+from .stats import Snapshot
+from .switch_jobs import (
+    INTERVAL,
+    layout_text,
+    prepare_pass,
+    reads_or_writes_data,
+    run_text,
+    verified_blocks,
+    verify_text,
+)
 from .timeline import (
     Request,
-    Sample,
-    Timeline,
-    build,
-    phase_figures,
     settle_time,
-    switch_costs,
-)
-from .timeline_render import (
-    findings,
-    html_page,
-    renderables,
-    summary_text,
-    timeline_csv,
-    timeline_svg,
 )
 
 #: The job `iofs switch` runs when none is named.
 DEFAULT_JOB = "rand-read-4k-direct-qd16"
-
-#: fio's log averaging window and the statistics sampling interval, in seconds.
-INTERVAL = 0.2
 
 #: What a results directory holds (besides the job files in ``jobs/``).
 FILES = {
@@ -105,22 +92,6 @@ FILES = {
     "timeline.csv": "every per-interval series on one axis (rendered, like the chart)",
     "run.json": "status, start and end (CLOCK_MONOTONIC), daemon pid, daemon log errors",
 }
-
-#: fio options added to every section of the job as run: per-interval logs on
-#: CLOCK_MONOTONIC (``log_alternate_epoch_clock_id=1``).
-LOG_OPTIONS = (
-    "write_iops_log=fio",
-    "write_bw_log=fio",
-    "write_lat_log=fio",
-    "write_hist_log=fio",
-    f"log_avg_msec={round(INTERVAL * 1000)}",
-    f"log_hist_msec={round(INTERVAL * 1000)}",
-    "log_hist_coarseness=2",
-    "log_unix_epoch=1",
-    "log_alternate_epoch_clock_id=1",
-)
-
-_WRITING = frozenset({"write", "randwrite", "rw", "readwrite", "randrw", "trimwrite"})
 
 
 # -- the plan ----------------------------------------------------------------------------------
@@ -200,135 +171,6 @@ def switch_plan(
         settle=settle if settle is not None else settle_time(shortest),
         skipped=tuple(skipped),
     )
-
-
-# -- job texts ---------------------------------------------------------------------------------
-def _append_to_sections(text: str, options: Callable[[str], Sequence[str] | None]) -> str:
-    """The job with *options(section name)* appended to each section (not [global]);
-    a section for which it returns None is left out."""
-    out: list[str] = []
-    block: list[str] = []
-    name: str | None = None
-
-    def close() -> None:
-        if name is None or name == "global":
-            out.extend(block)
-            return
-        added = options(name)
-        if added is not None:
-            while block and not block[-1].strip():
-                block.pop()
-            out.extend([*block, *added, ""])
-
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            close()
-            block, name = [], stripped[1:-1].strip()
-        block.append(line)
-    close()
-    return "\n".join(out).rstrip("\n") + "\n"
-
-
-def _is_data(text: str, name: str) -> bool:
-    section = next(s for s in parse_sections(text) if s.name == name)
-    return section.engine not in METADATA_ENGINES
-
-
-def _writes(text: str, name: str) -> bool:
-    section = next(s for s in parse_sections(text) if s.name == name)
-    return _is_data(text, name) and section.get("rw", "read") in _WRITING
-
-
-def run_text(text: str) -> str:
-    """The job as `iofs switch` runs it: per-interval logs in every section, and crc32c
-    headers (not checked during the run) on what the writing sections write."""
-
-    def added(name: str) -> list[str]:
-        lines = ["; added by iofs switch: per-interval logs on CLOCK_MONOTONIC", *LOG_OPTIONS]
-        if _writes(text, name):
-            lines += ["verify=crc32c", "do_verify=0"]
-        return lines
-
-    return _append_to_sections(text, added)
-
-
-_ONE_PASS = ("time_based=0", "runtime=0", "ioengine=psync", "iodepth=1", "verify_state_save=0")
-
-
-def _prepare_text(text: str) -> str | None:
-    """bench's lay-out pass (``--create_only=1``) for sections that need files but
-    read and write no data (e.g. ``filestat``); the layout pass makes the others'."""
-    sections = parse_sections(text)
-    if all(_is_data(text, s.name) or s.engine == "filecreate" for s in sections):
-        return None
-    return prepare_text(_without_logs(text))
-
-
-def _large_blocks(text: str, name: str) -> list[str]:
-    """Read or write a whole pass in 1 MiB requests with a crc32c header every job block
-    (``verify_interval``), if the job's block size divides 1 MiB: far faster through
-    FUSE than one request per 4 KiB block, and the same headers."""
-    section = next(s for s in parse_sections(text) if s.name == name)
-    try:
-        block = parse_size(section.get("bs", "4k"))
-    except ValueError:
-        return []
-    if block <= 0 or 2**20 % block:
-        return []
-    return ["bs=1m", f"verify_interval={block}"]
-
-
-def _pass_text(text: str, why: str, options: Sequence[str]) -> str | None:
-    """One pass over every data section's files with *options*; None without any."""
-    if not any(_is_data(text, s.name) for s in parse_sections(text)):
-        return None
-    return _append_to_sections(
-        _without_logs(text),
-        lambda name: (
-            [f"; added by iofs switch: {why}", *options, *_ONE_PASS, *_large_blocks(text, name)]
-            if _is_data(text, name)
-            else None
-        ),
-    )
-
-
-def layout_text(text: str) -> str | None:
-    """A native write pass over the data sections' files, a crc32c header in every
-    block; None if no section reads or writes data."""
-    options = ("rw=write", "direct=0", "verify=crc32c", "do_verify=0")
-    return _pass_text(text, "lay the files out with crc32c headers", options)
-
-
-def verify_text(text: str) -> str | None:
-    """One O_DIRECT read pass over the data sections' files, checking every crc32c
-    header (every error counted, none fatal); None if there is no data section."""
-    options = (
-        "rw=read",
-        "direct=1",
-        "verify=crc32c",
-        "do_verify=1",
-        "verify_fatal=0",
-        "continue_on_error=verify",
-    )
-    return _pass_text(text, "read everything back, checking crc32c", options)
-
-
-def _without_logs(text: str) -> str:
-    """*text* without the lines `run_text` added."""
-    added = {*LOG_OPTIONS, "verify=crc32c", "do_verify=0"}
-    lines = text.splitlines()
-    kept = []
-    skipping = False
-    for line in lines:
-        if line.startswith("; added by iofs switch"):
-            skipping = True
-            continue
-        if skipping and line.strip() in added:
-            continue
-        skipping = False
-        kept.append(line)
-    return "\n".join(kept) + "\n"
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -444,7 +286,7 @@ class _Run:
         paths = {"run": jobs / f"{name}.fio"}
         paths["run"].write_text(self.plan.job.text)
         for kind, text in (
-            ("prepare", _prepare_text(self.plan.job.text)),
+            ("prepare", prepare_pass(self.plan.job.text)),
             ("layout", layout_text(self.plan.job.text)),
             ("verify", verify_text(self.plan.job.text)),
         ):
@@ -552,7 +394,7 @@ class _Run:
             # The schedule starts with fio's first data request, not with its launch
             # (starting fio through a loaded machine can take a second).
             start = None
-            if _reads_or_writes_data(job):
+            if reads_or_writes_data(job):
                 start = _first_request(workspace.mountpoint, process)
             start = start or time.monotonic()
             self.record["start"] = start
@@ -598,7 +440,7 @@ class _Run:
             failed = process.returncode != 0 or errors or counted or not jobs
             result = {
                 "status": "failed" if failed else "ok",
-                "blocks": _verified_blocks(job.read_text(), jobs),
+                "blocks": verified_blocks(job.read_text(), jobs),
                 "bytes": nbytes,
                 "errors": max(counted, len(errors), 1 if failed else 0),
                 "first_error": errors[0] if errors else "",
@@ -608,29 +450,11 @@ class _Run:
         _write_json(self.out / "verify-result.json", result)
 
 
-def _verified_blocks(text: str, jobs: Sequence[Mapping[str, Any]]) -> int:
-    """Blocks of the job's own size fio checked, from its report of the verify pass."""
-    intervals = {
-        s.name: parse_size(s.get("verify_interval") or s.get("bs", "4k") or "4k")
-        for s in parse_sections(text)
-    }
-    return sum(
-        int(j["read"]["io_bytes"]) // max(intervals.get(str(j.get("jobname")), 4096), 1)
-        for j in jobs
-    )
-
-
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _reads_or_writes_data(job: Path) -> bool:
-    """Whether the job file at *job* reads or writes file data."""
-    text = job.read_text()
-    return any(_is_data(text, section.name) for section in parse_sections(text))
 
 
 def _first_request(
@@ -687,78 +511,3 @@ def run_switch(plan: SwitchPlan, out: Path | None = None, console: Console | Non
     )
     _Run(plan, fio, out, console).run()
     return out
-
-
-# -- loading and rendering -------------------------------------------------------------------------
-def load_timeline(directory: Path) -> tuple[Timeline, dict[str, Any], dict[str, Any]]:
-    """The timeline of a switch results directory, its plan and its verify result."""
-    try:
-        plan = json.loads((directory / "plan.json").read_text())
-        run = json.loads((directory / "run.json").read_text())
-        switches = json.loads((directory / "switches.json").read_text())
-        phases = parse_schedule([f"{p['setting']}:{p['seconds']}" for p in plan["schedule"]])
-        samples = []
-        with open(directory / "stats.jsonl") as lines:
-            for line in lines:
-                entry = json.loads(line)
-                snapshot = Snapshot.from_json(json.dumps(entry["snapshot"]))
-                samples.append(Sample(entry["before"], entry["after"], snapshot))
-        logs = directory / "fio-logs"
-        timeline = build(
-            start=float(run["start"]),
-            end=float(run["end"]),
-            interval=float(plan["interval"]),
-            phases=phases,
-            iops_logs=[p.read_text() for p in sorted(logs.glob("*_iops.*.log"))],
-            hist_logs=[p.read_text() for p in sorted(logs.glob("*_clat_hist.*.log"))],
-            samples=samples,
-            requests=[Request(**r) for r in switches["requests"]],
-            records=[SwitchRecord(**r) for r in switches["daemon"]],
-            settle=float(plan["settle"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError, BadSchedule) as exc:
-        raise IofsError(f"{directory}: cannot read the switch results ({exc!r})") from None
-    verify = _load_json(directory / "verify-result.json") or {"status": "not run"}
-    return timeline, plan, verify
-
-
-def render_switch(directory: Path, console: Console | None = None) -> list[str]:
-    """Write ``summary.txt``, ``timeline.svg`` and ``timeline.html`` from the saved files
-    alone, print the summary, and return the findings."""
-    timeline, plan, verify = load_timeline(directory)
-    figures = phase_figures(timeline)
-    costs = switch_costs(timeline, figures)
-    sentences = findings(figures, costs, verify, timeline.settle, timeline.interval)
-    title = f"iofs switch: {plan['job']} on {plan['target']}"
-    parts = renderables(title, figures, costs, sentences)
-    text = summary_text(parts, width=SUMMARY_WIDTH)
-    svg = timeline_svg(timeline, costs, title)
-    env = _load_json(directory / "environment.json")
-    (directory / "summary.txt").write_text(text)
-    (directory / "timeline.csv").write_text(timeline_csv(timeline))
-    (directory / "timeline.svg").write_text(svg)
-    (directory / "timeline.html").write_text(
-        html_page(title, svg, sentences, text, str(plan.get("intent", "")), env)
-    )
-    console = console or Console(width=None if sys.stdout.isatty() else SUMMARY_WIDTH)
-    for part in parts:
-        console.print(part)
-    console.print(f"[dim]chart, raw fio logs, statistics samples and switches in {directory}[/]")
-    return sentences
-
-
-def render_directory(directory: Path) -> None:
-    """``iofs report DIR``: a switch run, or a bench or demo (with its switch run)."""
-    plan = directory / "plan.json"
-    if plan.is_file() and _load_json(plan).get("kind") == "switch":
-        render_switch(directory)
-        return
-    render_results(directory)
-    switch = directory / "switch"
-    if (switch / "plan.json").is_file():
-        run = _load_json(switch / "run.json")
-        if run.get("status") == "ok":
-            render_switch(switch)
-        else:
-            reason = run.get("reason", "it did not finish")
-            Console(stderr=True).print(f"[yellow]the live-switch experiment failed: {reason}[/]")

@@ -23,14 +23,9 @@ from iofs.render import format_ns
 from iofs.report import format_count
 from iofs.schedule import parse_schedule
 from iofs.stats import ProcessSnapshot, Recorder, Snapshot, SwitchRecord
-from iofs.switch import (
-    Sampler,
-    layout_text,
-    load_timeline,
-    render_switch,
-    run_text,
-    verify_text,
-)
+from iofs.switch import Sampler
+from iofs.switch_jobs import layout_text, run_text, verify_text
+from iofs.switch_report import load_timeline, render_switch
 from iofs.timeline import (
     FIO_PLAT_NR,
     Request,
