@@ -144,6 +144,9 @@ class Timeline:
     daemon_ops: tuple[Point, ...]
     cpu: tuple[Point, ...]
     batch: tuple[Point, ...]
+    #: The daemon's own p99 (ns) of the reads and of the writes it answered per interval.
+    read_p99: tuple[Point, ...]
+    write_p99: tuple[Point, ...]
     samples: tuple[Sample, ...]
     requests: tuple[Request, ...]
     #: The daemon's record of each switch (in order), times since the start.
@@ -190,6 +193,7 @@ def build(
     p99 = tuple(Point(t, hist_percentile(counts, 99.0)) for t, counts in bins)
 
     lag, depth, ops, cpu, batch = [], [], [], [], []
+    handler_p99: dict[str, list[Point]] = {"read": [], "write": []}
     for older, newer in itertools.pairwise(samples):
         t = newer.at - start
         span = newer.at - older.at
@@ -204,6 +208,10 @@ def build(
         cpu.append(Point(t, step.cpu_user_percent + step.cpu_system_percent))
         if step.engine is not None and step.engine.mean_batch is not None:
             batch.append(Point(t, step.engine.mean_batch))
+        for name, points in handler_p99.items():
+            op = step.operations.get(name)
+            if op is not None and op.count:
+                points.append(Point(t, op.latency.percentile(99.0)))
 
     records = records[-len(requests) :] if requests else ()
     switches = tuple(
@@ -237,6 +245,8 @@ def build(
         daemon_ops=tuple(ops),
         cpu=tuple(cpu),
         batch=tuple(batch),
+        read_p99=tuple(handler_p99["read"]),
+        write_p99=tuple(handler_p99["write"]),
         samples=tuple(samples),
         requests=tuple(requests),
         switches=switches,

@@ -235,24 +235,28 @@ def summary_text(parts: Sequence[RenderableType], width: int = 120) -> str:
 def timeline_csv(timeline: Timeline) -> str:
     """Every per-interval series on one axis, one row per interval end (seconds since
     the start), for plotting elsewhere: fio's IOPS and p99, and the daemon's data
-    requests per second, loop lag p99, mean in flight, CPU and mean engine batch."""
+    requests per second, loop lag p99, mean in flight, read and write handler p99, CPU
+    (% of one core) and mean engine batch."""
     columns = {
         "fio_iops": timeline.iops,
         "fio_p99_ns": timeline.p99,
         "daemon_data_ops_per_s": timeline.daemon_ops,
         "loop_lag_p99_ns": timeline.loop_lag,
         "in_flight_mean": timeline.in_flight,
+        "daemon_read_p99_ns": timeline.read_p99,
+        "daemon_write_p99_ns": timeline.write_p99,
         "cpu_percent": timeline.cpu,
         "engine_mean_batch": timeline.batch,
     }
-    rows: dict[float, dict[str, float]] = {}
+    rows: dict[int, dict[str, float]] = {}
     for name, points in columns.items():
-        for point in points:
-            rows.setdefault(round(point.t, 3), {})[name] = point.value
+        for point in points:  # the samples are taken on fio's 200 ms grid: one row per slot
+            rows.setdefault(round(point.t / timeline.interval), {})[name] = point.value
     lines = [",".join(["t_s", "mode", *columns])]
-    for t in sorted(rows):
+    for slot in sorted(rows):
+        t = slot * timeline.interval
         index = max(i for i, b in enumerate(timeline.bounds[:-1]) if b < t or i == 0)
-        values = [f"{rows[t][name]:.6g}" if name in rows[t] else "" for name in columns]
+        values = [f"{rows[slot][name]:.6g}" if name in rows[slot] else "" for name in columns]
         lines.append(",".join([f"{t:.3f}", timeline.phases[index].setting.spec, *values]))
     return "\n".join(lines) + "\n"
 
