@@ -550,7 +550,7 @@ def _run(args: argparse.Namespace) -> int:
         return run_demo(plan, switch_demo_plan(runtime=runtime, directory=args.dir))
     if args.command == "switch":
         from .switch import DEFAULT_JOB, run_switch, switch_plan
-        from .switch_report import render_switch
+        from .switch_report import render_switch, verification_failed
 
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
         schedule = switch_plan(
@@ -564,8 +564,9 @@ def _run(args: argparse.Namespace) -> int:
             drop_caches=args.drop_caches,
             settle=args.settle,
         )
-        render_switch(run_switch(schedule))
-        return 0
+        out = run_switch(schedule)
+        render_switch(out)
+        return ExitStatus.FAILED if verification_failed(out) else ExitStatus.OK
     if args.command == "soak":
         from .soak import SoakOptions, render_report, run_soak
 

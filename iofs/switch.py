@@ -67,7 +67,7 @@ from .switch_jobs import (
     prepare_pass,
     reads_or_writes_data,
     run_text,
-    verified_blocks,
+    verify_result,
     verify_text,
 )
 from .timeline import (
@@ -431,22 +431,13 @@ class _Run:
                 process.wait(timeout=600)
             except subprocess.TimeoutExpired:
                 stop_fio(process)
-            text = (self.out / "verify.log").read_text(errors="replace")
-            errors = [line.strip() for line in text.splitlines() if "verify" in line.lower()]
-            report = _load_json(self.out / "verify.json")
-            jobs = report.get("jobs", []) if isinstance(report, dict) else []
-            nbytes = sum(int(j["read"]["io_bytes"]) for j in jobs)
-            counted = sum(int(j.get("total_err", 0)) for j in jobs)
-            failed = process.returncode != 0 or errors or counted or not jobs
-            result = {
-                "status": "failed" if failed else "ok",
-                "blocks": verified_blocks(job.read_text(), jobs),
-                "bytes": nbytes,
-                "errors": max(counted, len(errors), 1 if failed else 0),
-                "first_error": errors[0] if errors else "",
-                "fio_status": process.returncode,
-                "switches": switches,
-            }
+            result = verify_result(
+                job.read_text(),
+                (self.out / "verify.log").read_text(errors="replace"),
+                _load_json(self.out / "verify.json"),
+                process.returncode,
+            )
+            result["switches"] = switches
         _write_json(self.out / "verify-result.json", result)
 
 

@@ -170,6 +170,24 @@ def _without_logs(text: str) -> str:
     return "\n".join(kept) + "\n"
 
 
+def verify_result(text: str, log: str, report: Any, returncode: int | None) -> dict[str, Any]:
+    """What the read-back pass of job *text* found, from fio's *log* (stderr and stdout,
+    where it names each bad block), its JSON *report* and its exit status (None: it was
+    stopped): status ``ok`` or ``failed``, blocks and bytes checked, errors, the first."""
+    errors = [line.strip() for line in log.splitlines() if "verify" in line.lower()]
+    jobs = report.get("jobs", []) if isinstance(report, dict) else []
+    counted = sum(int(j.get("total_err", 0)) for j in jobs)
+    failed = returncode != 0 or bool(errors) or counted > 0 or not jobs
+    return {
+        "status": "failed" if failed else "ok",
+        "blocks": verified_blocks(text, jobs),
+        "bytes": sum(int(j["read"]["io_bytes"]) for j in jobs),
+        "errors": max(counted, len(errors), 1 if failed else 0),
+        "first_error": errors[0] if errors else "",
+        "fio_status": returncode,
+    }
+
+
 def verified_blocks(text: str, jobs: Sequence[Mapping[str, Any]]) -> int:
     """Blocks of the job's own size fio checked, from its report of the verify pass."""
     intervals = {

@@ -108,3 +108,9 @@ def render_directory(directory: Path) -> None:
         else:
             reason = run.get("reason", "it did not finish")
             Console(stderr=True).print(f"[yellow]the live-switch experiment failed: {reason}[/]")
+
+
+def verification_failed(directory: Path) -> bool:
+    """Whether the run's crc32c read-back found an error (or could not finish)."""
+    status = _load_json(directory / "verify-result.json").get("status")
+    return bool(status == "failed")

@@ -38,6 +38,12 @@ def _x(a: float, b: float) -> str:
 
 def comparison(before: PhaseFigures, after: PhaseFigures, interval: float) -> str:
     """One sentence: the steady state of *after* against *before*."""
+    if not before.iops or not after.iops:
+        short = before if not before.iops else after
+        return (
+            f"From {before.phase.setting.spec} to {after.phase.setting.spec}: not compared, "
+            f"{short.phase.setting.spec} had no interval left after its settling time."
+        )
     a, b = before.median_iops, after.median_iops
     if samples_differ(before.iops, after.iops):
         iops = f"median IOPS went from {format_count(a)} to {format_count(b)} ({_x(b, a)})"

@@ -24,7 +24,7 @@ from iofs.report import format_count
 from iofs.schedule import parse_schedule
 from iofs.stats import ProcessSnapshot, Recorder, Snapshot, SwitchRecord
 from iofs.switch import Sampler
-from iofs.switch_jobs import layout_text, run_text, verify_text
+from iofs.switch_jobs import layout_text, run_text, verify_result, verify_text
 from iofs.switch_report import load_timeline, render_switch
 from iofs.timeline import (
     FIO_PLAT_NR,
@@ -308,6 +308,19 @@ nrfiles=10
 """
 
 
+WRITER = """; random 4 KiB reads and writes at queue depth 4, O_DIRECT
+[global]
+ioengine=libaio
+iodepth=4
+direct=1
+size=8m
+bs=4k
+
+[mixed]
+rw=randrw
+"""
+
+
 def sections(text: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     current = None
@@ -338,6 +351,48 @@ def test_the_job_as_run_logs_every_section_and_marks_what_it_writes() -> None:
             assert not any(line.startswith("write_") for line in passes[name])
     assert "rw=write" in sections(layout)["reader"]
     assert "continue_on_error=verify" in sections(verify)["writer"]
+
+
+@needs_fio
+def test_the_read_back_finds_every_corrupted_block(tmp_path: Path) -> None:
+    """The lay-out and read-back passes natively (no mount needed): intact, then with two
+    4 KiB blocks overwritten behind fio's back."""
+    job = run_text(WRITER)
+    layout, verify = layout_text(job), verify_text(job)
+    assert layout is not None and verify is not None
+    for name, text in (("layout.fio", layout), ("verify.fio", verify)):
+        (tmp_path / name).write_text(text)
+
+    def fio(name: str) -> dict[str, object]:
+        report = tmp_path / f"{name}.json"
+        run = subprocess.run(
+            [
+                "fio",
+                "--output-format=json",
+                f"--output={report}",
+                f"--directory={tmp_path}",
+                str(tmp_path / f"{name}.fio"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=tmp_path,
+        )
+        return verify_result(
+            verify, run.stdout + run.stderr, json.loads(report.read_text()), run.returncode
+        )
+
+    fio("layout")
+    intact = fio("verify")
+    assert intact["status"] == "ok" and intact["errors"] == 0 and intact["blocks"] == 2048
+    (data,) = (p for p in tmp_path.iterdir() if p.name.startswith("mixed"))
+    with open(data, "r+b") as file:
+        for block in (7, 1500):
+            file.seek(block * 4096 + 100)
+            file.write(b"not what fio wrote")
+    broken = fio("verify")
+    assert broken["status"] == "failed" and broken["errors"] == 2
+    assert f"offset {7 * 4096}" in str(broken["first_error"])
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -378,19 +433,6 @@ def scratch() -> Iterator[Path]:
                 subprocess.run(["umount", "-l", line.removeprefix("mounted: ")], check=False)
         shutil.rmtree(path, ignore_errors=True)
         assert not leftovers, leftovers
-
-
-WRITER = """; random 4 KiB reads and writes at queue depth 4, O_DIRECT
-[global]
-ioengine=libaio
-iodepth=4
-direct=1
-size=8m
-bs=4k
-
-[mixed]
-rw=randrw
-"""
 
 
 @needs_fuse
