@@ -366,7 +366,7 @@ class SwitchCost:
     low_iops: float
     before_iops: float
     #: Seconds from the switch until fio's IOPS first came within 10% of the new
-    #: phase's median; None if it never did.
+    #: phase's median; None if it never did before the phase ended.
     to_steady: float | None
 
 
@@ -382,6 +382,8 @@ def switch_costs(timeline: Timeline, figures: Sequence[PhaseFigures]) -> list[Sw
         to_steady = None
         target = after.median_iops
         for point in timeline.iops:
+            if point.t > after.end:
+                break
             if point.t > at and target and abs(point.value - target) <= 0.1 * target:
                 to_steady = point.t - at
                 break
