@@ -13,13 +13,13 @@ import faulthandler
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -91,8 +91,41 @@ def runtime_dir() -> Path:
     return base
 
 
+def escaped_mountpoint(mountpoint: Path) -> str:
+    """*mountpoint* as a readable file name, the way ``systemd-escape --path`` does it:
+    ``/srv/my mnt`` -> ``srv-my\\x20mnt``. Slashes become ``-``; a byte that is not a
+    letter, digit, ``_``, ``.`` or ``:`` (and a leading ``.``) becomes ``\\xNN``, so two
+    mountpoints never share a name (`unescaped_mountpoint` undoes it)."""
+    raw = os.fsencode(mountpoint).strip(b"/")
+    if not raw:
+        return "-"
+    out = []
+    for index, byte in enumerate(raw):
+        char = chr(byte)
+        if char == "/":
+            out.append("-")
+        elif char.isascii() and (char.isalnum() or char in "_:" or (char == "." and index)):
+            out.append(char)
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def unescaped_mountpoint(name: str) -> Path:
+    """The mountpoint a state or log file name (without its suffix) was made from."""
+    if name == "-":
+        return Path("/")
+    raw = re.sub(
+        rb"\\x([0-9a-f]{2})|-",
+        lambda m: bytes([int(m[1], 16)]) if m[1] else b"/",
+        name.encode(),
+    )
+    return Path(os.fsdecode(b"/" + raw))
+
+
 def state_path(mountpoint: Path) -> Path:
-    return runtime_dir() / (urllib.parse.quote(str(mountpoint), safe="") + ".json")
+    """Where the daemon serving *mountpoint* keeps its pid and settings (JSON)."""
+    return runtime_dir() / (escaped_mountpoint(mountpoint) + ".json")
 
 
 def default_log_path(mountpoint: Path) -> Path:
@@ -176,11 +209,24 @@ def _clean_up_dead_mount(mountpoint: Path) -> None:
         print(f"iofs: {unmount(mountpoint)}", file=sys.stderr)
 
 
+class _FuseOption(str):
+    """A mount option that reaches libfuse as the bytes the filesystem path stands for.
+
+    pyfuse3 hands each option to libfuse as ``option.encode('us-ascii')``, so an
+    ``fsname=`` holding a path such as ``/srv/données`` (or undecodable bytes, kept as
+    surrogates) would fail with UnicodeEncodeError. The kernel takes any bytes as a
+    mount source: encode the way the path was decoded.
+    """
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return os.fsencode(str(self))
+
+
 def _fuse_options(opts: MountOptions, backing: Path) -> set[str]:
     escaped = str(backing).replace("\\", "\\\\").replace(",", "\\,")
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks access
-    options |= {f"fsname={escaped}", "subtype=iofs"}
-    options |= opts.fuse_options
+    options |= {_FuseOption(f"fsname={escaped}"), "subtype=iofs"}
+    options |= {_FuseOption(option) for option in opts.fuse_options}
     return options
 
 

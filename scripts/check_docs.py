@@ -68,7 +68,7 @@ from pathlib import Path
 from types import FrameType
 
 from iofs import mounttable
-from iofs.mount import runtime_dir
+from iofs.mount import runtime_dir, unescaped_mountpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILES = ("README.md", "vagrant/README.md")
@@ -447,7 +447,7 @@ class Scratch:
         commands left in the runtime directory, named after their mountpoints."""
         with contextlib.suppress(OSError):
             for entry in runtime_dir().iterdir():
-                mountpoint = Path(urllib.parse.unquote(entry.stem))
+                mountpoint = unescaped_mountpoint(entry.stem)
                 if mountpoint.is_relative_to(self.path):
                     entry.unlink(missing_ok=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -19,7 +20,7 @@ from iofs import mounttable
 from iofs.backends import ENGINES
 from iofs.errors import ExitStatus
 from iofs.modes import MODES
-from iofs.mount import default_log_path, find_mount, is_disconnected, state_path
+from iofs.mount import default_log_path, find_mount, is_disconnected, read_state, state_path
 
 from .conftest import Mount, MountFactory, needs_fuse, needs_root, scratch_dir
 
@@ -42,13 +43,20 @@ def dirs() -> Iterator[tuple[Path, Path]]:
     try:
         yield backing, mountpoint
     finally:
-        state = state_path(mountpoint)
-        pid = json.loads(state.read_text())["pid"] if state.exists() else None
+        # The daemon may remove its state file at any moment: read it once (no exists()
+        # first), and kill only the process it names, if that pid was not reused since.
+        state = read_state(mountpoint) or {}
+        daemon = None
+        with contextlib.suppress(psutil.Error, KeyError, TypeError, ValueError):
+            daemon = psutil.Process(state["pid"])  # type: ignore[arg-type]
+            if abs(daemon.create_time() - float(state["started"])) > 0.01:  # type: ignore[arg-type]
+                daemon = None
         if find_mount(mountpoint) is not None:
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-        if pid is not None and psutil.pid_exists(pid):
-            os.kill(pid, signal.SIGKILL)
-        state.unlink(missing_ok=True)
+        if daemon is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                daemon.kill()
+        state_path(mountpoint).unlink(missing_ok=True)
         default_log_path(mountpoint).unlink(missing_ok=True)
         subprocess.run(["rm", "-rf", str(base)], check=False)
 
