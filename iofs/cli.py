@@ -600,12 +600,10 @@ def _run(args: argparse.Namespace) -> int:
         print(_modes_text())
         return 0
     if args.command == "mode":
-        from .control import read_mode, set_mode
+        from .control import read_mode
 
         if args.setting is not None:
-            setting = set_mode(args.mountpoint, args.setting)
-            print(f"iofs: {args.mountpoint}: switched to {setting.describe()}")
-            return 0
+            return _switch_mode(args.mountpoint, args.setting)
         current = read_mode(args.mountpoint)
         print(current["description"])
         for entry in current["history"]:
@@ -627,6 +625,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "top":
         return _top(args.mountpoint, args.interval, args.count)
     raise AssertionError(args.command)
+
+
+def _switch_mode(path: Path, spec: str) -> int:
+    """`iofs mode PATH SETTING`: switch, or say that the mount is in that mode already."""
+    from .control import read_mode, set_mode
+    from .modes import BadSetting, parse_setting
+
+    before = str(read_mode(path)["spec"])
+    try:
+        unchanged = parse_setting(spec) == parse_setting(before)
+    except BadSetting:
+        unchanged = False  # set_mode says what is wrong with it
+    # With --allow-fallback the daemon may stand in the engine it already uses.
+    setting = None if unchanged else set_mode(path, spec)
+    if setting is None or setting.spec == before:
+        print(f"iofs: {path}: already in {parse_setting(before).describe()}")
+    else:
+        print(f"iofs: {path}: switched to {setting.describe()}")
+    return 0
 
 
 def _faults(mountpoint: Path, spec: str | None) -> int:

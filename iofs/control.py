@@ -3,7 +3,13 @@
 ``iofs mode``, ``iofs stats`` and ``iofs top`` read and write them; so can anyone with
 ``getfattr -n iofs.statistics --only-values MOUNTPOINT`` or
 ``setfattr -n iofs.mode -v xfs MOUNTPOINT``. ``iofs faults`` reads and sets
-``iofs.faults`` (``setfattr -n iofs.faults -v eio=0.01 MOUNTPOINT``).
+``iofs.faults`` (``setfattr -n iofs.faults -v eio=0.01 MOUNTPOINT``). Every command
+takes any path inside the mount, as df does.
+
+On a read-only mount (``-o ro``) the kernel refuses every setxattr before the daemon
+sees it, so a setting is sent as a read of the attribute named ``NAME=VALUE``
+(``getfattr -n iofs.mode=uncached MOUNTPOINT``): it does the same checks and answers
+an empty value.
 """
 
 from __future__ import annotations
@@ -17,33 +23,39 @@ from typing import Any
 from .backends import EngineUnavailable, engine_class
 from .errors import ExitStatus, IofsError
 from .faults import BadFaults, FaultSpec, parse_faults
-from .fs import FAULTS_XATTR, MODE_XATTR, STATISTICS_XATTR
+from .fs import CONTROL_SEPARATOR, FAULTS_XATTR, MODE_XATTR, STATISTICS_XATTR
 from .modes import BadSetting, Setting, parse_setting
-from .mount import FSTYPE, find_mount, is_disconnected
+from .mount import containing_mount, find_mount, is_disconnected, mount_owner
 from .stats import Snapshot
 
+#: The longest xattr name the kernel passes on (XATTR_NAME_MAX).
+XATTR_NAME_MAX = 255
 
-def _checked_mountpoint(mountpoint: Path) -> Path:
-    path = Path(os.path.realpath(mountpoint))
-    entry = find_mount(path)
-    if entry is None:
-        raise IofsError(f"{path} is not mounted", ExitStatus.MOUNT_CONFLICT)
-    if entry.fstype != FSTYPE:
+
+def _checked_mountpoint(path: Path) -> Path:
+    """The root of the live iofs mount that *path* lies in (any path inside it)."""
+    mountpoint = containing_mount(path)
+    if is_disconnected(mountpoint):
         raise IofsError(
-            f"{path} is not an iofs mount (it is {entry.fstype})", ExitStatus.MOUNT_CONFLICT
-        )
-    if is_disconnected(path):
-        raise IofsError(
-            f"{path}: the iofs daemon has died (run 'iofs umount {path}')",
+            f"{mountpoint}: the iofs daemon has died (run 'iofs umount {mountpoint}')",
             ExitStatus.MOUNT_CONFLICT,
         )
-    return path
+    return mountpoint
 
 
-def _status_of(exc: OSError) -> ExitStatus:
-    if exc.errno in (errno.EPERM, errno.EACCES):
-        return ExitStatus.PERMISSION
-    return ExitStatus.FAILED
+def _read_refused(path: Path, what: str, exc: OSError) -> IofsError:
+    """The error for a control read the kernel or the daemon refused."""
+    if exc.errno not in (errno.EPERM, errno.EACCES):
+        return IofsError(f"cannot read {what} of {path}: {exc.strerror}")
+    entry = find_mount(path)
+    owner = mount_owner(entry) if entry is not None else None
+    if entry is not None and owner != os.getuid() and "allow_other" not in entry.options:
+        return IofsError(
+            f"cannot read {what} of {path}: only the user who mounted it (uid {owner}) "
+            "and no one else may use it (it was mounted without -o allow_other)",
+            ExitStatus.PERMISSION,
+        )
+    return IofsError(f"cannot read {what} of {path}: {exc.strerror}", ExitStatus.PERMISSION)
 
 
 def _read(mountpoint: Path, name: bytes) -> dict[str, Any]:
@@ -51,9 +63,7 @@ def _read(mountpoint: Path, name: bytes) -> dict[str, Any]:
     try:
         value = os.getxattr(path, name)
     except OSError as exc:
-        raise IofsError(
-            f"cannot read {name.decode()} of {path}: {exc.strerror}", _status_of(exc)
-        ) from None
+        raise _read_refused(path, name.decode(), exc) from None
     data: dict[str, Any] = json.loads(value)
     return data
 
@@ -69,9 +79,7 @@ def read_statistics(mountpoint: Path) -> Snapshot:
     try:
         return Snapshot.from_json(os.getxattr(path, STATISTICS_XATTR).decode())
     except OSError as exc:
-        raise IofsError(
-            f"cannot read the statistics of {path}: {exc.strerror}", _status_of(exc)
-        ) from None
+        raise _read_refused(path, "the statistics", exc) from None
     except ValueError as exc:
         raise IofsError(f"{path} answered statistics iofs cannot read: {exc}") from None
 
@@ -88,14 +96,26 @@ def set_mode(mountpoint: Path, spec: str) -> Setting:
     except OSError as exc:
         if exc.errno != errno.EOPNOTSUPP:
             raise
-        try:
-            engine_class(setting.engine)
-            reason = f"the daemon cannot run engine {setting.engine!r} (see its log)"
-        except EngineUnavailable as unavailable:
-            reason = str(unavailable)
-        raise IofsError(reason, ExitStatus.UNAVAILABLE) from None
+        raise IofsError(_refusal(path, setting), ExitStatus.UNAVAILABLE) from None
     # The daemon may have used a fallback engine (mounted with --allow-fallback).
     return parse_setting(str(read_mode(path)["spec"]))
+
+
+def _refusal(path: Path, setting: Setting) -> str:
+    """Why the daemon refused to switch to *setting* (EOPNOTSUPP), as it recorded it."""
+    current = read_mode(path)
+    refused = current.get("refused") or {}
+    if refused.get("spec") == setting.spec:
+        reason = str(refused["reason"])
+    else:  # a daemon from before "refused" was recorded: say what this side knows
+        try:
+            engine_class(setting.engine)
+            reason = f"the daemon cannot run engine {setting.engine!r}"
+        except EngineUnavailable as unavailable:
+            reason = str(unavailable)
+    log = current.get("log")
+    where = f"its log: {log}" if log else "the daemon logs to its standard error"
+    return f"{path} stays in {current['spec']}: {reason} ({where})"
 
 
 def read_faults(mountpoint: Path) -> dict[str, Any]:
@@ -118,7 +138,21 @@ def _write(path: Path, name: bytes, value: str, what: str) -> None:
     """Write the control xattr *name*; refusals become IofsError, except EOPNOTSUPP
     (the caller knows what it means for its attribute), which stays an OSError."""
     try:
-        os.setxattr(path, name, value.encode())
+        try:
+            os.setxattr(path, name, value.encode())
+        except OSError as exc:
+            if exc.errno != errno.EROFS:
+                raise
+            # A read-only mount refuses every setxattr in the VFS, before the daemon
+            # sees it; a getxattr of "NAME=VALUE" still reaches it (see fs.py).
+            request = name + CONTROL_SEPARATOR + value.encode()
+            if len(request) > XATTR_NAME_MAX:
+                raise IofsError(
+                    f"{path} is mounted read-only: a setting is at most "
+                    f"{XATTR_NAME_MAX - len(name) - 1} bytes there ({value!r} is longer)",
+                    ExitStatus.BAD_SETTING,
+                ) from None
+            os.getxattr(path, request)
     except OSError as exc:
         if exc.errno in (errno.EPERM, errno.EACCES):
             raise IofsError(

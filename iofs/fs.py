@@ -62,6 +62,9 @@ MODE_XATTR = b"iofs.mode"
 #: a fault spec (see `iofs.faults`, ``off`` to stop) sets it. Owner and root only.
 FAULTS_XATTR = b"iofs.faults"
 CONTROL_XATTRS = frozenset({STATISTICS_XATTR, MODE_XATTR, FAULTS_XATTR})
+#: Reading ``iofs.mode=SETTING`` or ``iofs.faults=SPEC`` writes it: the way to control a
+#: read-only mount, whose VFS refuses every setxattr before the daemon sees it.
+CONTROL_SEPARATOR = b"="
 #: The most an xattr value may hold (Linux's XATTR_SIZE_MAX).
 XATTR_SIZE_MAX = 65536
 #: Seconds within which a process's second read of the statistics gets the first one's
@@ -90,9 +93,30 @@ def _handler(
 
     An OSError from the backing filesystem becomes the same errno. Anything else is a
     bug: it is logged with its traceback and answered with EIO, and the daemon goes on.
+    The request is counted under the handler's name (see `_recorded_as`).
     """
+    return _recorded_as(fn.__name__)(fn)
 
-    op = fn.__name__
+
+def _recorded_as(
+    op: str,
+) -> Callable[
+    [Callable[Concatenate[FS, P], Coroutine[Any, Any, R]]],
+    Callable[Concatenate[FS, P], Coroutine[Any, Any, R]],
+]:
+    """`_handler`, counting the requests as operation *op*."""
+
+    def decorate(
+        fn: Callable[Concatenate[FS, P], Coroutine[Any, Any, R]],
+    ) -> Callable[Concatenate[FS, P], Coroutine[Any, Any, R]]:
+        return _handle_as(fn, op)
+
+    return decorate
+
+
+def _handle_as(
+    fn: Callable[Concatenate[FS, P], Coroutine[Any, Any, R]], op: str
+) -> Callable[Concatenate[FS, P], Coroutine[Any, Any, R]]:
     counts_bytes = op in ("read", "write")
 
     @functools.wraps(fn)
@@ -175,6 +199,10 @@ class Filesystem(pyfuse3.Operations):
         super().__init__()
         #: A switch to a mode whose engine cannot run here uses the closest one that can.
         self.allow_fallback = allow_fallback
+        #: The last switch refused (spec, reason, time), for `iofs mode` to say why.
+        self.refusal: dict[str, object] | None = None
+        #: Where the daemon logs (set by `iofs.mount`), for messages that point there.
+        self.log_file: str | None = None
         #: Read by pyfuse3 when the kernel's INIT arrives: fixed for the mount's life.
         self.enable_writeback_cache = writeback_cache
         self.inodes = InodeTable(root_fd)
@@ -225,6 +253,8 @@ class Filesystem(pyfuse3.Operations):
         Raises `EngineUnavailable` if the setting's engine cannot run here.
         """
         assert self._nursery is not None, "switch() before start()"
+        if setting == self.setting:
+            return  # already so: no new engine, no history entry
         requested = time.monotonic()
         old = self.engine
         previous = self.setting.spec
@@ -729,14 +759,21 @@ class Filesystem(pyfuse3.Operations):
         return data
 
     # -- extended attributes ----------------------------------------------------------
-    @_handler
     async def setxattr(
         self, inode: InodeT, name: XAttrNameT, value: bytes, ctx: RequestContext
     ) -> None:
         if inode == pyfuse3.ROOT_INODE and name in CONTROL_XATTRS:
-            self._control(name, value, ctx)
+            await self._control_write(name, value, ctx)
         else:
-            await self._set_backing_xattr(inode, name, value)
+            await self._setxattr(inode, name, value)
+
+    @_recorded_as("control")
+    async def _control_write(self, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
+        self._control(name, value, ctx)
+
+    @_recorded_as("setxattr")
+    async def _setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes) -> None:
+        await self._set_backing_xattr(inode, name, value)
 
     @_update
     async def _set_backing_xattr(self, inode: InodeT, name: XAttrNameT, value: bytes) -> None:
@@ -766,16 +803,25 @@ class Filesystem(pyfuse3.Operations):
         except (BadSetting, UnicodeDecodeError) as exc:
             log.warning("refused mode setting %s: %s", reprlib.repr(value), exc)
             raise FUSEError(errno.EINVAL) from None
-        fallback = fallback_engine(setting.engine) if self.allow_fallback else None
-        if fallback is not None:
+        wanted, tried = setting.spec, []
+        while True:
+            try:
+                self.switch(setting)
+                return
+            except EngineUnavailable as exc:
+                tried.append(setting.engine)
+                failure = str(exc).removeprefix(f"engine {setting.engine!r} cannot run here: ")
+                fallback = (
+                    fallback_engine(setting.engine, failure, tried) if self.allow_fallback else None
+                )
+                if fallback is None:
+                    log.warning("refused mode setting %s: %s", wanted, exc)
+                    # The client gets EOPNOTSUPP only: it reads why from iofs.mode.
+                    self.refusal = {"spec": wanted, "reason": str(exc), "at": time.time()}
+                    raise FUSEError(errno.EOPNOTSUPP) from None
             engine, reason = fallback
             log.warning("engine %s cannot run here (%s): using %s", setting.engine, reason, engine)
             setting = replace(setting, engine=engine)
-        try:
-            self.switch(setting)
-        except EngineUnavailable as exc:
-            log.warning("refused mode setting %s: %s", setting.spec, exc)
-            raise FUSEError(errno.EOPNOTSUPP) from None
 
     def _control_value(self, name: XAttrNameT, ctx: RequestContext) -> bytes:
         root = os.fstat(self.inodes[pyfuse3.ROOT_INODE].fd)
@@ -794,6 +840,8 @@ class Filesystem(pyfuse3.Operations):
                 **asdict(setting),
                 "writeback_cache": self.enable_writeback_cache,
                 "history": [{"mode": spec, "at": at} for spec, at in self.recorder.mode_history],
+                "refused": self.refusal,
+                "log": self.log_file,
             }
         ).encode()
 
@@ -827,10 +875,29 @@ class Filesystem(pyfuse3.Operations):
         self._statistics_cache[pid] = (now, value)
         return value
 
-    @_handler
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        if inode == pyfuse3.ROOT_INODE and name in CONTROL_XATTRS:
+        control, separator, value = name.partition(CONTROL_SEPARATOR)
+        if inode == pyfuse3.ROOT_INODE and (
+            name in CONTROL_XATTRS or (separator and control in (MODE_XATTR, FAULTS_XATTR))
+        ):
+            # Counted apart from the workload's getxattrs: `iofs top` polls this way.
+            return await self._control_read(name, ctx)
+        return await self._getxattr(inode, name)
+
+    @_recorded_as("control")
+    async def _control_read(self, name: XAttrNameT, ctx: RequestContext) -> bytes:
+        if name in CONTROL_XATTRS:
             return self._control_value(name, ctx)
+        # "iofs.mode=SETTING": a write on a read-only mount (see CONTROL_SEPARATOR).
+        # Most readers ask twice (the size, then the value): the same setting again
+        # changes nothing (see switch); the same faults restart their counters, which
+        # the second read does at once.
+        control, _, value = name.partition(CONTROL_SEPARATOR)
+        self._control(XAttrNameT(control), value, ctx)
+        return b""
+
+    @_recorded_as("getxattr")
+    async def _getxattr(self, inode: InodeT, name: XAttrNameT) -> bytes:
         return os.getxattr(self.inodes[inode].proc_path, name)
 
     @_handler

@@ -30,10 +30,10 @@ import trio
 
 from . import mounttable
 from .backends import (
+    Engine,
     EngineConfig,
     EngineUnavailable,
     create_engine,
-    engine_class,
     fallback_engine,
 )
 from .errors import ExitStatus, IofsError
@@ -142,6 +142,36 @@ def read_state(mountpoint: Path) -> dict[str, object] | None:
 
 def find_mount(mountpoint: Path) -> MountEntry | None:
     return mounttable.find(mountpoint)
+
+
+def mount_owner(entry: MountEntry) -> int | None:
+    """The uid of the user who made a FUSE mount (its ``user_id=`` option), or None."""
+    for option in entry.options.split(","):
+        if option.startswith("user_id="):
+            return int(option.removeprefix("user_id="))
+    return None
+
+
+def containing_mount(path: Path) -> Path:
+    """The mountpoint of the iofs mount that *path* lies in: any path inside a mount
+    names it, as for df. IofsError if *path* does not exist (BAD_PATH) or lies in no
+    iofs mount (MOUNT_CONFLICT). A path in a mount whose daemon died is found too."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        # ENOTCONN: a dead mount; EACCES: a FUSE mount without allow_other, closed to
+        # all but its owner. Both are found in the table below; the caller says more.
+        if exc.errno not in (errno.ENOTCONN, errno.EACCES):
+            raise IofsError(f"{path}: {exc.strerror}", ExitStatus.BAD_PATH) from None
+    real = Path(os.path.realpath(path))
+    best = mounttable.containing(real)
+    if best is not None and best.fstype == FSTYPE:
+        return Path(best.mountpoint)
+    if best is not None and Path(best.mountpoint) == real:
+        raise IofsError(
+            f"{real} is not an iofs mount (it is {best.fstype})", ExitStatus.MOUNT_CONFLICT
+        )
+    raise IofsError(f"{path} is not in an iofs mount", ExitStatus.MOUNT_CONFLICT)
 
 
 def is_disconnected(mountpoint: Path) -> bool:
@@ -284,8 +314,7 @@ def mount(opts: MountOptions) -> None:
             "no access to /dev/fuse: ask an administrator for it (or mount as root)",
             ExitStatus.PERMISSION,
         )
-    setting = _runnable(setting, opts.allow_fallback)
-    engine = create_engine(setting.engine, replace(opts.engine_config, direct=setting.direct))
+    setting, engine = _runnable(setting, opts.engine_config, opts.allow_fallback)
     log_file = opts.log_file.absolute() if opts.log_file else None  # the daemon does chdir /
     if log_file is None and not opts.foreground:
         log_file = default_log_path(mountpoint)
@@ -306,6 +335,7 @@ def mount(opts: MountOptions) -> None:
         faults=faults,
         allow_fallback=opts.allow_fallback,
     )
+    fs.log_file = str(log_file) if log_file else None
     try:
         with _stderr_captured() as captured:
             try:
@@ -355,6 +385,12 @@ def mount(opts: MountOptions) -> None:
             # A daemon that fails must not leave a mount behind that answers ENOTCONN.
             pyfuse3.close(unmount=detach)
         log.info("unmounted %s", mountpoint)
+        if log_file is not None and opts.log_file is None and read_state(mountpoint) is None:
+            # The default log goes with the mount (`--log FILE` keeps one); a daemon that
+            # failed never gets here and leaves it for `iofs log`. After a lazy detach
+            # a newer daemon's state file says it logs there now: leave it to that one.
+            with contextlib.suppress(OSError):
+                log_file.unlink()
     finally:
         fs.close()
         os.close(root_fd)
@@ -370,23 +406,38 @@ def _init_failure_status(reason: str) -> ExitStatus:
     return ExitStatus.FAILED
 
 
-def _runnable(setting: Setting, allow_fallback: bool) -> Setting:
-    """*setting*, or with --allow-fallback its closest runnable engine; else IofsError."""
-    try:
-        engine_class(setting.engine)
-    except EngineUnavailable as exc:
-        fallback = fallback_engine(setting.engine) if allow_fallback else None
-        if fallback is None:
-            hint = "" if allow_fallback else " (--allow-fallback uses the closest engine that runs)"
-            raise IofsError(f"mode {setting.mode}: {exc}{hint}", ExitStatus.UNAVAILABLE) from None
-        engine, reason = fallback
-        print(
-            f"iofs: engine {setting.engine} cannot run here ({reason}): "
-            f"mode {setting.mode} uses {engine} instead (--allow-fallback)",
-            file=sys.stderr,
-        )
-        return replace(setting, engine=engine)
-    return setting
+def _runnable(
+    setting: Setting, config: EngineConfig, allow_fallback: bool
+) -> tuple[Setting, Engine]:
+    """*setting* and its engine made with *config*, or with --allow-fallback the closest
+    engine that runs; else IofsError. An engine may run here in general and still not
+    with *config* (an AIO context beyond fs.aio-max-nr): that counts as not running."""
+    tried: list[str] = []
+    while True:
+        try:
+            engine = create_engine(setting.engine, replace(config, direct=setting.direct))
+        except EngineUnavailable as exc:
+            tried.append(setting.engine)
+            failure = str(exc).removeprefix(f"engine {setting.engine!r} cannot run here: ")
+            fallback = fallback_engine(setting.engine, failure, tried) if allow_fallback else None
+            if fallback is None:
+                hint = (
+                    ""
+                    if allow_fallback
+                    else " (--allow-fallback uses the closest engine that runs)"
+                )
+                raise IofsError(
+                    f"mode {setting.mode}: {exc}{hint}", ExitStatus.UNAVAILABLE
+                ) from None
+            name, reason = fallback
+            print(
+                f"iofs: engine {setting.engine} cannot run here ({reason}): "
+                f"mode {setting.mode} uses {name} instead (--allow-fallback)",
+                file=sys.stderr,
+            )
+            setting = replace(setting, engine=name)
+            continue
+        return setting, engine
 
 
 def _noop() -> None:
@@ -527,13 +578,14 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 10.0) -> str:
     with *lazy* detached at once: its daemon serves the files still open on it and
     exits after the last close, which nobody waits for.
     """
-    mountpoint = Path(os.path.realpath(mountpoint))
+    mountpoint = containing_mount(mountpoint)
     entry = find_mount(mountpoint)
-    if entry is None:
-        raise IofsError(f"{mountpoint} is not mounted", ExitStatus.MOUNT_CONFLICT)
-    if entry.fstype != FSTYPE:
+    owner = mount_owner(entry) if entry is not None else None
+    if owner not in (None, os.getuid()) and os.geteuid() != 0:
+        # fusermount3 would say "entry for ... not found" or suggest --lazy: say it plainly.
         raise IofsError(
-            f"{mountpoint} is not an iofs mount (it is {entry.fstype})", ExitStatus.MOUNT_CONFLICT
+            f"only root or the user who mounted {mountpoint} (uid {owner}) may unmount it",
+            ExitStatus.PERMISSION,
         )
     dead = is_disconnected(mountpoint)
     # Read before unmounting: a daemon removes its state file on the way out, and

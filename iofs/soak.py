@@ -41,7 +41,6 @@ import enum
 import itertools
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -487,21 +486,6 @@ def render_report(report: SoakReport) -> str:
 
 
 # -- parsing durations ---------------------------------------------------------------------
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
-
-
-def parse_duration(text: str) -> float:
-    """``90s``, ``10m``, ``1h``, ``1m30s`` or plain seconds -> seconds; ValueError if not."""
-    match = _DURATION.match(text.strip().lower())
-    if match is None or not any(match.groups()):
-        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 10m, 1h)")
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    value = hours * 3600 + minutes * 60 + seconds
-    if value <= 0:
-        raise ValueError(f"must be more than 0: {text!r}")
-    return value
-
-
 # -- running -------------------------------------------------------------------------------
 def runnable_modes() -> tuple[list[str], list[tuple[str, str]]]:
     """The modes whose engine runs here, and (mode, why not) for the others."""

@@ -251,7 +251,9 @@ class OperationStats:
 class OperationSnapshot:
     """One FUSE operation's counters at snapshot time (see `OperationStats`)."""
 
-    kind: str  # "data" (read, write, fsync: through the engine) or "metadata"
+    #: "data" (read, write, fsync: through the engine), "metadata", or "control" (the
+    #: control xattrs that `iofs stats` and `iofs top` read: not the workload's).
+    kind: str
     count: int
     errors: int
     bytes: int
@@ -541,6 +543,17 @@ def _engine_from_json(document: dict[str, Any]) -> EngineStatistics:
     return EngineStatistics(**{**document, "details": dict(document.get("details", {}))})
 
 
+#: The operation that counts requests to the control xattrs (``iofs stats``, ``top``,
+#: ``mode``...): the observer's, not the workload's.
+CONTROL_OPERATION = "control"
+
+
+def _kind(op: str) -> str:
+    if op in DATA_OPERATIONS:
+        return "data"
+    return "control" if op == CONTROL_OPERATION else "metadata"
+
+
 class Recorder:
     """The statistics the filesystem keeps: per-operation counters, loop lag, modes.
 
@@ -574,9 +587,7 @@ class Recorder:
         """A request for operation *op* starts; returns its start time for `end`."""
         stats = self._operations.get(op)
         if stats is None:
-            stats = self._operations[op] = OperationStats(
-                "data" if op in DATA_OPERATIONS else "metadata"
-            )
+            stats = self._operations[op] = OperationStats(_kind(op))
         stats.in_flight += 1
         if stats.in_flight > stats.max_in_flight:  # noqa: PLR1730  (cheaper than max())
             stats.max_in_flight = stats.in_flight

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -45,11 +46,11 @@ def dirs() -> Iterator[tuple[Path, Path]]:
     finally:
         # The daemon may remove its state file at any moment: read it once (no exists()
         # first), and kill only the process it names, if that pid was not reused since.
-        state = read_state(mountpoint) or {}
+        state: dict[str, Any] = read_state(mountpoint) or {}
         daemon = None
         with contextlib.suppress(psutil.Error, KeyError, TypeError, ValueError):
-            daemon = psutil.Process(state["pid"])  # type: ignore[arg-type]
-            if abs(daemon.create_time() - float(state["started"])) > 0.01:  # type: ignore[arg-type]
+            daemon = psutil.Process(state["pid"])
+            if abs(daemon.create_time() - float(state["started"])) > 0.01:
                 daemon = None
         if find_mount(mountpoint) is not None:
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)

@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from iofs.durations import parse_duration
 from iofs.mount import read_state
 from iofs.mounttable import entries as mounts
 from iofs.soak import (
@@ -30,7 +31,6 @@ from iofs.soak import (
     SoakOptions,
     SoakReport,
     evaluate,
-    parse_duration,
     render_report,
     rss_figures,
     run_soak,

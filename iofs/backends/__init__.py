@@ -5,6 +5,8 @@ Adding an engine is adding one module and one line to `ENGINES`.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from .aio import AioEngine
 from .base import (
     DIRECT_ALIGN,
@@ -49,16 +51,21 @@ def engine_class(name: str) -> type[Engine]:
     return cls
 
 
-def fallback_engine(name: str) -> tuple[str, str] | None:
+def fallback_engine(
+    name: str, failure: str | None = None, tried: Collection[str] = ()
+) -> tuple[str, str] | None:
     """What to use when the engine *name* cannot run here, if the user allows a fallback.
 
     Returns ``(engine, reason)``: *reason* is why *name* cannot run, *engine* the
     registered engine that runs here and shares most of its capabilities, preferring
     one that keeps the event loop free (so io_uring and aio stand in for each other,
     and a thread pool for both). None if *name* runs here or nothing else does.
+    *failure* is why making *name* failed although its probe passes (e.g. its queue
+    depth is beyond a system limit): it stands for the probe's reason. Engines in
+    *tried* (that failed the same way before) are not chosen.
     """
     wanted = ENGINES[name].capabilities
-    reason = ENGINES[name].probe()
+    reason = ENGINES[name].probe() or failure
     if reason is None:
         return None
 
@@ -66,7 +73,9 @@ def fallback_engine(name: str) -> tuple[str, str] | None:
         return bin((flags & wanted).value).count("1")
 
     candidates = [
-        (other, cls) for other, cls in ENGINES.items() if other != name and cls.probe() is None
+        (other, cls)
+        for other, cls in ENGINES.items()
+        if other != name and other not in tried and cls.probe() is None
     ]
     if not candidates:
         return None

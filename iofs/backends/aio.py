@@ -50,6 +50,7 @@ import importlib
 import os
 import stat
 import weakref
+from pathlib import Path
 from types import ModuleType
 from typing import Final
 
@@ -83,13 +84,29 @@ def _setup_failure(exc: OSError, events: int) -> str:
             return "io_setup is not available (ENOSYS): a seccomp filter hides it"
         return "this kernel has no Linux AIO (io_setup: ENOSYS, built without CONFIG_AIO)"
     if exc.errno == errno.EAGAIN:
+        return _beyond_aio_max_nr(events)
+    if exc.errno == errno.EINVAL and events > 1:
+        return f"an AIO context cannot have {events} events (lower the queue depth)"
+    return f"io_setup failed: {os.strerror(exc.errno or errno.EIO)}"
+
+
+def _beyond_aio_max_nr(events: int) -> str:
+    """Why an AIO context for *events* events does not fit in fs.aio-max-nr, with the
+    figures: the limit, what other contexts hold (fs.aio-nr) and what would fit."""
+    try:
+        limit = int(Path("/proc/sys/fs/aio-max-nr").read_text())
+        in_use = int(Path("/proc/sys/fs/aio-nr").read_text())
+    except (OSError, ValueError):
         return (
             f"an AIO context for {events} events would exceed fs.aio-max-nr"
             " (raise it with sysctl, or lower the queue depth)"
         )
-    if exc.errno == errno.EINVAL and events > 1:
-        return f"an AIO context cannot have {events} events (lower the queue depth)"
-    return f"io_setup failed: {os.strerror(exc.errno or errno.EIO)}"
+    free = max(limit - in_use, 0)
+    return (
+        f"an AIO context for {events} events does not fit in fs.aio-max-nr ({limit}, "
+        f"{in_use} in use): use a queue depth of at most {free}, or raise it "
+        f"(sysctl fs.aio-max-nr={in_use + events})"
+    )
 
 
 def _is_directory(fd: int) -> bool:

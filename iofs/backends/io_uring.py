@@ -84,7 +84,7 @@ import outcome
 import trio
 
 from . import uring
-from .base import Buffer, Capability, EngineConfig
+from .base import Buffer, Capability, EngineConfig, EngineUnavailable
 from .kernel import ReapedEngine, address_of, write_source
 
 #: Reads up to this size (buffered, or aligned for O_DIRECT) go through the slot's
@@ -160,7 +160,13 @@ class IoUringEngine(ReapedEngine):
     def __init__(self, config: EngineConfig | None = None) -> None:
         super().__init__(config)
         depth = self.config.queue_depth
-        self._ring = uring.Ring(uring.next_power_of_two(min(depth, uring.MAX_ENTRIES)))
+        if depth > uring.MAX_ENTRIES:
+            raise EngineUnavailable(
+                f"engine {self.name!r} cannot run here: a ring holds at most "
+                f"{uring.MAX_ENTRIES} entries (IORING_MAX_ENTRIES): use a queue depth of at "
+                f"most {uring.MAX_ENTRIES}"
+            )
+        self._ring = uring.Ring(uring.next_power_of_two(depth))
         self._slots = [_Slot(index) for index in range(min(depth, self._ring.entries))]
         self._free_slots = self._slots[::-1]  # taken from the end: slot 0 first
         #: Tasks waiting for a slot, oldest first (a dict as an ordered set).
