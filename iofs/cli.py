@@ -8,24 +8,49 @@ Every failure is one line on stderr and an exit status that says what kind it is
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import textwrap
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import rich.console
 
+from . import __version__
 from .backends import ENGINES, Capability, EngineConfig
+from .durations import parse_duration
 from .errors import ExitStatus, IofsError
 from .modes import CACHINGS, DEFAULT_MODE, MODES, resolve
 
+if TYPE_CHECKING:
+    from .stats import Snapshot
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default where its help does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "default" in text
+            or action.default in (None, False, True, argparse.SUPPRESS)
+            or isinstance(action.default, list)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         self.exit(ExitStatus.USAGE, f"iofs: error: {message} (see '{self.prog} --help')\n")
 
@@ -58,10 +83,23 @@ def _positive_int(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
-    value = _positive_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
+    """A time (``20ms``, ``2s``, ``10m``, ``1h``, or plain seconds), more than 0."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds_or_zero(text: str) -> float:
+    """A time as `_seconds` takes it, or 0."""
+    try:
+        return parse_duration(text, allow_zero=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: How every option that takes a time describes its syntax.
+TIME = "TIME"
 
 
 def _fio_size(text: str) -> str:
@@ -76,6 +114,10 @@ def _fio_size(text: str) -> str:
 
 #: Filesystems a bench or demo can run on an existing mount of instead of a loop image.
 _EXISTING = ("xfs", "btrfs")
+
+
+#: The help of the PATH that control commands take.
+_IN_MOUNT = "the mountpoint, or any path inside the mount (as for df)"
 
 
 def _add_existing(parser: argparse.ArgumentParser) -> None:
@@ -94,14 +136,36 @@ def _existing(args: argparse.Namespace) -> dict[str, Path]:
     return {kind: getattr(args, kind) for kind in _EXISTING if getattr(args, kind) is not None}
 
 
+_DEBUG_HELP = "debug logging, and a traceback with any error"
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` after the command too (``iofs mount --debug ...``)."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="iofs", description="A FUSE filesystem that makes I/O paths visible.")
-    parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    parser = _Parser(
+        prog="iofs",
+        description="A FUSE filesystem that makes I/O paths visible. Times are given as "
+        "20ms, 2s, 10m, 1h or plain seconds; exit statuses are listed in the README.",
+    )
+    parser.add_argument("--version", action="version", version=f"iofs {__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    mount = commands.add_parser("mount", help="mount BACKING at MOUNTPOINT")
-    mount.add_argument("backing", type=Path, metavar="BACKING")
-    mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    mount = commands.add_parser(
+        "mount",
+        help="mount BACKING at MOUNTPOINT",
+        description="Mount the directory BACKING at MOUNTPOINT through iofs. Returns once "
+        "the mount serves requests; the daemon stays in the background (its log: 'iofs log "
+        "MOUNTPOINT'). Also run by mount(8) as mount.fuse.iofs: 'mount -t fuse.iofs BACKING "
+        "MOUNTPOINT -o mode=xfs'.",
+    )
+    mount.add_argument("backing", type=Path, metavar="BACKING", help="the directory to serve")
+    mount.add_argument(
+        "mountpoint", type=Path, metavar="MOUNTPOINT", help="an empty directory to mount on"
+    )
     mount.add_argument(
         "-o",
         dest="fuse_options",
@@ -150,20 +214,26 @@ def _parser() -> argparse.ArgumentParser:
         help=f"worker threads for the threads and nowait engines (default {EngineConfig.workers})",
     )
     mount.add_argument("-f", "--foreground", action="store_true", help="stay attached")
-    mount.add_argument("--log", type=Path, help="log file (background default: under /run/iofs)")
+    mount.add_argument(
+        "--log",
+        type=Path,
+        metavar="FILE",
+        help="log to FILE, kept after unmounting (default: a file in /run/iofs, or "
+        "$XDG_RUNTIME_DIR/iofs when not root, removed with the mount; stderr with -f)",
+    )
     mount.add_argument(
         "--attr-timeout",
-        type=_positive_float,
+        type=_seconds_or_zero,
         default=1.0,
-        metavar="S",
-        help="seconds the kernel may cache attributes (default 1)",
+        metavar=TIME,
+        help="how long the kernel may cache attributes (default 1s)",
     )
     mount.add_argument(
         "--entry-timeout",
-        type=_positive_float,
+        type=_seconds_or_zero,
         default=1.0,
-        metavar="S",
-        help="seconds the kernel may cache name lookups (default 1)",
+        metavar=TIME,
+        help="how long the kernel may cache name lookups (default 1s)",
     )
     mount.add_argument(
         "--stats-log",
@@ -172,7 +242,11 @@ def _parser() -> argparse.ArgumentParser:
         help="append a statistics snapshot (a JSON line) to FILE every --stats-interval",
     )
     mount.add_argument(
-        "--stats-interval", type=_seconds, default=1.0, metavar="S", help="default 1 s"
+        "--stats-interval",
+        type=_seconds,
+        default=1.0,
+        metavar=TIME,
+        help="how often --stats-log gets a line (default 1s)",
     )
     mount.add_argument(
         "--writeback-cache",
@@ -199,11 +273,22 @@ def _parser() -> argparse.ArgumentParser:
         help="inject faults into data operations from the start, e.g. eio=0.01 or "
         "every=100,ops=write,errno=ENOSPC or delay=20ms:0.1 (see 'iofs faults --help')",
     )
-    mount.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    _add_debug(mount)
 
-    umount = commands.add_parser("umount", help="unmount (also a mount whose daemon died)")
-    umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
-    umount.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
+    umount = commands.add_parser(
+        "umount",
+        help="unmount (also a mount whose daemon died)",
+        description="Unmount an iofs mount and wait for its daemon to exit; also cleans up "
+        "a mount whose daemon died. A busy mount is refused unless --lazy.",
+    )
+    umount.add_argument("mountpoint", type=Path, metavar="PATH", help=_IN_MOUNT)
+    umount.add_argument(
+        "-z",
+        "--lazy",
+        action="store_true",
+        help="detach even if busy: the daemon exits after the last open file is closed",
+    )
+    _add_debug(umount)
 
     bench = commands.add_parser(
         "bench",
@@ -261,8 +346,8 @@ def _parser() -> argparse.ArgumentParser:
         "--runtime",
         type=_seconds,
         default=None,
-        metavar="S",
-        help="seconds per time-based job (default 3 for built-in jobs)",
+        metavar=TIME,
+        help="how long each time-based job runs (default 3s for built-in jobs)",
     )
     bench.add_argument(
         "--size", type=_fio_size, default=None, metavar="SIZE", help="file size per job, e.g. 16m"
@@ -283,18 +368,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not drop caches before each run",
     )
-    bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    _add_debug(bench)
 
     demo = commands.add_parser(
         "demo",
         help="a 2-3 minute tour: each mode's signature and native XFS vs Btrfs, in plain words",
+        description="A 2-3 minute tour: a few fio jobs natively and through iofs in each "
+        "mode, and native XFS against Btrfs on loop images (root), with what each result "
+        "shows in plain words.",
     )
     demo.add_argument(
         "--runtime",
         type=_seconds,
         default=None,
-        metavar="S",
-        help="seconds per time-based job (default 5)",
+        metavar=TIME,
+        help="how long each time-based job runs (default 5s)",
     )
     demo.add_argument("--results", type=Path, default=Path("results"), help="where runs are kept")
     demo.add_argument(
@@ -305,7 +393,7 @@ def _parser() -> argparse.ArgumentParser:
         help="where the backing directory, mountpoints and images are made",
     )
     _add_existing(demo)
-    demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    _add_debug(demo)
 
     switch = commands.add_parser(
         "switch",
@@ -342,9 +430,9 @@ def _parser() -> argparse.ArgumentParser:
         "--settle",
         type=_seconds,
         default=None,
-        metavar="S",
-        help="seconds after each switch left out of the phase table (default: a quarter "
-        "of the shortest phase, at most 1)",
+        metavar=TIME,
+        help="time after each switch left out of the phase table (default: a quarter "
+        "of the shortest phase, at most 1s)",
     )
     switch.add_argument("--results", type=Path, default=Path("results"), help="where runs are kept")
     switch.add_argument(
@@ -357,7 +445,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not drop caches before the run",
     )
-    switch.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    _add_debug(switch)
 
     soak = commands.add_parser(
         "soak",
@@ -371,26 +459,18 @@ def _parser() -> argparse.ArgumentParser:
         "pass, 1 on failure; the report is printed and kept in the results directory.",
     )
 
-    def duration(text: str) -> float:
-        from .soak import parse_duration
-
-        try:
-            return parse_duration(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
     soak.add_argument(
         "--duration",
-        type=duration,
+        type=_seconds,
         default=600.0,
-        metavar="TIME",
+        metavar=TIME,
         help="how long the load runs, e.g. 90s, 10m, 1h (default 10m)",
     )
     soak.add_argument(
         "--switch-interval",
-        type=duration,
+        type=_seconds,
         default=3.0,
-        metavar="TIME",
+        metavar=TIME,
         help="time between mode switches (default 3s)",
     )
     soak.add_argument(
@@ -405,27 +485,49 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument(
         "--seed", type=int, default=None, help="seed of the metadata churn (default: random)"
     )
-    soak.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
+    _add_debug(soak)
 
     report = commands.add_parser(
         "report",
         help="render a bench, demo or switch results directory's summary and chart again",
+        description="Render the summary and chart of a bench, demo or switch run again from "
+        "its results directory (nothing is run).",
     )
-    report.add_argument("directory", type=Path, metavar="DIR")
+    report.add_argument(
+        "directory", type=Path, metavar="DIR", help="a run's directory under --results"
+    )
+    _add_debug(report)
 
-    commands.add_parser("engines", help="list the I/O engines and whether they run here")
-    commands.add_parser("modes", help="list the modes: what each models and what to expect")
+    engines = commands.add_parser(
+        "engines",
+        help="list the I/O engines and whether they run here",
+        description="List the I/O engines, whether each runs on this machine (and if not, "
+        "why), and their capabilities.",
+    )
+    _add_debug(engines)
+    modes = commands.add_parser(
+        "modes",
+        help="list the modes: what each models and what to expect",
+        description="List the modes: what each models, how it maps to engines and caching, "
+        "and what to expect from it.",
+    )
+    _add_debug(modes)
 
     mode = commands.add_parser(
-        "mode", help="show the mode of a mounted iofs, or switch it while in use"
+        "mode",
+        help="show the mode of a mounted iofs, or switch it while in use",
+        description="Without SETTING, show the mount's mode and its history of switches. "
+        "With SETTING, switch to it while the mount is in use (owner and root only); "
+        "switching to the mode it is in already changes nothing.",
     )
-    mode.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    mode.add_argument("mountpoint", type=Path, metavar="PATH", help=_IN_MOUNT)
     mode.add_argument(
         "setting",
         nargs="?",
         metavar="SETTING",
-        help="NAME[,engine=E][,direct=on|off][,cache=kernel|none]",
+        help="NAME[,engine=E][,direct=on|off][,cache=kernel|none] (see 'iofs modes')",
     )
+    _add_debug(mode)
 
     faults = commands.add_parser(
         "faults",
@@ -437,21 +539,73 @@ def _parser() -> argparse.ArgumentParser:
         "(default all), range=START-[END] (only reads and writes touching those bytes, "
         "e.g. 0-4K), seed=N (repeat the random choices). Owner and root only.",
     )
-    faults.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
-    faults.add_argument("spec", nargs="?", metavar="SPEC", help="a fault spec, or off")
+    faults.add_argument("mountpoint", type=Path, metavar="PATH", help=_IN_MOUNT)
+    faults.add_argument(
+        "spec", nargs="?", metavar="SPEC", help="a fault spec, or off (without it: show)"
+    )
+    _add_debug(faults)
 
-    stats = commands.add_parser("stats", help="a statistics snapshot of a mounted iofs")
-    stats.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    stats = commands.add_parser(
+        "stats",
+        help="a statistics snapshot of a mounted iofs",
+        description="Print a statistics snapshot of a mount: operations, latencies, "
+        "engines, process, mode history. Columns that do not fit the terminal are left "
+        "out (in a pipe nothing is, unless COLUMNS is set); --json has everything.",
+    )
+    stats.add_argument("mountpoint", type=Path, metavar="PATH", help=_IN_MOUNT)
     stats.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
+    _add_debug(stats)
 
-    top = commands.add_parser("top", help="a live dashboard of a mounted iofs")
-    top.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    top = commands.add_parser(
+        "top",
+        help="a live dashboard of a mounted iofs",
+        description="Show rates, latency percentiles and in-flight depth per operation, "
+        "refreshed every --interval. On a terminal the dashboard is redrawn in place; "
+        "with --batch or when the output is not a terminal, one frame is printed per "
+        "interval (as top -b does), the first with averages since the mount started. "
+        "iofs top's own requests (and any other control request) are not counted as the "
+        "workload's.",
+    )
+    top.add_argument("mountpoint", type=Path, metavar="PATH", help=_IN_MOUNT)
     top.add_argument(
-        "--interval", type=_seconds, default=1.0, metavar="S", help="refresh every S seconds"
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        metavar=TIME,
+        help="time between refreshes, e.g. 500ms, 2s (default 1s)",
     )
     top.add_argument(
-        "--count", type=_positive_int, default=None, metavar="N", help="stop after N refreshes"
+        "--count",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="stop after N refreshes (default: until Ctrl-C)",
     )
+    output = top.add_mutually_exclusive_group()
+    output.add_argument(
+        "-b", "--batch", action="store_true", help="print one frame per interval, not in place"
+    )
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON line per interval (rates and percentiles), for scripts",
+    )
+    _add_debug(top)
+
+    log_command = commands.add_parser(
+        "log",
+        help="print the daemon's log of a mount",
+        description="Print the log of the daemon serving a mount (background mounts log "
+        "to the runtime directory, removed when the mount is; --log FILE keeps one).",
+    )
+    log_command.add_argument("mountpoint", type=Path, metavar="PATH", help=_IN_MOUNT)
+    log_command.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing what is added, until the mount goes away or Ctrl-C",
+    )
+    _add_debug(log_command)
     return parser
 
 
@@ -620,11 +774,45 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(snapshot.to_json())
         else:
-            rich.console.Console().print(stats_table(snapshot))
+            console = _console()
+            _print(console, stats_table(snapshot, width=_table_width(console)))
         return 0
     if args.command == "top":
+        if args.json:
+            return _top_json(args.mountpoint, args.interval, args.count)
+        if args.batch or not sys.stdout.isatty():
+            return _top_batch(args.mountpoint, args.interval, args.count)
         return _top(args.mountpoint, args.interval, args.count)
+    if args.command == "log":
+        return _log(args.mountpoint, args.follow)
     raise AssertionError(args.command)
+
+
+def _console() -> rich.console.Console:
+    """Where stats and top print: in a pipe as wide as the content (nothing is cut or
+    wrapped), unless COLUMNS says how wide; on a terminal, the terminal's width."""
+    if sys.stdout.isatty() or "COLUMNS" in os.environ:
+        return rich.console.Console()
+    return rich.console.Console(width=_UNLIMITED)
+
+
+#: The console width of a pipe without COLUMNS: wider than any table iofs prints.
+_UNLIMITED = 1000
+
+
+def _print(console: rich.console.Console, renderable: rich.console.RenderableType) -> None:
+    """Print; off a terminal without the spaces rich pads each line with."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    print("\n".join(line.rstrip() for line in captured.get().splitlines()), flush=True)
+
+
+def _table_width(console: rich.console.Console) -> int | None:
+    """The width tables must fit (dropping columns), or None: every column."""
+    return None if console.width >= _UNLIMITED else console.width
 
 
 def _switch_mode(path: Path, spec: str) -> int:
@@ -679,20 +867,94 @@ def _top(mountpoint: Path, interval: float, count: int | None) -> int:
     from .control import read_statistics
     from .render import dashboard
 
+    console = rich.console.Console()
     older = None
     newer = read_statistics(mountpoint)
     refreshes = 0
-    with rich.live.Live(dashboard(newer), auto_refresh=False, screen=False) as live:
+    live = rich.live.Live(
+        dashboard(newer, width=console.width), console=console, auto_refresh=False, screen=False
+    )
+    with live:
         try:
             while count is None or refreshes < count:
                 time.sleep(interval)
                 older, newer = newer, read_statistics(mountpoint)
-                live.update(dashboard(newer, older), refresh=True)
+                live.update(dashboard(newer, older, width=console.width), refresh=True)
                 refreshes += 1
         except KeyboardInterrupt:
             pass
     print()  # the dashboard's last line ends without a newline
     return 0
+
+
+def _snapshots(mountpoint: Path, interval: float, count: int | None) -> Iterator[Snapshot]:
+    """The mount's first snapshot at once, then one every *interval* (*count* more at
+    most), as `top -b` and `iostat 1 3` report; ends quietly on Ctrl-C."""
+    from .control import read_statistics
+
+    yield read_statistics(mountpoint)
+    refreshes = 0
+    next_at = time.monotonic()
+    try:
+        while count is None or refreshes < count:
+            next_at += interval  # no drift: a slow read does not push every later one
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            yield read_statistics(mountpoint)
+            refreshes += 1
+    except KeyboardInterrupt:
+        pass
+
+
+def _top_batch(mountpoint: Path, interval: float, count: int | None) -> int:
+    """``iofs top --batch``: one frame per interval, each after a blank line."""
+    from .render import dashboard
+
+    console = _console()
+    older = None
+    for index, newer in enumerate(_snapshots(mountpoint, interval, count)):
+        if index:
+            print()
+        _print(console, dashboard(newer, older, width=_table_width(console)))
+        older = newer
+    return 0
+
+
+def _top_json(mountpoint: Path, interval: float, count: int | None) -> int:
+    """``iofs top --json``: one JSON line per interval (see `render.interval_json`)."""
+    from .render import interval_json
+    from .stats import diff
+
+    older = None
+    for newer in _snapshots(mountpoint, interval, count):
+        print(json.dumps(interval_json(diff(newer, older))), flush=True)
+        older = newer
+    return 0
+
+
+def _log(path: Path, follow: bool) -> int:
+    """``iofs log``: print the daemon's log; with *follow*, what is added until the mount
+    goes away (or Ctrl-C)."""
+    from .control import daemon_log
+    from .mount import find_mount
+
+    mountpoint, log_path = daemon_log(path)
+    try:
+        with open(log_path, "rb") as log_file:
+            while True:
+                chunk = log_file.read(1 << 16)
+                if chunk:
+                    sys.stdout.buffer.write(chunk)
+                    continue
+                sys.stdout.buffer.flush()
+                if not follow or find_mount(mountpoint) is None:
+                    return 0
+                time.sleep(0.2)  # as tail -f: poll for more
+    except FileNotFoundError:
+        if follow:
+            return 0  # the mount went away, and its log with it
+        raise IofsError(f"{log_path}: No such file or directory", ExitStatus.BAD_PATH) from None
+    except KeyboardInterrupt:
+        return 0
 
 
 def _modes_text() -> str:

@@ -25,7 +25,14 @@ from .errors import ExitStatus, IofsError
 from .faults import BadFaults, FaultSpec, parse_faults
 from .fs import CONTROL_SEPARATOR, FAULTS_XATTR, MODE_XATTR, STATISTICS_XATTR
 from .modes import BadSetting, Setting, parse_setting
-from .mount import containing_mount, find_mount, is_disconnected, mount_owner
+from .mount import (
+    containing_mount,
+    default_log_path,
+    find_mount,
+    is_disconnected,
+    mount_owner,
+    read_state,
+)
 from .stats import Snapshot
 
 #: The longest xattr name the kernel passes on (XATTR_NAME_MAX).
@@ -162,3 +169,25 @@ def _write(path: Path, name: bytes, value: str, what: str) -> None:
         if exc.errno == errno.EOPNOTSUPP:
             raise
         raise IofsError(f"the daemon refused {value!r}: {exc.strerror}") from None
+
+
+def daemon_log(path: Path) -> tuple[Path, Path]:
+    """The mountpoint of the iofs mount *path* lies in, and its daemon's log file.
+
+    A live daemon says where it logs (in ``iofs.mode``); for a dead one, its state file
+    does, or the default place. IofsError if it logs to a terminal (``--foreground``).
+    """
+    mountpoint = containing_mount(path)
+    log: object = None
+    if not is_disconnected(mountpoint):
+        log = read_mode(mountpoint).get("log")
+    else:
+        state = read_state(mountpoint)
+        log = state.get("log") if state is not None else str(default_log_path(mountpoint))
+    if not isinstance(log, str):
+        raise IofsError(
+            f"the daemon of {mountpoint} logs to the standard error of the process that "
+            "started it (mounted with --foreground and no --log)",
+            ExitStatus.UNAVAILABLE,
+        )
+    return mountpoint, Path(log)

@@ -876,7 +876,7 @@ class Filesystem(pyfuse3.Operations):
         return value
 
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        control, separator, value = name.partition(CONTROL_SEPARATOR)
+        control, separator, _ = name.partition(CONTROL_SEPARATOR)
         if inode == pyfuse3.ROOT_INODE and (
             name in CONTROL_XATTRS or (separator and control in (MODE_XATTR, FAULTS_XATTR))
         ):

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Group, JustifyMethod, RenderableType
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -113,10 +115,54 @@ def _line(*parts: str | Text) -> Text:
     return line
 
 
+# -- tables that fit ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Column:
+    heading: str
+    #: 0: always shown; otherwise the higher, the sooner it is left out to fit a width.
+    drop: int = 0
+    justify: JustifyMethod = "right"
+
+
+#: A row: its cells (a section heading has fewer), and whether a section ends after it.
+_Row = tuple[Sequence[str | Text], bool]
+
+
+def _fitted(
+    columns: Sequence[_Column], rows: Sequence[_Row], width: int | None, **table: Any
+) -> Table:
+    """A table of *columns* and *rows* that fits *width* (None: any width) by leaving out
+    the columns to drop first, so that no number is ever cut short or wrapped."""
+
+    def cell_width(cell: str | Text) -> int:
+        return (Text.from_markup(cell) if isinstance(cell, str) else cell).cell_len
+
+    widths = [
+        max([len(column.heading)] + [cell_width(cells[i]) for cells, _ in rows if i < len(cells)])
+        for i, column in enumerate(columns)
+    ]
+    keep = list(range(len(columns)))
+    # SIMPLE_HEAD without edge padding: an edge on each side, and between two columns
+    # a padding space each and a separator.
+    for index in sorted(range(len(columns)), key=lambda i: -columns[i].drop):
+        if width is None or sum(widths[k] for k in keep) + 3 * len(keep) - 1 <= width:
+            break
+        if columns[index].drop:
+            keep.remove(index)
+    result = Table(box=box.SIMPLE_HEAD, pad_edge=False, **table)
+    for index in keep:
+        column = columns[index]
+        result.add_column(column.heading, justify=column.justify, no_wrap=True)
+    for cells, end_section in rows:
+        result.add_row(*(cells[i] for i in keep if i < len(cells)), end_section=end_section)
+    return result
+
+
 # -- iofs stats --------------------------------------------------------------------------------
-def stats_table(snapshot: Snapshot) -> RenderableType:
-    """A snapshot as tables: summary, operations, engines and mode history."""
-    parts: list[RenderableType] = [_summary(snapshot), _operations_table(snapshot)]
+def stats_table(snapshot: Snapshot, width: int | None = None) -> RenderableType:
+    """A snapshot as tables: summary, operations, engines and mode history; the
+    operations table leaves out what does not fit *width* (None: nothing)."""
+    parts: list[RenderableType] = [_summary(snapshot), _operations_table(snapshot, width)]
     if snapshot.engines:
         parts.append(_engines_table(snapshot.engines))
     if snapshot.faults is not None:
@@ -171,33 +217,54 @@ def _summary(snapshot: Snapshot) -> Table:
     return grid
 
 
-def _operations_table(snapshot: Snapshot) -> Table:
-    table = Table(
-        title="FUSE operations since start",
-        caption="latency: handler start to reply, failed requests included",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-    )
-    table.add_column("operation", no_wrap=True)
-    for heading in ("count", "errors", "bytes", "in flight", "max"):
-        table.add_column(heading, justify="right", no_wrap=True)
-    for q in PERCENTILES:
-        table.add_column(f"p{q:g}", justify="right", no_wrap=True)
-    table.add_column("max lat", justify="right", no_wrap=True)
-    table.add_column("mean", justify="right", no_wrap=True)
+#: The columns of the operations table, and which go first when it must be narrower.
+_OPERATION_COLUMNS = (
+    _Column("operation", justify="left"),
+    _Column("count"),
+    _Column("errors"),
+    _Column("bytes", drop=3),
+    _Column("in flight", drop=6),
+    _Column("max", drop=7),
+    *(_Column(f"p{q:g}", drop={90.0: 5, 99.9: 2}.get(q, 0)) for q in PERCENTILES),
+    _Column("max lat", drop=1),
+    _Column("mean", drop=4),
+)
+
+
+def _operations_table(snapshot: Snapshot, width: int | None) -> RenderableType:
+    rows: list[_Row] = []
     for kind in ("data", "metadata"):
-        rows = sorted(
+        named = sorted(
             ((name, op) for name, op in snapshot.operations.items() if op.kind == kind),
             key=lambda item: (-item[1].count, item[0]),
         )
-        if not rows:
+        if not named:
             continue
-        table.add_row(f"[bold]{kind}[/]")
-        for index, (name, op) in enumerate(rows):
-            table.add_row(*_operation_cells(name, op), end_section=index == len(rows) - 1)
-    if not snapshot.operations:
-        table.add_row("[dim]no requests yet[/]")
-    return table
+        rows.append(([f"[bold]{kind}[/]"], False))
+        rows.extend(
+            (_operation_cells(name, op), index == len(named) - 1)
+            for index, (name, op) in enumerate(named)
+        )
+    if not rows:
+        rows.append((["[dim]no requests yet[/]"], False))
+    table = _fitted(
+        _OPERATION_COLUMNS,
+        rows,
+        width,
+        title="FUSE operations since start",
+        caption="latency: handler start to reply, failed requests included",
+    )
+    control = [op for op in snapshot.operations.values() if op.kind == "control"]
+    if not control:
+        return table
+    return Group(
+        table,
+        Text(
+            f"control requests (iofs stats, top, mode...), not counted above: "
+            f"{sum(op.count for op in control):,}",
+            style="dim",
+        ),
+    )
 
 
 def _operation_cells(name: str, op: OperationSnapshot) -> list[str | Text]:
@@ -289,13 +356,17 @@ def _modes_table(history: Sequence[tuple[str, float]]) -> Table:
 
 
 # -- iofs top ----------------------------------------------------------------------------------
-def dashboard(newer: Snapshot, older: Snapshot | None = None) -> RenderableType:
+def dashboard(
+    newer: Snapshot, older: Snapshot | None = None, width: int | None = None
+) -> RenderableType:
     """The ``iofs top`` screen for the interval from *older* to *newer*.
 
-    With *older* None it shows averages since start and cumulative percentiles.
+    With *older* None it shows averages since start and cumulative percentiles. The
+    table leaves out the columns that do not fit *width* (None: none). Control requests
+    (``iofs top``'s own reads of the statistics) are not shown as the workload's.
     """
     interval = diff(newer, older)
-    parts: list[RenderableType] = [_header(interval), _rates_table(interval)]
+    parts: list[RenderableType] = [_header(interval), _rates_table(interval, width)]
     engine_line = _engine_line(interval)
     if engine_line is not None:
         parts.append(engine_line)
@@ -360,36 +431,54 @@ def _engine_name(engine: EngineStatistics) -> str:
     return f"[bold]{escape(engine.engine)}[/] ({io}, qd {engine.queue_depth})"
 
 
-def _rates_table(interval: Interval) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("operation", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    for heading in ("ops/s", "MiB/s", "p50", "p99", "p99.9", "in flight", "errors/s"):
-        table.add_column(heading, justify="right", no_wrap=True)
+#: The columns of the dashboard's table, and which go first when it must be narrower.
+_RATE_COLUMNS = (
+    _Column("operation", justify="left"),
+    _Column("kind", drop=3, justify="left"),
+    _Column("ops/s"),
+    _Column("MiB/s"),
+    _Column("p50", drop=1),
+    _Column("p99"),
+    _Column("p99.9", drop=2),
+    _Column("in flight"),
+    _Column("errors/s"),
+)
+
+
+def _rates_table(interval: Interval, width: int | None) -> Table:
     active = sorted(
-        ((name, op) for name, op in interval.operations.items() if op.count or op.in_flight),
+        (
+            (name, op)
+            for name, op in interval.operations.items()
+            if (op.count or op.in_flight) and op.kind != "control"
+        ),
         key=lambda item: (-item[1].ops_per_s, -item[1].in_flight, item[0]),
     )
-    for name, op in active:
-        table.add_row(*_rate_cells(name, op))
+    rows: list[_Row] = [
+        (_rate_cells(name, op), index == len(active) - 1) for index, (name, op) in enumerate(active)
+    ]
     if not active:
-        table.add_row("[dim]idle[/]")
+        rows.append((["[dim]idle[/]"], False))
     else:
         ops = [op for _, op in active]
         errors = sum(op.errors_per_s for op in ops)
-        table.add_section()
-        table.add_row(
-            "[bold]all[/]",
-            "",
-            format_rate(sum(op.ops_per_s for op in ops)),
-            f"{sum(op.bytes_per_s for op in ops) / _MiB:,.1f}",
-            "",
-            "",
-            "",
-            _count(sum(op.in_flight for op in ops)),
-            _errors(format_rate(errors), errors > 0),
+        rows.append(
+            (
+                [
+                    "[bold]all[/]",
+                    "",
+                    format_rate(sum(op.ops_per_s for op in ops)),
+                    f"{sum(op.bytes_per_s for op in ops) / _MiB:,.1f}",
+                    "",
+                    "",
+                    "",
+                    _count(sum(op.in_flight for op in ops)),
+                    _errors(format_rate(errors), errors > 0),
+                ],
+                False,
+            )
         )
-    return table
+    return _fitted(_RATE_COLUMNS, rows, width)
 
 
 def _rate_cells(name: str, op: OperationInterval) -> list[str | Text]:
@@ -424,3 +513,44 @@ def _engine_line(interval: Interval) -> Text | None:
         _errors(f"errors {format_rate(engine.errors_per_s)}", engine.errors_per_s > 0),
     )
     return Text("\n").join([rates, paths])
+
+
+def interval_json(interval: Interval) -> dict[str, Any]:
+    """One ``iofs top --json`` line: the interval's rates and latency percentiles (ns),
+    the workload's operations only (control requests are left out, as on screen)."""
+    engine = interval.engine
+    return {
+        "time": interval.newer.time,
+        "seconds": interval.seconds,
+        "since_start": interval.since_start,
+        "mode": interval.newer.mode,
+        "in_flight": interval.newer.in_flight,
+        "loop_lag_p99_ns": interval.loop_lag.percentile(99) if interval.loop_lag.count else None,
+        "cpu_user_percent": interval.cpu_user_percent,
+        "cpu_system_percent": interval.cpu_system_percent,
+        "operations": {
+            name: {
+                "kind": op.kind,
+                "ops_per_s": op.ops_per_s,
+                "bytes_per_s": op.bytes_per_s,
+                "errors_per_s": op.errors_per_s,
+                "in_flight": op.in_flight,
+                **{
+                    f"p{q:g}_ns": op.latency.percentile(q) if op.latency.count else None
+                    for q in PERCENTILES
+                },
+            }
+            for name, op in interval.operations.items()
+            if op.kind != "control"
+        },
+        "engine": None
+        if engine is None
+        else {
+            "engine": engine.engine,
+            "in_flight": engine.in_flight,
+            "queue_depth": engine.queue_depth,
+            "submits_per_s": engine.submits_per_s,
+            "completions_per_s": engine.completions_per_s,
+            "mean_batch": engine.mean_batch,
+        },
+    }
