@@ -864,12 +864,13 @@ def _top(mountpoint: Path, interval: float, count: int | None) -> int:
     """Refresh the dashboard in place every *interval* seconds until Ctrl-C (or *count*)."""
     import rich.live
 
-    from .control import read_statistics
+    from .control import live_mountpoint, read_statistics
     from .render import dashboard
 
     console = rich.console.Console()
     older = None
-    newer = read_statistics(mountpoint)
+    mountpoint = live_mountpoint(mountpoint)
+    newer = read_statistics(mountpoint, checked=True)
     refreshes = 0
     live = rich.live.Live(
         dashboard(newer, width=console.width), console=console, auto_refresh=False, screen=False
@@ -878,7 +879,7 @@ def _top(mountpoint: Path, interval: float, count: int | None) -> int:
         try:
             while count is None or refreshes < count:
                 time.sleep(interval)
-                older, newer = newer, read_statistics(mountpoint)
+                older, newer = newer, read_statistics(mountpoint, checked=True)
                 live.update(dashboard(newer, older, width=console.width), refresh=True)
                 refreshes += 1
         except KeyboardInterrupt:
@@ -890,16 +891,19 @@ def _top(mountpoint: Path, interval: float, count: int | None) -> int:
 def _snapshots(mountpoint: Path, interval: float, count: int | None) -> Iterator[Snapshot]:
     """The mount's first snapshot at once, then one every *interval* (*count* more at
     most), as `top -b` and `iostat 1 3` report; ends quietly on Ctrl-C."""
-    from .control import read_statistics
+    from .control import live_mountpoint, read_statistics
 
-    yield read_statistics(mountpoint)
+    # Found once: each poll is then a single read of the statistics, counted apart
+    # from the workload's requests by the daemon.
+    mountpoint = live_mountpoint(mountpoint)
+    yield read_statistics(mountpoint, checked=True)
     refreshes = 0
     next_at = time.monotonic()
     try:
         while count is None or refreshes < count:
             next_at += interval  # no drift: a slow read does not push every later one
             time.sleep(max(0.0, next_at - time.monotonic()))
-            yield read_statistics(mountpoint)
+            yield read_statistics(mountpoint, checked=True)
             refreshes += 1
     except KeyboardInterrupt:
         pass

@@ -39,6 +39,11 @@ from .stats import Snapshot
 XATTR_NAME_MAX = 255
 
 
+def live_mountpoint(path: Path) -> Path:
+    """The root of the live iofs mount that *path* lies in; IofsError if there is none."""
+    return _checked_mountpoint(path)
+
+
 def _checked_mountpoint(path: Path) -> Path:
     """The root of the live iofs mount that *path* lies in (any path inside it)."""
     mountpoint = containing_mount(path)
@@ -80,9 +85,13 @@ def read_mode(mountpoint: Path) -> dict[str, Any]:
     return _read(mountpoint, MODE_XATTR)
 
 
-def read_statistics(mountpoint: Path) -> Snapshot:
-    """A statistics snapshot of the live mount."""
-    path = _checked_mountpoint(mountpoint)
+def read_statistics(mountpoint: Path, *, checked: bool = False) -> Snapshot:
+    """A statistics snapshot of the live mount that *mountpoint* lies in.
+
+    *checked*: *mountpoint* is the mount's root, found live already (by a first call):
+    the read is then the only request the daemon sees (``iofs top`` polls this way).
+    """
+    path = mountpoint if checked else _checked_mountpoint(mountpoint)
     try:
         return Snapshot.from_json(os.getxattr(path, STATISTICS_XATTR).decode())
     except OSError as exc:

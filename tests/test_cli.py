@@ -44,22 +44,28 @@ def dirs() -> Iterator[tuple[Path, Path]]:
     try:
         yield backing, mountpoint
     finally:
-        # The daemon may remove its state file at any moment: read it once (no exists()
-        # first), and kill only the process it names, if that pid was not reused since.
-        state: dict[str, Any] = read_state(mountpoint) or {}
-        daemon = None
-        with contextlib.suppress(psutil.Error, KeyError, TypeError, ValueError):
-            daemon = psutil.Process(state["pid"])
-            if abs(daemon.create_time() - float(state["started"])) > 0.01:
-                daemon = None
-        if find_mount(mountpoint) is not None:
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-        if daemon is not None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                daemon.kill()
-        state_path(mountpoint).unlink(missing_ok=True)
-        default_log_path(mountpoint).unlink(missing_ok=True)
+        remove_leftovers(mountpoint)
         subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def remove_leftovers(mountpoint: Path) -> None:
+    """Unmount *mountpoint* if mounted, kill the daemon its state file names, and remove
+    its state and log files. The daemon may remove its state file at any moment: it is
+    read once (never exists() first), and the process it names is killed only if its
+    pid was not reused since."""
+    state: dict[str, Any] = read_state(mountpoint) or {}
+    daemon = None
+    with contextlib.suppress(psutil.Error, KeyError, TypeError, ValueError):
+        daemon = psutil.Process(state["pid"])
+        if abs(daemon.create_time() - float(state["started"])) > 0.01:
+            daemon = None
+    if find_mount(mountpoint) is not None:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+    if daemon is not None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            daemon.kill()
+    state_path(mountpoint).unlink(missing_ok=True)
+    default_log_path(mountpoint).unlink(missing_ok=True)
 
 
 def daemon_pid(mountpoint: Path) -> int:
@@ -215,11 +221,22 @@ def test_bad_arguments_are_one_line_and_a_status_per_kind(dirs: tuple[Path, Path
             ExitStatus.BAD_SETTING,
             f"unknown mode 'zfs' (known: {', '.join(MODES)})",
         ),
-        ("umount", str(mountpoint)): (ExitStatus.MOUNT_CONFLICT, f"{mountpoint} is not mounted"),
+        ("umount", str(mountpoint)): (
+            ExitStatus.MOUNT_CONFLICT,
+            f"{mountpoint} is not in an iofs mount",
+        ),
+        ("umount", str(mountpoint / "missing")): (
+            ExitStatus.BAD_PATH,
+            f"{mountpoint / 'missing'}: No such file or directory",
+        ),
         ("umount", "/proc"): (ExitStatus.MOUNT_CONFLICT, "/proc is not an iofs mount (it is proc)"),
         ("mode", str(mountpoint), "xfs"): (
             ExitStatus.MOUNT_CONFLICT,
-            f"{mountpoint} is not mounted",
+            f"{mountpoint} is not in an iofs mount",
+        ),
+        ("stats", str(mountpoint / "missing")): (
+            ExitStatus.BAD_PATH,
+            f"{mountpoint / 'missing'}: No such file or directory",
         ),
         ("bench", "--engine", "warp"): (
             ExitStatus.BAD_SETTING,
@@ -344,9 +361,12 @@ def test_a_mode_whose_engine_cannot_run_is_refused_with_the_reason(
     assert result.returncode == 0, result.stderr
     try:
         switched = iofs("mode", str(mountpoint), "xfs")
+        # The daemon's own reason, and where its log is.
         assert (switched.returncode, switched.stderr) == (
             ExitStatus.UNAVAILABLE,
-            "iofs: error: the daemon cannot run engine 'io_uring' (see its log)\n",
+            f"iofs: error: {mountpoint} stays in btrfs: engine 'io_uring' cannot run here: "
+            "io_uring_setup is not available (ENOSYS): a seccomp filter hides it "
+            f"(its log: {default_log_path(mountpoint)})\n",
         )
         assert json.loads(os.getxattr(mountpoint, "iofs.mode"))["spec"].startswith("btrfs")
     finally:
