@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     mount.add_argument("backing", type=Path, metavar="BACKING", help="the directory to serve")
     mount.add_argument(
-        "mountpoint", type=Path, metavar="MOUNTPOINT", help="an empty directory to mount on"
+        "mountpoint", type=Path, metavar="MOUNTPOINT", help="the directory to mount on"
     )
     mount.add_argument(
         "-o",

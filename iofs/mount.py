@@ -612,7 +612,9 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 10.0) -> str:
             with contextlib.suppress(OSError):
                 state_path(mountpoint).unlink()
     if dead:
-        return f"cleaned up {mountpoint} (its daemon had died)"
+        log = (state or {}).get("log")
+        kept = f"; its log: {log}" if log else ""  # the daemon never removed it
+        return f"cleaned up {mountpoint} (its daemon had died{kept})"
     return f"unmounted {mountpoint}"
 
 

@@ -196,7 +196,7 @@ def test_killed_daemon_recovers_in_one_command_and_keeps_acknowledged_writes(
     before the kill reads back intact afterwards."""
     skip_unless_runs(mode)
     bg, writers, mp = background, _writers(), background.mountpoint
-    dead = f"iofs: cleaned up {mp} (its daemon had died)\n"
+    dead = f"iofs: cleaned up {mp} (its daemon had died; its log: {default_log_path(mp)})\n"
     assert bg.mount(mode).returncode == 0
     kill_under_load(bg, writers)
     if recover == "iofs umount":
