@@ -71,6 +71,15 @@ def race_beside_script(
     return out
 
 
+def read_if_present(path: Path) -> str:
+    """The text of *path*, or "" if there is none: read once, never after an exists()
+    that another process (a daemon removing its files) can make stale."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 @dataclass
 class Mount:
     backing: Path
@@ -97,7 +106,7 @@ class Mount:
         return extra
 
     def log_text(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
+        return read_if_present(self.log)
 
 
 # -- which engines the mount suites run with --------------------------------------------
@@ -183,8 +192,7 @@ def start_mount(
     try:
         daemon = start_daemon(opts, program)
     except IofsError as exc:
-        text = log.read_text() if log.exists() else ""
-        raise RuntimeError(f"{exc}; daemon log: {text}") from None
+        raise RuntimeError(f"{exc}; daemon log: {read_if_present(log)}") from None
     return Mount(backing, mountpoint, log, daemon)
 
 

@@ -25,7 +25,7 @@ import trio
 from iofs.backends import ENGINES, Buffer, Capability, Engine, EngineConfig, create_engine, running
 from iofs.mount import find_mount
 
-from .conftest import FUSE_UNAVAILABLE
+from .conftest import FUSE_UNAVAILABLE, read_if_present
 from .gate_daemon import pattern
 
 DAEMON = Path(__file__).with_name("gate_daemon.py")
@@ -77,7 +77,7 @@ def _wait_ready(daemon: subprocess.Popen[bytes], log: Path) -> None:
     readable, _, _ = select.select([daemon.stdout], [], [], TIMEOUT)
     line = daemon.stdout.readline() if readable else b"(nothing)"
     if line != b"ready\n":
-        text = log.read_text() if log.exists() else ""
+        text = read_if_present(log)
         raise RuntimeError(f"gate daemon did not start: it said {line!r}; log:\n{text}")
 
 
