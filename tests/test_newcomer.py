@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from iofs import mounttable
 from iofs.backends import ENGINES
 from iofs.cli import _parser
 from iofs.durations import parse_duration
@@ -28,7 +29,6 @@ from iofs.mount import (
     escaped_mountpoint,
     find_mount,
     state_path,
-    unescape_mount_field,
     unescaped_mountpoint,
 )
 from iofs.mount_helper import iofs_arguments
@@ -131,7 +131,7 @@ def test_state_file_names_of_plain_paths_read_as_the_path() -> None:
 def test_mount_table_fields_are_unescaped_to_the_path(raw: bytes) -> None:
     # /proc/self/mounts escapes space, tab, newline and backslash in octal.
     escaped = re.sub(rb"[ \t\n\\]", lambda m: b"\\%03o" % m[0][0], raw)
-    assert os.fsencode(unescape_mount_field(escaped)) == raw
+    assert os.fsencode(mounttable.unescape(escaped)) == raw
 
 
 def test_cleaning_up_races_the_daemon_removing_its_state_file(base: Path) -> None:
