@@ -3,23 +3,20 @@
 Each phase is a mode setting as ``iofs mode`` takes it (``NAME[,engine=E][,direct=on|off]
 [,cache=kernel|none]``) and how long it serves, e.g. ``blocking:10s`` or
 ``btrfs,engine=aio:2.5s``. Durations are ``500ms``, ``10s``, ``1m``, ``1m30s`` or plain
-seconds. The first phase is the mode the mount starts in; each later one is a live switch.
+seconds, as everywhere in the command line. The first phase is the mode the mount starts
+in; each later one is a live switch.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import durations
 from .modes import BadSetting, Setting, parse_setting
 
 #: The shortest phase: the statistics are sampled every 200 ms.
 MIN_PHASE = 0.5
-
-_DURATION = re.compile(
-    r"^(?:(?P<m>\d+(?:\.\d+)?)m(?!s))?(?:(?P<s>\d+(?:\.\d+)?)s?)?$|^(?P<ms>\d+(?:\.\d+)?)ms$"
-)
 
 
 class BadSchedule(ValueError):
@@ -45,13 +42,12 @@ def seconds_text(seconds: float) -> str:
 
 
 def parse_duration(text: str) -> float:
-    """``500ms``, ``10s``, ``1m``, ``1m30s`` or ``2.5`` -> seconds; BadSchedule if not."""
-    match = _DURATION.match(text.strip().lower())
-    if match is None or not any(match.groupdict().values()):
-        raise BadSchedule(f"not a duration: {text!r} (e.g. 500ms, 10s, 1m)")
-    if match["ms"] is not None:
-        return float(match["ms"]) / 1000
-    return float(match["m"] or 0) * 60 + float(match["s"] or 0)
+    """A duration as every command line option takes it (`iofs.durations`: ``500ms``,
+    ``10s``, ``1m``, ``1m30s``, ``2.5``...) -> seconds; BadSchedule if not."""
+    try:
+        return durations.parse_duration(text, allow_zero=True)
+    except ValueError as exc:
+        raise BadSchedule(str(exc)) from None
 
 
 def parse_phase(text: str) -> Phase:
