@@ -82,6 +82,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fd_budget(text: str) -> int:
+    from .inodes import MIN_FD_BUDGET
+
+    value = _positive_int(text)
+    if value < MIN_FD_BUDGET:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_FD_BUDGET}: {text}")
+    return value
+
+
 def _seconds(text: str) -> float:
     """A time (``20ms``, ``2s``, ``10m``, ``1h``, or plain seconds), more than 0."""
     try:
@@ -259,6 +268,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="if the mode's engine cannot run here, use the closest one that can "
         "(io_uring and aio stand in for each other) instead of refusing",
+    )
+    mount.add_argument(
+        "--fd-budget",
+        type=_fd_budget,
+        metavar="N",
+        help="most descriptors held for inodes the kernel knows (default: half the "
+        "open-file limit, at most 65,536); others are opened again when needed",
+    )
+    mount.add_argument(
+        "--no-file-handles",
+        dest="file_handles",
+        action="store_false",
+        help="find inodes whose descriptor was let go by parent and name, even where "
+        "file handles would work (they need root and a filesystem that exports them)",
     )
     mount.add_argument(
         "--no-statistics",
@@ -661,6 +684,8 @@ def _run(args: argparse.Namespace) -> int:
                 writeback_cache=args.writeback_cache,
                 allow_fallback=args.allow_fallback,
                 faults=args.faults,
+                fd_budget=args.fd_budget,
+                file_handles=args.file_handles,
             )
         )
         return 0

@@ -44,7 +44,7 @@ from pyfuse3 import (
 from . import syscalls
 from .backends import Buffer, Engine, EngineUnavailable, create_engine, fallback_engine
 from .faults import OFF, BadFaults, FaultInjector, FaultSpec, parse_faults
-from .inodes import Inode, InodeTable, key_of, proc_path
+from .inodes import MAX_DEFAULT_FD_BUDGET, Inode, InodeTable, key_of, proc_path
 from .metadata import MetadataQueue
 from .modes import CACHINGS, MAX_SPEC, BadSetting, Setting, parse_setting
 from .stats import QuietRecorder, Recorder, Snapshot
@@ -80,6 +80,22 @@ _PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
 
 #: (operation, errno) pairs that the statistics count as answers rather than errors.
 _NEGATIVE_ANSWERS = frozenset({("lookup", errno.ENOENT), ("getxattr", errno.ENODATA)})
+
+#: Operations that change nothing before they fail, run once more after an EMFILE.
+_RETRIED_WHEN_OUT_OF_DESCRIPTORS = frozenset(
+    {
+        "lookup",
+        "getattr",
+        "readlink",
+        "open",
+        "opendir",
+        "readdir",
+        "statfs",
+        "getxattr",
+        "listxattr",
+        "access",
+    }
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -126,7 +142,17 @@ def _handle_as(
         error = True
         nbytes = 0
         try:
-            result = await fn(self, *args, **kwargs)
+            try:
+                result = await fn(self, *args, **kwargs)
+            except OSError as exc:
+                # Out of descriptors: only this request may fail. Let go of cached ones
+                # so that the next request works; one that changes nothing runs again.
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+                self.inodes.reclaim()
+                if op not in _RETRIED_WHEN_OUT_OF_DESCRIPTORS:
+                    raise
+                result = await fn(self, *args, **kwargs)
             error = False
             if counts_bytes:  # read returns the data, write the count written
                 nbytes = result if isinstance(result, int) else len(result)  # type: ignore[arg-type]
@@ -195,6 +221,8 @@ class Filesystem(pyfuse3.Operations):
         writeback_cache: bool = False,
         faults: FaultSpec = OFF,
         allow_fallback: bool = False,
+        fd_budget: int = MAX_DEFAULT_FD_BUDGET,
+        file_handles: bool = True,
     ) -> None:
         super().__init__()
         #: A switch to a mode whose engine cannot run here uses the closest one that can.
@@ -205,7 +233,7 @@ class Filesystem(pyfuse3.Operations):
         self.log_file: str | None = None
         #: Read by pyfuse3 when the kernel's INIT arrives: fixed for the mount's life.
         self.enable_writeback_cache = writeback_cache
-        self.inodes = InodeTable(root_fd)
+        self.inodes = InodeTable(root_fd, budget=fd_budget, file_handles=file_handles)
         self.engine = engine
         self.setting = setting or Setting(
             mode="blocking",
@@ -302,6 +330,10 @@ class Filesystem(pyfuse3.Operations):
             os.close(fd)
         for dir_handle in self._dirs.values():
             os.close(dir_handle.fd)
+        for inode in self._files.values():
+            inode.open_fds.clear()
+        for dir_handle in self._dirs.values():
+            dir_handle.inode.open_fds.clear()
         self._files.clear()
         self._dirs.clear()
         self.inodes.close()
@@ -333,14 +365,17 @@ class Filesystem(pyfuse3.Operations):
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
         known = self.inodes.find(key_of(st))
         if known is not None:
+            self.inodes.seen(known, parent, name)
             return known, st
-        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent.fd)
+        fd = self.inodes.reclaiming(
+            lambda: os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent.fd)
+        )
         try:
             st = os.fstat(fd)  # the entry may have been replaced since the stat
         except BaseException:
             os.close(fd)
             raise
-        return self.inodes.adopt(fd, st), st
+        return self.inodes.adopt(fd, st, parent, name), st
 
     def _entry(self, parent: Inode, name: bytes) -> EntryAttributes:
         """Look up *name* and count the lookup the kernel will later forget."""
@@ -357,9 +392,11 @@ class Filesystem(pyfuse3.Operations):
         the one created even if the name has been replaced since.
         """
         if opened is None:
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent.fd)
+            fd = self.inodes.reclaiming(
+                lambda: os.open(name, os.O_PATH | os.O_NOFOLLOW, dir_fd=parent.fd)
+            )
         else:
-            fd = os.open(proc_path(opened), os.O_PATH)
+            fd = self.inodes.reclaiming(lambda: os.open(proc_path(opened), os.O_PATH))
         try:
             if self.as_root:
                 self._give_to_caller(fd, parent, ctx)
@@ -367,7 +404,7 @@ class Filesystem(pyfuse3.Operations):
         except BaseException:
             os.close(fd)
             raise
-        inode = self.inodes.adopt(fd, st)
+        inode = self.inodes.adopt(fd, st, parent, name)
         self.inodes.ref(inode)
         return self._attributes(inode, st)
 
@@ -405,6 +442,7 @@ class Filesystem(pyfuse3.Operations):
     def _open_file(self, fd: int, inode: Inode) -> FileInfo:
         self._files[fd] = inode
         inode.opens += 1
+        inode.open_fds.add(fd)
         caching = CACHINGS[self.setting.caching]
         return FileInfo(fh=fd, direct_io=caching.direct_io, keep_cache=caching.keep_cache)
 
@@ -418,7 +456,7 @@ class Filesystem(pyfuse3.Operations):
         """The filesystem's own counters (the statistics' ``extra`` part)."""
         queue = self.metadata_queue.statistics()
         return {
-            "inodes": len(self.inodes),
+            **self.inodes.counters(),
             "open_files": len(self._files),
             "open_dirs": len(self._dirs),
             "unexpected_errors": self.unexpected_errors,
@@ -540,13 +578,29 @@ class Filesystem(pyfuse3.Operations):
     async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent = self.inodes[parent_inode]
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
-        os.unlink(name, dir_fd=parent.fd)
+        pinned = self.inodes.removing(st, parent, name)
+        try:
+            os.unlink(name, dir_fd=parent.fd)
+        except BaseException:
+            if pinned is not None:
+                self.inodes.unpin(pinned)
+            raise
         self._removed(st)
 
     @_handler
     @_update
     async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
-        os.rmdir(name, dir_fd=self.inodes[parent_inode].fd)
+        parent = self.inodes[parent_inode]
+        pinned = None  # the directory, held so that whoever is still in it can stat it
+        with contextlib.suppress(FileNotFoundError):
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+            pinned = self.inodes.removing(st, parent, name)
+        try:
+            os.rmdir(name, dir_fd=parent.fd)
+        except BaseException:
+            if pinned is not None:
+                self.inodes.unpin(pinned)
+            raise
 
     @_handler
     @_update
@@ -559,30 +613,50 @@ class Filesystem(pyfuse3.Operations):
         flags: FlagT,
         ctx: RequestContext,
     ) -> None:
-        old_dir = self.inodes[parent_inode_old].fd
-        new_dir = self.inodes[parent_inode_new].fd
+        old_parent = self.inodes[parent_inode_old]
+        new_parent = self.inodes[parent_inode_new]
+        old_dir, new_dir = old_parent.fd, new_parent.fd
+        moved = None  # what moves: its remembered name changes
+        with contextlib.suppress(FileNotFoundError):
+            moved = os.stat(name_old, dir_fd=old_dir, follow_symlinks=False)
         replaced = None  # what the new name meant before, if anything
-        if not flags & syscalls.RENAME_EXCHANGE:
-            with contextlib.suppress(FileNotFoundError):
-                replaced = os.stat(name_new, dir_fd=new_dir, follow_symlinks=False)
-        if flags:
-            syscalls.renameat2(old_dir, name_old, new_dir, name_new, flags)
-        else:
-            os.rename(name_old, name_new, src_dir_fd=old_dir, dst_dir_fd=new_dir)
+        with contextlib.suppress(FileNotFoundError):
+            replaced = os.stat(name_new, dir_fd=new_dir, follow_symlinks=False)
+        exchange = bool(flags & syscalls.RENAME_EXCHANGE)
+        pinned = None
+        if replaced is not None and not exchange:
+            pinned = self.inodes.removing(replaced, new_parent, name_new)
+        try:
+            if flags:
+                syscalls.renameat2(old_dir, name_old, new_dir, name_new, flags)
+            else:
+                os.rename(name_old, name_new, src_dir_fd=old_dir, dst_dir_fd=new_dir)
+        except BaseException:
+            if pinned is not None:
+                self.inodes.unpin(pinned)
+            raise
+        if moved is not None and (node := self.inodes.find(key_of(moved))) is not None:
+            self.inodes.seen(node, new_parent, name_new)
         if replaced is not None:
-            self._removed(replaced)
+            if exchange:
+                if (node := self.inodes.find(key_of(replaced))) is not None:
+                    self.inodes.seen(node, old_parent, name_old)
+            else:
+                self._removed(replaced)
 
     def _removed(self, st: os.stat_result) -> None:
         """A name of the backing node *st* is gone: if it was the last, let go of it."""
         inode = self.inodes.find(key_of(st))
         if inode is not None and not stat.S_ISDIR(st.st_mode):
-            self.inodes.release_if_removed(inode)
+            self.inodes.release_if_removed(inode, before_removal=st)
 
     # -- files ------------------------------------------------------------------------
     @_handler
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
         node = self.inodes[inode]
-        fd = self._open_backing(flags, lambda f: os.open(node.proc_path, f))
+        fd = self.inodes.reclaiming(
+            lambda: self._open_backing(flags, lambda f: os.open(node.proc_path, f))
+        )
         return self._open_file(fd, node)
 
     def _open_backing(self, flags: int, opener: Callable[[int], int]) -> int:
@@ -613,9 +687,12 @@ class Filesystem(pyfuse3.Operations):
     ) -> tuple[FileInfo, EntryAttributes]:
         parent = self.inodes[parent_inode]
         try:
-            fd = self._open_backing(
-                flags,
-                lambda f: os.open(name, f | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd),
+            # EMFILE comes before the name is looked at: nothing was created, try again.
+            fd = self.inodes.reclaiming(
+                lambda: self._open_backing(
+                    flags,
+                    lambda f: os.open(name, f | os.O_CREAT | os.O_EXCL, mode, dir_fd=parent.fd),
+                )
             )
         except FileExistsError:
             if flags & os.O_EXCL:
@@ -667,9 +744,13 @@ class Filesystem(pyfuse3.Operations):
         inode = self._files.pop(fh, None)
         if inode is not None:
             self._forget_fd(fh)
+            inode.open_fds.discard(fh)
+            # The last close frees an unlinked file: its stat says, even when the inode's
+            # own descriptor was let go.
+            current = os.fstat(fh) if inode.opens == 1 else None
             os.close(fh)
             inode.opens -= 1
-            self.inodes.release_if_removed(inode)  # the last close frees an unlinked file
+            self.inodes.release_if_removed(inode, current=current)
 
     @_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
@@ -682,10 +763,11 @@ class Filesystem(pyfuse3.Operations):
     @_handler
     async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
         node = self.inodes[inode]
-        fd = os.open(node.proc_path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = self.inodes.reclaiming(lambda: os.open(node.proc_path, os.O_RDONLY | os.O_DIRECTORY))
         handle = self._next_dir_handle
         self._next_dir_handle += 1
         self._dirs[handle] = OpenDir(fd, node)
+        node.open_fds.add(fd)
         return handle
 
     @_handler
@@ -698,7 +780,9 @@ class Filesystem(pyfuse3.Operations):
         """
         handle = self._dir(fh)
         if start_id == 0 or handle.entries is None:
-            handle.entries = [b".", b"..", *map(os.fsencode, os.listdir(handle.fd))]
+            # os.listdir(fd) lists through a duplicate of the descriptor.
+            names = self.inodes.reclaiming(lambda: os.listdir(handle.fd))
+            handle.entries = [b".", b"..", *map(os.fsencode, names)]
         parent = handle.inode
         replied = False
         for index in range(start_id, len(handle.entries)):
@@ -733,6 +817,7 @@ class Filesystem(pyfuse3.Operations):
     async def releasedir(self, fh: FileHandleT) -> None:
         handle = self._dirs.pop(fh, None)
         if handle is not None:
+            handle.inode.open_fds.discard(handle.fd)
             os.close(handle.fd)
 
     @_handler

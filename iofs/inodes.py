@@ -1,43 +1,108 @@
-"""The inode table: FUSE inode numbers mapped to O_PATH handles on the backing directory.
+"""The inode table: FUSE inode numbers mapped to backing inodes, with a bounded number
+of descriptors.
 
-Every inode the kernel knows is held open as an ``O_PATH | O_NOFOLLOW`` descriptor, and
-every operation on it is an ``*at`` call relative to that descriptor (or goes through
-``/proc/self/fd/N``). So an inode stays valid whatever happens to the path that led to
-it: renames of any ancestor, paths longer than PATH_MAX, an unlinked-but-open file.
+Every operation on an inode is an ``*at`` call relative to an ``O_PATH | O_NOFOLLOW``
+descriptor of the backing inode (or goes through ``/proc/self/fd/N``), so an inode
+stays valid whatever happens to the path that led to it: renames of any ancestor,
+paths longer than PATH_MAX, an unlinked-but-open file.
 
-Inodes are keyed by the backing ``(st_dev, st_ino)``: hard links share one inode. The
-held descriptor pins the backing inode, so its number cannot be reused while the key
-is in the table.
+The kernel may know far more inodes than the process may hold descriptors (the soft
+limit is 1024 on a default Debian login), so descriptors are a cache: at most
+*budget* of them are held, least recently used first out. An inode whose descriptor
+was let go is opened again, in this order of preference:
 
-Pinning also keeps a removed file's blocks allocated until the kernel forgets the
-inode, which it may do a little later. So once the last name and the last open file of
-an inode are gone, `release_if_removed` lets go of it, as the backing filesystem
-would: the space is free when unlink(2) or rename(2) returns, or when the kernel
-reports the last close (FUSE sends that release just after close(2) returns).
+1. through a file or directory open on it through the mount (``/proc/self/fd/N``):
+   this reaches an unlinked-but-open file too;
+2. through its file handle (``name_to_handle_at`` when it was let go,
+   ``open_by_handle_at`` now), where the daemon may use handles: it has
+   CAP_DAC_READ_SEARCH and the backing filesystem exports them (probed at mount);
+3. otherwise through the parent and name it was last seen under (kept up to date by
+   lookup, create, rename, unlink), checking that the name still leads to the same
+   ``(st_dev, st_ino)``: if not (the name was changed in the backing directory behind
+   the mount's back), the inode is stale (ESTALE), as an NFS client would say.
+
+The mount's root, and nodes that could not be found again once their last known name
+is gone (a removed directory, a hard link whose remembered name was removed, in the
+name-based fallback), are pinned: their descriptors are never let go.
+
+Inodes are keyed by the backing ``(st_dev, st_ino)``: hard links share one inode. Once
+the last name and the last open file of an inode are gone, `release_if_removed` lets
+go of it and drops its key (the backing filesystem may give the number to a new
+file), as the backing filesystem would: the space is free when unlink(2) or rename(2)
+returns, or when the kernel reports the last close.
+
+Running out of descriptors anyway (EMFILE, ENFILE) costs only the request that met
+it: `reclaiming` lets go of half the cache and tries once more.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pyfuse3
 
+from . import syscalls
+
+log = logging.getLogger(__name__)
+
 InodeKey = tuple[int, int]
+T = TypeVar("T")
+
+#: Fewest descriptors the cache may hold: an operation uses at most three inodes at once
+#: (rename: two directories and the moved node), and the most recent ones are kept.
+MIN_FD_BUDGET = 4
+#: The default budget's ceiling: reopening by handle costs a few microseconds, so more
+#: cached descriptors gain little; the rest of the limit is left for open files.
+MAX_DEFAULT_FD_BUDGET = 65536
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
+def default_fd_budget(limit: int) -> int:
+    """The budget for a soft RLIMIT_NOFILE of *limit*: half of it, at most 65,536."""
+    return max(MIN_FD_BUDGET, min(limit // 2, MAX_DEFAULT_FD_BUDGET))
+
+
+def _stale() -> OSError:
+    return OSError(errno.ESTALE, os.strerror(errno.ESTALE))
 
 
 @dataclass(eq=False)
 class Inode:
     id: int
-    fd: int  # O_PATH | O_NOFOLLOW on the backing inode
     key: InodeKey
     file_type: int  # the S_IFMT bits, which never change for an inode
+    table: InodeTable = field(repr=False)
+    _fd: int = -1  # O_PATH | O_NOFOLLOW on the backing inode, or -1 if not held now
     lookups: int = 0
     opens: int = 0  # files open on it through the mount
-    #: Once removed and released (fd -1): its last attributes, for getattr.
+    #: Backing descriptors of files and directories open on it through the mount.
+    open_fds: set[int] = field(default_factory=set, repr=False)
+    #: Once removed and released: its last attributes, for getattr.
     removed_stat: os.stat_result | None = None
+    #: Where it was last seen, to find it again without a handle.
+    parent: Inode | None = field(default=None, repr=False)
+    name: bytes = b""
+    #: Its file handle (`syscalls.handle_of`), taken when its descriptor is let go.
+    handle: bytes | None = field(default=None, repr=False)
+    pinned: bool = False  # its descriptor is never let go
+
+    @property
+    def fd(self) -> int:
+        """A descriptor of the backing inode, opened again if it was let go. Use it at
+        once: touching other inodes may let it go (the most recent few are kept)."""
+        fd = self._fd
+        if fd >= 0:
+            if not self.pinned:
+                self.table.lru.move_to_end(self)
+            return fd
+        return self.table.reopen(self)
 
     @property
     def proc_path(self) -> bytes:
@@ -58,23 +123,102 @@ def key_of(st: os.stat_result) -> InodeKey:
     return (st.st_dev, st.st_ino)
 
 
-class InodeTable:
-    """Owns the O_PATH descriptors; closes each when the kernel forgets its inode."""
+def _unlinked(st: os.stat_result) -> os.stat_result:
+    """*st* with no link left: a removed node's attributes."""
+    return os.stat_result(
+        (
+            st.st_mode,
+            st.st_ino,
+            st.st_dev,
+            0,
+            st.st_uid,
+            st.st_gid,
+            st.st_size,
+            int(st.st_atime),
+            int(st.st_mtime),
+            int(st.st_ctime),
+            st.st_atime,
+            st.st_mtime,
+            st.st_ctime,
+            st.st_atime_ns,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_blksize,
+            st.st_blocks,
+            st.st_rdev,
+        )
+    )
 
-    def __init__(self, root_fd: int) -> None:
+
+def probe_file_handles(root_fd: int) -> tuple[int, int] | str:
+    """Whether inodes under *root_fd* can be kept as file handles: (a descriptor of the
+    backing mount for open_by_handle_at, its mount id), or why not."""
+    try:
+        handle, mount_id = syscalls.handle_of(root_fd)
+    except OSError as exc:
+        return f"the backing filesystem exports no file handles ({exc.strerror})"
+    try:
+        mount_fd = os.open(proc_path(root_fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"cannot open the backing directory ({exc.strerror})"
+    try:
+        fd = syscalls.open_by_handle(mount_fd, handle, os.O_PATH)
+    except OSError as exc:
+        os.close(mount_fd)
+        if exc.errno == errno.EPERM:
+            return "open_by_handle_at needs CAP_DAC_READ_SEARCH"
+        return f"open_by_handle_at fails ({exc.strerror})"
+    same = key_of(os.fstat(fd)) == key_of(os.fstat(root_fd))
+    os.close(fd)
+    if not same:
+        os.close(mount_fd)
+        return "open_by_handle_at reached another inode"
+    return mount_fd, mount_id
+
+
+class InodeTable:
+    """Owns the inodes and a budget of their descriptors (see the module docstring)."""
+
+    def __init__(self, root_fd: int, *, budget: int, file_handles: bool = True) -> None:
+        if budget < MIN_FD_BUDGET:
+            raise ValueError(f"the descriptor budget must be at least {MIN_FD_BUDGET}")
         st = os.fstat(root_fd)
-        self.root = Inode(pyfuse3.ROOT_INODE, root_fd, key_of(st), stat.S_IFDIR, lookups=1)
+        self.root = Inode(
+            pyfuse3.ROOT_INODE, key_of(st), stat.S_IFDIR, self, root_fd, lookups=1, pinned=True
+        )
         self._by_id: dict[int, Inode] = {self.root.id: self.root}
         self._by_key: dict[InodeKey, Inode] = {self.root.key: self.root}
         self._next_id = pyfuse3.ROOT_INODE + 1
+        self.budget = budget
+        #: Held descriptors that may be let go, least recently used first.
+        self.lru: OrderedDict[Inode, None] = OrderedDict()
+        self._pinned: set[Inode] = set()  # besides the root
+        self.evictions = 0
+        self.reopens = 0
+        self.reclaims = 0
+        self._mount_fd = -1
+        self._mount_id = -1
+        #: Why inodes are not kept as file handles, or None if they are.
+        self.no_handles_reason: str | None = "turned off (--no-file-handles)"
+        if file_handles:
+            probed = probe_file_handles(root_fd)
+            if isinstance(probed, str):
+                self.no_handles_reason = probed
+            else:
+                self._mount_fd, self._mount_id = probed
+                self.no_handles_reason = None
+
+    @property
+    def file_handles(self) -> bool:
+        return self.no_handles_reason is None
 
     def __len__(self) -> int:
         return len(self._by_id)
 
     def __getitem__(self, inode_id: int) -> Inode:
-        """The inode, with a usable descriptor (ESTALE once removed and released)."""
+        """The inode (ESTALE once removed and released)."""
         inode = self._by_id[inode_id]
-        if inode.fd < 0:
+        if inode.removed_stat is not None:
             raise OSError(errno.ESTALE, "the backing file has been removed")
         return inode
 
@@ -84,21 +228,168 @@ class InodeTable:
     def find(self, key: InodeKey) -> Inode | None:
         return self._by_key.get(key)
 
-    def adopt(self, fd: int, st: os.stat_result) -> Inode:
-        """Return the inode for the backing file *fd* (an O_PATH descriptor, fstat *st*).
+    @property
+    def held(self) -> int:
+        """Descriptors held for inodes: the cache, the pinned ones, the root and the
+        mount descriptor for open_by_handle_at."""
+        return len(self.lru) + len(self._pinned) + 1 + (self._mount_fd >= 0)
 
-        Takes ownership of *fd*: it is kept for a new inode and closed if the inode is
-        already known. The lookup count is not changed; callers `ref` what they report.
+    def counters(self) -> dict[str, int]:
+        return {
+            "inodes": len(self._by_id),
+            "fd_budget": self.budget,
+            "fds_cached": len(self.lru),
+            "fds_pinned": len(self._pinned),
+            "fd_evictions": self.evictions,
+            "fd_reopens": self.reopens,
+            "fd_reclaims": self.reclaims,
+            "file_handles": int(self.file_handles),
+        }
+
+    # -- descriptors ---------------------------------------------------------------------
+    def reclaiming(self, call: Callable[[], T]) -> T:
+        """*call*; if it runs out of descriptors, let go of half the cache and call again."""
+        try:
+            return call()
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_DESCRIPTORS:
+                raise
+        self.reclaim()
+        return call()
+
+    def reclaim(self) -> None:
+        """Out of descriptors: let go of the least recently used half of the cache."""
+        self.reclaims += 1
+        count = len(self.lru) // 2
+        log.warning(
+            "out of file descriptors (%d held for inodes): letting go of %d",
+            self.held,
+            count,
+        )
+        self._evict(count)
+
+    def _hold(self, inode: Inode, fd: int) -> None:
+        inode._fd = fd
+        self.lru[inode] = None
+        if len(self.lru) > self.budget:
+            self._evict(len(self.lru) - self.budget)
+
+    def _evict(self, count: int) -> None:
+        lru = self.lru
+        for _ in range(count):
+            victim, _ = lru.popitem(last=False)
+            self._let_go(victim)
+            self.evictions += 1
+
+    def _let_go(self, inode: Inode) -> None:
+        fd = inode._fd
+        if self._mount_fd >= 0 and inode.handle is None:
+            try:
+                handle, mount_id = syscalls.handle_of(fd)
+            except OSError:
+                pass  # found again by name
+            else:
+                if mount_id == self._mount_id:  # a submount would need its own mount fd
+                    inode.handle = handle
+        inode._fd = -1
+        os.close(fd)
+
+    def reopen(self, inode: Inode) -> int:
+        """A descriptor of *inode*, whose own was let go (see the module docstring)."""
+        if inode.removed_stat is not None:
+            raise _stale()
+        chain: list[Inode] = []  # ancestors to find again by name, nearest first
+        node = inode
+        while node._fd < 0 and not node.open_fds and node.handle is None:
+            chain.append(node)
+            if node.parent is None:
+                raise _stale()
+            node = node.parent
+        parent_fd = node.fd if node._fd >= 0 else self._open_known(node)
+        for child in reversed(chain):
+            parent_fd = self._open_by_name(child, parent_fd)
+        return parent_fd
+
+    def _open_known(self, inode: Inode) -> int:
+        """Open *inode* through an open file or its handle."""
+        if inode.open_fds:
+            path = proc_path(next(iter(inode.open_fds)))
+            fd = self.reclaiming(lambda: os.open(path, os.O_PATH | os.O_CLOEXEC))
+        else:
+            assert inode.handle is not None
+            handle = inode.handle
+            flags = os.O_PATH | os.O_NOFOLLOW
+            fd = self.reclaiming(lambda: syscalls.open_by_handle(self._mount_fd, handle, flags))
+        self.reopens += 1
+        self._hold(inode, fd)
+        return fd
+
+    def _open_by_name(self, inode: Inode, parent_fd: int) -> int:
+        name = inode.name
+        flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = self.reclaiming(lambda: os.open(name, flags, dir_fd=parent_fd))
+        except (FileNotFoundError, NotADirectoryError):
+            raise _stale() from None
+        try:
+            same = key_of(os.fstat(fd)) == inode.key
+        except BaseException:
+            os.close(fd)
+            raise
+        if not same:  # renamed or replaced in the backing directory, not through the mount
+            os.close(fd)
+            raise _stale()
+        self.reopens += 1
+        self._hold(inode, fd)
+        return fd
+
+    def pin(self, inode: Inode) -> None:
+        """Keep *inode*'s descriptor until it is forgotten (it may not be found again)."""
+        if inode.pinned:
+            return
+        inode.fd  # noqa: B018  # open it again if it was let go
+        del self.lru[inode]
+        inode.pinned = True
+        self._pinned.add(inode)
+
+    def unpin(self, inode: Inode) -> None:
+        if not inode.pinned or inode is self.root:
+            return
+        inode.pinned = False
+        self._pinned.discard(inode)
+        if inode._fd >= 0:
+            self._hold(inode, inode._fd)
+
+    # -- the kernel's references ---------------------------------------------------------
+    def adopt(self, fd: int, st: os.stat_result, parent: Inode, name: bytes) -> Inode:
+        """Return the inode for the backing file *fd* (an O_PATH descriptor, fstat *st*),
+        found as *name* in *parent*.
+
+        Takes ownership of *fd*: it is kept for a new inode, or for a known one whose
+        descriptor was let go, and closed otherwise. The lookup count is not changed;
+        callers `ref` what they report.
         """
         known = self._by_key.get(key_of(st))
         if known is not None:
-            os.close(fd)
+            if known is not self.root:
+                known.parent, known.name = parent, name
+            if known._fd < 0 and known.removed_stat is None:
+                self._hold(known, fd)
+            else:
+                os.close(fd)
             return known
-        inode = Inode(self._next_id, fd, key_of(st), stat.S_IFMT(st.st_mode))
+        inode = Inode(self._next_id, key_of(st), stat.S_IFMT(st.st_mode), self)
+        inode.parent, inode.name = parent, name
         self._next_id += 1
         self._by_id[inode.id] = inode
         self._by_key[inode.key] = inode
+        self._hold(inode, fd)
         return inode
+
+    def seen(self, inode: Inode, parent: Inode, name: bytes) -> None:
+        """*inode* is (now) *name* in *parent*."""
+        if inode is not self.root:
+            inode.parent, inode.name = parent, name
 
     def ref(self, inode: Inode) -> None:
         inode.lookups += 1
@@ -114,31 +405,75 @@ class InodeTable:
         if inode.lookups > 0 or inode is self.root:
             return
         del self._by_id[inode.id]
-        if inode.fd >= 0:
+        if self._by_key.get(inode.key) is inode:
             del self._by_key[inode.key]
-            os.close(inode.fd)
+        self._close(inode)
 
-    def release_if_removed(self, inode: Inode) -> None:
-        """Close the handle of a file with no name and no open file left.
+    def _close(self, inode: Inode) -> None:
+        """Let go of *inode*'s descriptor for good (its handle is of no more use)."""
+        if inode.pinned:
+            inode.pinned = False
+            self._pinned.discard(inode)
+        else:
+            self.lru.pop(inode, None)
+        if inode._fd >= 0:
+            os.close(inode._fd)
+            inode._fd = -1
 
-        The inode stays known to the kernel until it forgets it; meanwhile getattr
-        answers its last attributes and anything else ESTALE. Its key leaves the
-        table, since the backing filesystem may now give the number to a new file.
+    def removing(self, st: os.stat_result, parent: Inode, name: bytes) -> Inode | None:
+        """*name* in *parent* (the backing node *st*) is about to be removed: if the
+        inode could not be found again afterwards, pin it. Returns it if pinned here,
+        for `unpin` should the removal fail."""
+        inode = self._by_key.get(key_of(st))
+        if inode is None or inode.pinned or inode.removed_stat is not None:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            pass  # a removed directory has no name and, on most filesystems, no handle
+        elif inode.parent is not parent or inode.name != name or st.st_nlink < 2:
+            return None  # found by another name, or gone with this one
+        elif self.file_handles:
+            return None  # found by its handle
+        self.pin(inode)
+        return inode
+
+    def release_if_removed(
+        self,
+        inode: Inode,
+        *,
+        current: os.stat_result | None = None,
+        before_removal: os.stat_result | None = None,
+    ) -> None:
+        """Let go of a file with no name and no open file left.
+
+        *current* is its stat now, if the caller has one; *before_removal* its stat
+        just before one of its names was removed. The inode stays known to the kernel
+        until it forgets it; meanwhile getattr answers its last attributes and anything
+        else ESTALE. Its key leaves the table, since the backing filesystem may now give
+        the number to a new file.
         """
-        if inode.opens or inode is self.root or inode.fd < 0:
+        if inode.opens or inode is self.root or inode.removed_stat is not None:
             return
-        st = os.fstat(inode.fd)
+        if current is not None:
+            st = current
+        elif inode._fd >= 0:
+            st = os.fstat(inode._fd)
+        elif before_removal is not None and before_removal.st_nlink <= 1:
+            st = _unlinked(before_removal)
+        else:
+            return  # not held: it still has a name (or was removed behind our back)
         if st.st_nlink:
             return
         inode.removed_stat = st
-        del self._by_key[inode.key]
-        os.close(inode.fd)
-        inode.fd = -1
+        if self._by_key.get(inode.key) is inode:
+            del self._by_key[inode.key]
+        self._close(inode)
 
     def close(self) -> None:
         """Close every descriptor but the root's, which belongs to the caller."""
-        for inode in list(self._by_id.values()):
-            if inode is not self.root and inode.fd >= 0:
-                os.close(inode.fd)
+        for inode in [*self.lru, *self._pinned]:
+            self._close(inode)
+        if self._mount_fd >= 0:
+            os.close(self._mount_fd)
+            self._mount_fd = -1
         self._by_id = {self.root.id: self.root}
         self._by_key = {self.root.key: self.root}

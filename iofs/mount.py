@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import resource
 import signal
 import stat
 import subprocess
@@ -39,6 +40,7 @@ from .backends import (
 from .errors import ExitStatus, IofsError
 from .faults import BadFaults, parse_faults
 from .fs import Filesystem
+from .inodes import default_fd_budget
 from .modes import DEFAULT_MODE, BadSetting, Setting, resolve
 from .mounttable import MountEntry
 
@@ -76,6 +78,10 @@ class MountOptions:
     allow_fallback: bool = False
     #: A fault spec (`iofs.faults`): data operations to fail or delay from the start.
     faults: str = "off"
+    #: Most descriptors held for inodes (None: `default_fd_budget` of the limit).
+    fd_budget: int | None = None
+    #: Keep inodes as file handles where the daemon may (False: parent and name only).
+    file_handles: bool = True
 
 
 # -- where a mount's state lives -------------------------------------------------------
@@ -323,6 +329,8 @@ def mount(opts: MountOptions) -> None:
     # have the fatal signal's stack written where the log goes (stderr, see _daemonize).
     faulthandler.enable()
 
+    limit = raise_fd_limit()
+    budget = opts.fd_budget or default_fd_budget(limit)
     root_fd = os.open(backing, os.O_PATH | os.O_DIRECTORY)
     fs = Filesystem(
         root_fd,
@@ -334,6 +342,15 @@ def mount(opts: MountOptions) -> None:
         writeback_cache=opts.writeback_cache,
         faults=faults,
         allow_fallback=opts.allow_fallback,
+        fd_budget=budget,
+        file_handles=opts.file_handles,
+    )
+    how = fs.inodes.no_handles_reason
+    log.info(
+        "open-file limit %d: up to %d descriptors held for inodes; evicted ones found again %s",
+        limit,
+        budget,
+        "by file handle" if how is None else f"by parent and name ({how})",
     )
     fs.log_file = str(log_file) if log_file else None
     try:
@@ -394,6 +411,27 @@ def mount(opts: MountOptions) -> None:
     finally:
         fs.close()
         os.close(root_fd)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one, and as root (CAP_SYS_RESOURCE) the
+    hard one to ``fs.nr_open``, as far as allowed; return the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as nr_open_file:
+            nr_open = int(nr_open_file.read())
+    except (OSError, ValueError):
+        nr_open = hard
+    if hard != resource.RLIM_INFINITY and hard < nr_open:
+        with contextlib.suppress(OSError, ValueError):  # EPERM without CAP_SYS_RESOURCE
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nr_open, nr_open))
+            return nr_open
+    if hard == resource.RLIM_INFINITY:
+        hard = nr_open
+    if soft < hard:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _init_failure_status(reason: str) -> ExitStatus:
@@ -688,6 +726,10 @@ def start_daemon(
         command.append("--allow-fallback")
     if opts.faults != "off":
         command.append(f"--faults={opts.faults}")  # '=': a spec may start with '-'
+    if opts.fd_budget is not None:
+        command += ["--fd-budget", str(opts.fd_budget)]
+    if not opts.file_handles:
+        command.append("--no-file-handles")
     if opts.stats_log is not None:
         command += ["--stats-log", str(opts.stats_log)]
         command += ["--stats-interval", str(opts.stats_interval)]

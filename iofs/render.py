@@ -191,6 +191,7 @@ def _summary(snapshot: Snapshot) -> Table:
             f"CPU {process.cpu_user:,.2f}s user, {process.cpu_system:,.2f}s system",
             f"RSS {format_bytes(process.rss)}",
             f"{process.threads} threads",
+            _descriptors(snapshot),
             f"context switches {process.ctx_switches_voluntary:,} voluntary, "
             f"{process.ctx_switches_involuntary:,} involuntary",
         ),
@@ -422,8 +423,22 @@ def _header(interval: Interval) -> Text:
         f"[bold]{interval.cpu_system_percent:.0f}%[/] sys",
         f"{format_rate(switches)} ctx switches/s",
         f"RSS {format_bytes(newer.process.rss)}",
+        _descriptors(newer),
     )
     return Text("\n").join([first, second])
+
+
+def _descriptors(snapshot: Snapshot) -> str:
+    """Descriptors in use against the limit, and those held for inodes against the budget."""
+    process = snapshot.process
+    if not process.fd_limit:
+        return "descriptors -"  # a snapshot from before they were recorded
+    text = f"descriptors {process.fds:,} of {process.fd_limit:,}"
+    extra = snapshot.extra
+    if "fd_budget" in extra:
+        held = extra.get("fds_cached", 0) + extra.get("fds_pinned", 0)
+        text += f" (inodes {held:,}, budget {extra['fd_budget']:,})"
+    return text
 
 
 def _engine_name(engine: EngineStatistics) -> str:

@@ -272,6 +272,9 @@ class ProcessSnapshot:
     ctx_switches_involuntary: int
     rss: int  # bytes
     threads: int
+    #: Descriptors open in the daemon, and its soft RLIMIT_NOFILE (0: not known).
+    fds: int = 0
+    fd_limit: int = 0
 
 
 def read_process(process: psutil.Process) -> ProcessSnapshot:
@@ -286,6 +289,8 @@ def read_process(process: psutil.Process) -> ProcessSnapshot:
             ctx_switches_involuntary=switches.involuntary,
             rss=process.memory_info().rss,
             threads=process.num_threads(),
+            fds=process.num_fds(),
+            fd_limit=process.rlimit(psutil.RLIMIT_NOFILE)[0],
         )
 
 
@@ -372,6 +377,8 @@ class Snapshot:
                 "ctx_switches_involuntary": self.process.ctx_switches_involuntary,
                 "rss_bytes": self.process.rss,
                 "threads": self.process.threads,
+                "fds": self.process.fds,
+                "fd_limit": self.process.fd_limit,
             },
             "operations": {
                 name: {
@@ -454,6 +461,9 @@ class Snapshot:
                     ctx_switches_involuntary=int(process["ctx_switches_involuntary"]),
                     rss=int(process["rss_bytes"]),
                     threads=int(process["threads"]),
+                    # absent from snapshots taken before they were added
+                    fds=int(process.get("fds", 0)),
+                    fd_limit=int(process.get("fd_limit", 0)),
                 ),
                 extra={str(key): int(value) for key, value in document["extra"].items()},
                 faults=_faults_from_json(document["faults"]) if "faults" in document else None,

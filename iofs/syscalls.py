@@ -71,3 +71,59 @@ def utimensat(
     times = (_Timespec * 2)(_timespec(atime_ns), _timespec(mtime_ns))
     if _utimensat(AT_FDCWD, path, times, 0) != 0:
         _raise_errno("utimensat", path)
+
+
+# -- file handles (name_to_handle_at / open_by_handle_at) --------------------------------
+AT_EMPTY_PATH = 0x1000
+#: The largest handle the kernel hands out (MAX_HANDLE_SZ in linux/exportfs.h).
+MAX_HANDLE_SZ = 128
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [
+        ("handle_bytes", ctypes.c_uint),
+        ("handle_type", ctypes.c_int),
+        ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ),
+    ]
+
+
+_name_to_handle_at = _libc.name_to_handle_at
+_name_to_handle_at.argtypes = [
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.POINTER(_FileHandle),
+    ctypes.POINTER(ctypes.c_int),
+    ctypes.c_int,
+]
+_name_to_handle_at.restype = ctypes.c_int
+_open_by_handle_at = _libc.open_by_handle_at
+_open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), ctypes.c_int]
+_open_by_handle_at.restype = ctypes.c_int
+
+
+def handle_of(fd: int) -> tuple[bytes, int]:
+    """name_to_handle_at(2) of what *fd* refers to: (handle, mount id).
+
+    The handle is the type (4 bytes, native order) followed by the handle's bytes, a
+    compact form for `open_by_handle`. EOPNOTSUPP if the filesystem exports none.
+    """
+    handle = _FileHandle(MAX_HANDLE_SZ, 0)
+    mount_id = ctypes.c_int()
+    if _name_to_handle_at(fd, b"", ctypes.byref(handle), ctypes.byref(mount_id), AT_EMPTY_PATH):
+        _raise_errno("name_to_handle_at")
+    kind = handle.handle_type.to_bytes(4, "little", signed=True)
+    return kind + bytes(handle.f_handle[: handle.handle_bytes]), mount_id.value
+
+
+def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
+    """open_by_handle_at(2) of a handle from `handle_of`, on the filesystem of *mount_fd*.
+
+    Needs CAP_DAC_READ_SEARCH (EPERM otherwise); ESTALE once the file is gone.
+    """
+    data = handle[4:]
+    native = _FileHandle(len(data), int.from_bytes(handle[:4], "little", signed=True))
+    ctypes.memmove(native.f_handle, data, len(data))
+    fd: int = _open_by_handle_at(mount_fd, ctypes.byref(native), flags | os.O_CLOEXEC)
+    if fd < 0:
+        _raise_errno("open_by_handle_at")
+    return fd

@@ -157,8 +157,8 @@ def switched_snapshot() -> Snapshot:
             engine("threads", reads=3001, in_flight=1, max_in_flight=8),
         ),
         loop_lag=newer.loop_lag,
-        process=ProcessSnapshot(11.5, 5.6, 7100, 125, 61 << 20, 10),
-        extra=EXTRA,
+        process=ProcessSnapshot(11.5, 5.6, 7100, 125, 61 << 20, 10, fds=1030, fd_limit=1024),
+        extra={**EXTRA, "fd_budget": 512, "fds_cached": 500, "fds_pinned": 2},
     )
 
 
@@ -176,6 +176,8 @@ def test_stats_table_renders_the_fixture() -> None:
     assert "io_uring (current)" in text and "threads (draining)" in text
     assert "1:43" in text  # uptime 103 s
     assert "inodes 42" in text and "open files 3" in text
+    words = " ".join(text.split())  # the process line wraps
+    assert "descriptors 1,030 of 1,024 (inodes 502, budget 512)" in words
 
 
 # -- iofs stats --------------------------------------------------------------------------
