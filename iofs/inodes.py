@@ -193,6 +193,7 @@ class InodeTable:
         #: Held descriptors that may be let go, least recently used first.
         self.lru: OrderedDict[Inode, None] = OrderedDict()
         self._pinned: set[Inode] = set()  # besides the root
+        self.most_known = 1  # the most inodes known at once
         self.evictions = 0
         self.reopens = 0
         self.reclaims = 0
@@ -237,6 +238,7 @@ class InodeTable:
     def counters(self) -> dict[str, int]:
         return {
             "inodes": len(self._by_id),
+            "inodes_max": self.most_known,
             "fd_budget": self.budget,
             "fds_cached": len(self.lru),
             "fds_pinned": len(self._pinned),
@@ -383,6 +385,7 @@ class InodeTable:
         self._next_id += 1
         self._by_id[inode.id] = inode
         self._by_key[inode.key] = inode
+        self.most_known = max(self.most_known, len(self._by_id))
         self._hold(inode, fd)
         return inode
 

@@ -169,6 +169,8 @@ def start_mount(
     stats_log: Path | None = None,
     stats_interval: float = 1.0,
     writeback_cache: bool = False,
+    fd_budget: int | None = None,
+    file_handles: bool = True,
 ) -> Mount:
     """Start a foreground daemon and wait until the kernel shows the mount.
 
@@ -187,6 +189,8 @@ def start_mount(
         stats_log=stats_log,
         stats_interval=stats_interval,
         writeback_cache=writeback_cache,
+        fd_budget=fd_budget,
+        file_handles=file_handles,
     )
     program = command or [sys.executable, "-m", "iofs"]
     try:
@@ -194,6 +198,18 @@ def start_mount(
     except IofsError as exc:
         raise RuntimeError(f"{exc}; daemon log: {read_if_present(log)}") from None
     return Mount(backing, mountpoint, log, daemon)
+
+
+def daemon_under_limit(soft: int, hard: int | None = None, *drop: str) -> list[str]:
+    """The command that runs ``iofs`` with an open-file limit of *soft* (and *hard*; None
+    keeps the hard limit): what a login with ``ulimit -n`` gives it. Without
+    CAP_SYS_RESOURCE, which root would use to raise the hard limit again; *drop* names
+    more capabilities to go without (``dac_read_search``: no file handles)."""
+    prefix = ["prlimit", f"--nofile={soft}:{'' if hard is None else hard}", "--"]
+    if ROOT:
+        caps = ",".join(f"-{cap}" for cap in ("sys_resource", *drop))
+        prefix += ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", "--"]
+    return [*prefix, sys.executable, "-m", "iofs"]
 
 
 def finish_mount(mount: Mount) -> None:
