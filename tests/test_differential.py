@@ -27,6 +27,7 @@ from hypothesis.stateful import (
 )
 
 from iofs import syscalls
+from iofs.inodes import MIN_FD_BUDGET
 from iofs.loopfs import LoopFilesystem
 
 from .conftest import FUSE_UNAVAILABLE, ROOT, finish_mount, scratch_dir, start_mount
@@ -54,6 +55,9 @@ class PassthroughMachine(RuleBasedStateMachine):
 
     mount_root: Path
     plain_root: Path
+    #: Called after every step (with a tiny descriptor budget: touches other inodes, so
+    #: that the next step finds every inode of the case let go of).
+    churn: Callable[[], None] | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -248,13 +252,26 @@ class PassthroughMachine(RuleBasedStateMachine):
             os.close(fd)
 
     @invariant()
+    def churned(self) -> None:
+        if self.churn is not None:
+            self.churn()
+
+    @invariant()
     def same_tree(self) -> None:
         assert snapshot(self.roots[0]) == snapshot(self.roots[1]), "\n".join(self.history)
 
 
-def run_machine(mount_root: Path, plain_root: Path, examples: int) -> None:
+def run_machine(
+    mount_root: Path, plain_root: Path, examples: int, churn: Callable[[], None] | None = None
+) -> None:
     machine = type(
-        "Machine", (PassthroughMachine,), {"mount_root": mount_root, "plain_root": plain_root}
+        "Machine",
+        (PassthroughMachine,),
+        {
+            "mount_root": mount_root,
+            "plain_root": plain_root,
+            "churn": None if churn is None else staticmethod(churn),
+        },
     )
     run_state_machine_as_test(
         machine,
@@ -299,32 +316,80 @@ def fuse_ok() -> None:
         pytest.skip(FUSE_UNAVAILABLE)
 
 
+#: The smallest descriptor budget (each example's tree has up to 8 inodes, so the cache
+#: lets go all the time), inodes found again by file handle (as root) or by parent and
+#: name; None: the default budget.
+TINY = (MIN_FD_BUDGET, True)
+TINY_BY_NAME = (MIN_FD_BUDGET, False)
+
+
 @pytest.mark.usefixtures("fuse_ok")
 @pytest.mark.parametrize(
-    ("fs_root", "examples"),
+    ("fs_root", "examples", "budget"),
     [
-        ("native", 300),
-        ("xfs", 100),
-        ("btrfs", 100),
-        pytest.param("native", 3000, marks=pytest.mark.slow, id="native-long"),
-        pytest.param("xfs", 1000, marks=pytest.mark.slow, id="xfs-long"),
-        pytest.param("btrfs", 1000, marks=pytest.mark.slow, id="btrfs-long"),
+        ("native", 300, None),
+        ("xfs", 100, None),
+        ("btrfs", 100, None),
+        pytest.param("native", 30, TINY, id="native-budget4"),
+        pytest.param("native", 30, TINY_BY_NAME, id="native-budget4-by-name"),
+        pytest.param("native", 3000, None, marks=pytest.mark.slow, id="native-long"),
+        pytest.param("xfs", 1000, None, marks=pytest.mark.slow, id="xfs-long"),
+        pytest.param("btrfs", 1000, None, marks=pytest.mark.slow, id="btrfs-long"),
+        pytest.param("native", 2000, TINY, marks=pytest.mark.slow, id="native-long-budget4"),
+        pytest.param(
+            "native", 2000, TINY_BY_NAME, marks=pytest.mark.slow, id="native-long-budget4-by-name"
+        ),
+        pytest.param(
+            "xfs", 500, TINY_BY_NAME, marks=pytest.mark.slow, id="xfs-long-budget4-by-name"
+        ),
     ],
     indirect=["fs_root"],
 )
 def test_mount_behaves_like_the_backing_filesystem(
-    fs_root: Path, examples: int, mount_engine: str, request: pytest.FixtureRequest
+    fs_root: Path,
+    examples: int,
+    budget: tuple[int, bool] | None,
+    mount_engine: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """The state machine over every engine. The quick run gives the baseline engine the
     most examples; the others share its metadata path and get a tenth on native and
-    the XFS/Btrfs images only in the slow run."""
+    the XFS/Btrfs images only in the slow run. With a tiny descriptor budget the inode
+    table lets go of descriptors all the time and must find inodes again: the metadata
+    path, run with the baseline engine only."""
+    if budget is not None and mount_engine != "blocking":
+        pytest.skip("the descriptor budget is the metadata path's: run with the blocking engine")
     if _quick_with_other_engine(request, mount_engine):
         examples //= 10
     backing, mountpoint, plain = fs_root / "backing", fs_root / "mnt", fs_root / "plain"
     for d in (backing, mountpoint, plain):
         d.mkdir()
-    mount = start_mount(backing, mountpoint, fs_root / "daemon.log", engine=mount_engine)
+    fd_budget, file_handles = budget or (None, True)
+    mount = start_mount(
+        backing,
+        mountpoint,
+        fs_root / "daemon.log",
+        engine=mount_engine,
+        fd_budget=fd_budget,
+        file_handles=file_handles,
+    )
     try:
-        run_machine(mountpoint, plain, examples)
+        churn = None
+        if budget is not None:
+            ballast = mountpoint / "ballast"  # beside the cases, outside what is compared
+            ballast.mkdir()
+            files = [ballast / f"b{i}" for i in range(2 * MIN_FD_BUDGET)]
+            for path in files:
+                path.touch()
+
+            def churn() -> None:  # listxattr always reaches the daemon's inode
+                for path in files:
+                    os.listxattr(path)
+
+        run_machine(mountpoint, plain, examples, churn)
+        if budget is not None:  # the budget was what was tested
+            counters = mount.counters()
+            assert counters["fd_evictions"] > 0 and counters["fd_reopens"] > 0, counters
+            assert counters["fds_cached"] <= MIN_FD_BUDGET
     finally:
         finish_mount(mount)
