@@ -260,9 +260,12 @@ class InodeTable:
         return call()
 
     def reclaim(self) -> None:
-        """Out of descriptors: let go of the least recently used half of the cache."""
+        """Out of descriptors: let go of the least recently used half of the cache.
+
+        The most recent `MIN_FD_BUDGET` stay: the operation under way may be using them.
+        """
         self.reclaims += 1
-        count = len(self.lru) // 2
+        count = min(len(self.lru) // 2, max(0, len(self.lru) - MIN_FD_BUDGET))
         log.warning(
             "out of file descriptors (%d held for inodes): letting go of %d",
             self.held,
@@ -304,7 +307,7 @@ class InodeTable:
         node = inode
         while node._fd < 0 and not node.open_fds and node.handle is None:
             chain.append(node)
-            if node.parent is None:
+            if node.parent is None or node.parent in chain:
                 raise _stale()
             node = node.parent
         parent_fd = node.fd if node._fd >= 0 else self._open_known(node)
@@ -373,25 +376,26 @@ class InodeTable:
         """
         known = self._by_key.get(key_of(st))
         if known is not None:
-            if known is not self.root:
-                known.parent, known.name = parent, name
+            self.seen(known, parent, name)
             if known._fd < 0 and known.removed_stat is None:
                 self._hold(known, fd)
             else:
                 os.close(fd)
             return known
         inode = Inode(self._next_id, key_of(st), stat.S_IFMT(st.st_mode), self)
-        inode.parent, inode.name = parent, name
+        self.seen(inode, parent, name)
         self._next_id += 1
         self._by_id[inode.id] = inode
         self._by_key[inode.key] = inode
         self.most_known = max(self.most_known, len(self._by_id))
         self._hold(inode, fd)
+        if inode.parent is None and not self.file_handles:
+            self.pin(inode)  # found through "..": no name known to find it again by
         return inode
 
     def seen(self, inode: Inode, parent: Inode, name: bytes) -> None:
-        """*inode* is (now) *name* in *parent*."""
-        if inode is not self.root:
+        """*inode* is (now) *name* in *parent* (a dot entry says nothing of the kind)."""
+        if inode is not self.root and name not in (b".", b".."):
             inode.parent, inode.name = parent, name
 
     def ref(self, inode: Inode) -> None:
