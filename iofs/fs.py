@@ -330,10 +330,10 @@ class Filesystem(pyfuse3.Operations):
             os.close(fd)
         for dir_handle in self._dirs.values():
             os.close(dir_handle.fd)
-        for inode in self._files.values():
-            inode.open_fds.clear()
+        for fd, inode in self._files.items():
+            inode.closed(fd)
         for dir_handle in self._dirs.values():
-            dir_handle.inode.open_fds.clear()
+            dir_handle.inode.closed(dir_handle.fd)
         self._files.clear()
         self._dirs.clear()
         self.inodes.close()
@@ -442,7 +442,7 @@ class Filesystem(pyfuse3.Operations):
     def _open_file(self, fd: int, inode: Inode) -> FileInfo:
         self._files[fd] = inode
         inode.opens += 1
-        inode.open_fds.add(fd)
+        inode.opened(fd)
         caching = CACHINGS[self.setting.caching]
         return FileInfo(fh=fd, direct_io=caching.direct_io, keep_cache=caching.keep_cache)
 
@@ -744,7 +744,7 @@ class Filesystem(pyfuse3.Operations):
         inode = self._files.pop(fh, None)
         if inode is not None:
             self._forget_fd(fh)
-            inode.open_fds.discard(fh)
+            inode.closed(fh)
             # The last close frees an unlinked file: its stat says, even when the inode's
             # own descriptor was let go.
             current = os.fstat(fh) if inode.opens == 1 else None
@@ -767,7 +767,7 @@ class Filesystem(pyfuse3.Operations):
         handle = self._next_dir_handle
         self._next_dir_handle += 1
         self._dirs[handle] = OpenDir(fd, node)
-        node.open_fds.add(fd)
+        node.opened(fd)
         return handle
 
     @_handler
@@ -817,7 +817,7 @@ class Filesystem(pyfuse3.Operations):
     async def releasedir(self, fh: FileHandleT) -> None:
         handle = self._dirs.pop(fh, None)
         if handle is not None:
-            handle.inode.open_fds.discard(handle.fd)
+            handle.inode.closed(handle.fd)
             os.close(handle.fd)
 
     @_handler

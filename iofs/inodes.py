@@ -73,7 +73,7 @@ def _stale() -> OSError:
     return OSError(errno.ESTALE, os.strerror(errno.ESTALE))
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: a known inode costs memory, not a descriptor
 class Inode:
     id: int
     key: InodeKey
@@ -82,8 +82,9 @@ class Inode:
     _fd: int = -1  # O_PATH | O_NOFOLLOW on the backing inode, or -1 if not held now
     lookups: int = 0
     opens: int = 0  # files open on it through the mount
-    #: Backing descriptors of files and directories open on it through the mount.
-    open_fds: set[int] = field(default_factory=set, repr=False)
+    #: Backing descriptors of files and directories open on it through the mount
+    #: (None rather than an empty set: most inodes never have any).
+    open_fds: set[int] | None = field(default=None, repr=False)
     #: Once removed and released: its last attributes, for getattr.
     removed_stat: os.stat_result | None = None
     #: Where it was last seen, to find it again without a handle.
@@ -108,6 +109,19 @@ class Inode:
     def proc_path(self) -> bytes:
         """A path that reaches the backing inode itself, for calls that have no *at form."""
         return proc_path(self.fd)
+
+    def opened(self, fd: int) -> None:
+        """*fd*, a file or directory open on this inode through the mount, was opened."""
+        if self.open_fds is None:
+            self.open_fds = set()
+        self.open_fds.add(fd)
+
+    def closed(self, fd: int) -> None:
+        """*fd* (see `opened`) is about to be closed."""
+        if self.open_fds is not None:
+            self.open_fds.discard(fd)
+            if not self.open_fds:
+                self.open_fds = None
 
     @property
     def is_symlink(self) -> bool:

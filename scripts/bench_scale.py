@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -337,6 +338,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     parser.add_argument("--limits", nargs="+", choices=list(LIMITS), default=list(LIMITS))
     args = parser.parse_args(argv)
+    # Stopped from outside (also when started in the background, where SIGINT is
+    # ignored): unmount and remove the tree on the way out.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     results: Path = args.results or args.base / f"iofs-scale-{stamp}"
     results.mkdir(parents=True, exist_ok=True)
