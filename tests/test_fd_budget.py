@@ -15,6 +15,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,3 +229,17 @@ def test_a_walk_of_100000_files_under_a_hard_limit_of_512(base: Path) -> None:
             (mount.backing / "new").unlink()
         finally:
             finish_mount(mount)
+
+
+def test_a_budget_below_the_minimum_is_one_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "iofs", "mount", "--fd-budget", "3", "/tmp", "/tmp/nowhere"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "iofs: error: argument --fd-budget: must be at least 4: 3 (see 'iofs mount --help')\n",
+    )

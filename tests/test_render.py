@@ -274,6 +274,8 @@ def test_dashboard_after_a_mode_switch_shows_draining_engine_and_modes() -> None
     assert row_of(text, "read").split()[1:4] == ["data", "0", "-"]
     assert row_of(text, "fsync").split()[-2:] == ["1", "0"]
     assert "write" not in text and "lookup" not in text
+    words = " ".join(text.split())
+    assert "descriptors 1,030 of 1,024 (inodes 502, budget 512)" in words
 
 
 def test_dashboard_without_older_shows_averages_since_start() -> None:
