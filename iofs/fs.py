@@ -735,6 +735,7 @@ class Filesystem(pyfuse3.Operations):
             duplicate = os.dup(self._file(fh))
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
+                self.inodes.reclaim()  # so that the next request has descriptors
                 return
             raise
         os.close(duplicate)
