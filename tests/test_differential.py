@@ -335,12 +335,12 @@ TINY_BY_NAME = (MIN_FD_BUDGET, False)
         pytest.param("native", 3000, None, marks=pytest.mark.slow, id="native-long"),
         pytest.param("xfs", 1000, None, marks=pytest.mark.slow, id="xfs-long"),
         pytest.param("btrfs", 1000, None, marks=pytest.mark.slow, id="btrfs-long"),
-        pytest.param("native", 2000, TINY, marks=pytest.mark.slow, id="native-long-budget4"),
+        pytest.param("native", 1000, TINY, marks=pytest.mark.slow, id="native-long-budget4"),
         pytest.param(
-            "native", 2000, TINY_BY_NAME, marks=pytest.mark.slow, id="native-long-budget4-by-name"
+            "native", 1000, TINY_BY_NAME, marks=pytest.mark.slow, id="native-long-budget4-by-name"
         ),
         pytest.param(
-            "xfs", 500, TINY_BY_NAME, marks=pytest.mark.slow, id="xfs-long-budget4-by-name"
+            "xfs", 300, TINY_BY_NAME, marks=pytest.mark.slow, id="xfs-long-budget4-by-name"
         ),
     ],
     indirect=["fs_root"],
