@@ -387,8 +387,9 @@ TRUNCATOR = textwrap.dedent(
     """
     import os, random, sys, time
     path, end = sys.argv[1], time.monotonic() + float(sys.argv[2])
-    rng, count = random.Random(3), 0
-    while time.monotonic() < end:
+    rng, count, least = random.Random(3), 0, int(sys.argv[3])
+    # At least *least* truncations however slow the machine, and for at least the time.
+    while count < least or time.monotonic() < end:
         os.truncate(path, rng.choice([0, 1, 4095, 4096, 65536, rng.randrange(300_000)]))
         count += 1
     print(count)
@@ -446,8 +447,8 @@ def test_truncation_racing_readers_and_writers(mode_mount: Mount) -> None:
         threading.Thread(target=work, args=(path, stop, seed, errors))
         for work, seed in ((_writer, 1), (_writer, 2), (_reader, 3), (_reader, 4))
     ]
-    out = race_beside_script(TRUNCATOR, [str(path), "1.0"], workers, stop)
-    assert int(out) > 10
+    out = race_beside_script(TRUNCATOR, [str(path), "1.0", "50"], workers, stop)
+    assert int(out) >= 50
     assert not errors, errors[:10]
     # The final state is the backing file's, seen the same through the mount.
     backing = (mode_mount.backing / "raced").read_bytes()
