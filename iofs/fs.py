@@ -47,6 +47,7 @@ from .faults import OFF, BadFaults, FaultInjector, FaultSpec, parse_faults
 from .inodes import MAX_DEFAULT_FD_BUDGET, Inode, InodeTable, key_of, proc_path
 from .metadata import MetadataQueue
 from .modes import CACHINGS, MAX_SPEC, BadSetting, Setting, parse_setting
+from .privileges import Writer, bits_to_drop, writer_of
 from .stats import QuietRecorder, Recorder, Snapshot
 
 log = logging.getLogger(__name__)
@@ -258,6 +259,9 @@ class Filesystem(pyfuse3.Operations):
         self.as_root = os.geteuid() == 0
         self.unexpected_errors = 0
         self._files: dict[int, Inode] = {}  # backing fd (also the handle) -> inode
+        #: Files open for writing with FOPEN_DIRECT_IO, by a root daemon: who opened them
+        #: (the kernel does not drop set-ID bits on their writes; see iofs.privileges).
+        self._direct_writers: dict[int, Writer] = {}
         self._dirs: dict[int, OpenDir] = {}
         self._next_dir_handle = 1
 
@@ -328,6 +332,7 @@ class Filesystem(pyfuse3.Operations):
         for fd in self._files:
             self._forget_fd(fd)
             os.close(fd)
+        self._direct_writers.clear()
         for dir_handle in self._dirs.values():
             os.close(dir_handle.fd)
         for fd, inode in self._files.items():
@@ -439,12 +444,30 @@ class Filesystem(pyfuse3.Operations):
         except KeyError:
             raise FUSEError(errno.EBADF) from None
 
-    def _open_file(self, fd: int, inode: Inode) -> FileInfo:
+    def _open_file(self, fd: int, inode: Inode, flags: int, ctx: RequestContext) -> FileInfo:
+        """Register the open file *fd* and say how the kernel is to treat it.
+
+        An O_DIRECT open for writing gets FOPEN_DIRECT_IO: the kernel then sends each
+        write alone, without asking for ``security.capability`` first (see
+        `iofs.privileges`), and iofs drops set-ID bits itself.
+        """
         self._files[fd] = inode
         inode.opens += 1
         inode.opened(fd)
         caching = CACHINGS[self.setting.caching]
-        return FileInfo(fh=fd, direct_io=caching.direct_io, keep_cache=caching.keep_cache)
+        writes = flags & os.O_ACCMODE != os.O_RDONLY
+        direct_io = caching.direct_io or bool(writes and flags & os.O_DIRECT)
+        if direct_io and writes and self.as_root:
+            # A daemon without CAP_FSETID needs nothing: its own backing write drops them.
+            self._direct_writers[fd] = writer_of(ctx.pid, ctx.gid)
+        return FileInfo(fh=fd, direct_io=direct_io, keep_cache=caching.keep_cache)
+
+    def _drop_privileges(self, fd: int, writer: Writer) -> None:
+        """Before a write by *writer* to *fd*: clear set-ID bits as the kernel would."""
+        st = os.fstat(fd)
+        drop = bits_to_drop(st.st_mode, st.st_gid, writer)
+        if drop:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~drop)
 
     def _forget_fd(self, fd: int) -> None:
         """*fd* is about to be closed: every engine that may know it lets go of it."""
@@ -657,7 +680,7 @@ class Filesystem(pyfuse3.Operations):
         fd = self.inodes.reclaiming(
             lambda: self._open_backing(flags, lambda f: os.open(node.proc_path, f))
         )
-        return self._open_file(fd, node)
+        return self._open_file(fd, node, flags, ctx)
 
     def _open_backing(self, flags: int, opener: Callable[[int], int]) -> int:
         """Open the backing file for the kernel's *flags*, adapted to the cache mode.
@@ -708,7 +731,7 @@ class Filesystem(pyfuse3.Operations):
         except BaseException:
             os.close(fd)
             raise
-        return self._open_file(fd, self.inodes[entry.st_ino]), entry
+        return self._open_file(fd, self.inodes[entry.st_ino], flags, ctx), entry
 
     @_handler
     async def read(  # type: ignore[override]  # pyfuse3 takes any buffer (PyObject_GetBuffer)
@@ -724,6 +747,9 @@ class Filesystem(pyfuse3.Operations):
         fd = self._file(fh)
         if self.faults.armed:  # decided before the engine sees it: a failed write wrote nothing
             await self.faults.inject("write", off, len(buf))
+        writer = self._direct_writers.get(fd)
+        if writer is not None:
+            self._drop_privileges(fd, writer)
         return await self.engine.write(fd, off, buf)
 
     @_handler
@@ -743,6 +769,7 @@ class Filesystem(pyfuse3.Operations):
     @_handler
     async def release(self, fh: FileHandleT) -> None:
         inode = self._files.pop(fh, None)
+        self._direct_writers.pop(fh, None)
         if inode is not None:
             self._forget_fd(fh)
             inode.closed(fh)
