@@ -216,6 +216,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"most data operations in flight in the engine (default {EngineConfig.queue_depth})",
     )
     mount.add_argument(
+        "--max-background",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="as root, the FUSE connection's max_background: how many asynchronous "
+        "requests the kernel sends at once (default: the queue depth; 12 without root)",
+    )
+    mount.add_argument(
         "--workers",
         type=_positive_int,
         default=EngineConfig.workers,
@@ -686,6 +694,7 @@ def _run(args: argparse.Namespace) -> int:
                 faults=args.faults,
                 fd_budget=args.fd_budget,
                 file_handles=args.file_handles,
+                max_background=args.max_background,
             )
         )
         return 0

@@ -43,6 +43,7 @@ from pyfuse3 import (
 
 from . import syscalls
 from .backends import Buffer, Engine, EngineUnavailable, create_engine, fallback_engine
+from .connection import KERNEL_CONGESTION_THRESHOLD, KERNEL_MAX_BACKGROUND, BackgroundLimits
 from .faults import OFF, BadFaults, FaultInjector, FaultSpec, parse_faults
 from .inodes import MAX_DEFAULT_FD_BUDGET, Inode, InodeTable, key_of, proc_path
 from .metadata import MetadataQueue
@@ -262,6 +263,10 @@ class Filesystem(pyfuse3.Operations):
         #: Files open for writing with FOPEN_DIRECT_IO, by a root daemon: who opened them
         #: (the kernel does not drop set-ID bits on their writes; see iofs.privileges).
         self._direct_writers: dict[int, Writer] = {}
+        #: The FUSE connection's limits, as the mount set them (iofs.connection).
+        self.background_limits = BackgroundLimits(
+            KERNEL_MAX_BACKGROUND, KERNEL_CONGESTION_THRESHOLD
+        )
         self._dirs: dict[int, OpenDir] = {}
         self._next_dir_handle = 1
 
@@ -485,6 +490,8 @@ class Filesystem(pyfuse3.Operations):
             "unexpected_errors": self.unexpected_errors,
             "draining_engines": len(self._draining),
             "writeback_cache": int(self.enable_writeback_cache),
+            "max_background": self.background_limits.max_background,
+            "congestion_threshold": self.background_limits.congestion_threshold,
             **{f"metadata_queue_{name}": value for name, value in queue.items()},
         }
 

@@ -37,6 +37,7 @@ from .backends import (
     create_engine,
     fallback_engine,
 )
+from .connection import KERNEL_MAX_BACKGROUND, set_background_limits
 from .errors import ExitStatus, IofsError
 from .faults import BadFaults, parse_faults
 from .fs import Filesystem
@@ -82,6 +83,8 @@ class MountOptions:
     fd_budget: int | None = None
     #: Keep inodes as file handles where the daemon may (False: parent and name only).
     file_handles: bool = True
+    #: The FUSE connection's max_background (as root; None: the engine's queue depth).
+    max_background: int | None = None
 
 
 # -- where a mount's state lives -------------------------------------------------------
@@ -363,6 +366,7 @@ def mount(opts: MountOptions) -> None:
                 raise IofsError(
                     f"cannot mount {mountpoint}: {reason}", _init_failure_status(reason)
                 ) from None
+        _raise_background_limits(fs, opts, mountpoint, log_file)
         state = state_path(mountpoint)
         detach = True  # unless the kernel has let go already (see _serve)
         try:
@@ -432,6 +436,29 @@ def raise_fd_limit() -> int:
         with contextlib.suppress(OSError, ValueError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _raise_background_limits(
+    fs: Filesystem, opts: MountOptions, mountpoint: Path, log_file: Path | None
+) -> None:
+    """Let fio's queue depth reach the engine: raise the connection's max_background.
+
+    libfuse 3.14 leaves the limits to the kernel in INIT (it sends 0), so they can be
+    set as soon as the mount exists. Without root the kernel's stay, with one warning.
+    """
+    wanted = opts.max_background or max(opts.engine_config.queue_depth, KERNEL_MAX_BACKGROUND)
+    limits = set_background_limits(_mount_device(mountpoint), wanted)
+    fs.background_limits = limits
+    if limits.warning is not None:
+        log.warning("%s", limits.warning)
+        if log_file is not None:  # else the log is stderr already
+            print(f"iofs: {limits.warning}", file=sys.stderr)
+    else:
+        log.info(
+            "FUSE max_background %d, congestion_threshold %d",
+            limits.max_background,
+            limits.congestion_threshold,
+        )
 
 
 def _init_failure_status(reason: str) -> ExitStatus:
@@ -542,7 +569,9 @@ async def _serve(
             )
         try:
             ready()
-            await pyfuse3.main(min_tasks=1, max_tasks=opts.max_tasks)
+            # Room for every background request the kernel may send, and the others.
+            tasks = max(opts.max_tasks, fs.background_limits.max_background + 16)
+            await pyfuse3.main(min_tasks=1, max_tasks=tasks)
         finally:
             # Every request handler has returned: the engines only have to drain.
             await fs.aclose()
@@ -730,6 +759,8 @@ def start_daemon(
         command += ["--fd-budget", str(opts.fd_budget)]
     if not opts.file_handles:
         command.append("--no-file-handles")
+    if opts.max_background is not None:
+        command += ["--max-background", str(opts.max_background)]
     if opts.stats_log is not None:
         command += ["--stats-log", str(opts.stats_log)]
         command += ["--stats-interval", str(opts.stats_interval)]

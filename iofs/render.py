@@ -415,6 +415,11 @@ def _header(interval: Interval) -> Text:
         f"up {format_duration(newer.uptime)}",
         f"engine {_engine_name(engine)}" if engine else "no engine",
         f"in flight [bold]{newer.in_flight:,}[/]",
+        *(
+            [f"max background {newer.extra['max_background']:,}"]
+            if "max_background" in newer.extra
+            else []
+        ),
         span,
     )
     second = _line(

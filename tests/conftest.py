@@ -171,6 +171,7 @@ def start_mount(
     writeback_cache: bool = False,
     fd_budget: int | None = None,
     file_handles: bool = True,
+    max_background: int | None = None,
 ) -> Mount:
     """Start a foreground daemon and wait until the kernel shows the mount.
 
@@ -191,6 +192,7 @@ def start_mount(
         writeback_cache=writeback_cache,
         fd_budget=fd_budget,
         file_handles=file_handles,
+        max_background=max_background,
     )
     program = command or [sys.executable, "-m", "iofs"]
     try:
