@@ -570,8 +570,10 @@ async def _serve(
         try:
             ready()
             # Room for every background request the kernel may send, and the others.
+            # Request tasks, once started, stay: with pyfuse3's default (min_tasks=1) a
+            # busy daemon started a task for one request and ended it after, every time.
             tasks = max(opts.max_tasks, fs.background_limits.max_background + 16)
-            await pyfuse3.main(min_tasks=1, max_tasks=tasks)
+            await pyfuse3.main(min_tasks=tasks, max_tasks=tasks)
         finally:
             # Every request handler has returned: the engines only have to drain.
             await fs.aclose()
