@@ -408,9 +408,9 @@ class Filesystem(pyfuse3.Operations):
         else:
             fd = self.inodes.reclaiming(lambda: os.open(proc_path(opened), os.O_PATH))
         try:
-            if self.as_root:
-                self._give_to_caller(fd, parent, ctx)
             st = os.fstat(fd)
+            if self.as_root:
+                st = self._give_to_caller(fd, st, parent, ctx)
         except BaseException:
             os.close(fd)
             raise
@@ -418,24 +418,32 @@ class Filesystem(pyfuse3.Operations):
         self.inodes.ref(inode)
         return self._attributes(inode, st)
 
-    def _give_to_caller(self, fd: int, parent: Inode, ctx: RequestContext) -> None:
-        """chown a node the root daemon just created to the calling uid/gid.
+    def _give_to_caller(
+        self, fd: int, before: os.stat_result, parent: Inode, ctx: RequestContext
+    ) -> os.stat_result:
+        """chown a node the root daemon just created (fstat *before*) to the caller.
 
         In a set-group-ID directory the new node keeps the directory's group, as on
         the backing filesystem. chown clears set-uid/set-gid on non-directories, so
-        bits the caller asked for are put back afterwards.
+        bits the caller asked for are put back afterwards. Returns the node's fstat.
         """
-        path = proc_path(fd)
-        before = os.fstat(fd)
+        if before.st_uid == ctx.uid and before.st_gid == ctx.gid:
+            return before  # root made it in a directory without set-group-ID: done
         gid = -1 if os.fstat(parent.fd).st_mode & stat.S_ISGID else ctx.gid
         if before.st_uid == ctx.uid and gid in (-1, before.st_gid):
-            return
+            return before
+        path = proc_path(fd)
         os.chown(path, ctx.uid, gid)
+        after = os.fstat(fd)
         wanted = before.st_mode & _PRIVILEGE_BITS
-        if wanted and not stat.S_ISLNK(before.st_mode):
+        if (
+            wanted
+            and not stat.S_ISLNK(before.st_mode)
+            and after.st_mode & _PRIVILEGE_BITS != wanted
+        ):
+            os.chmod(path, stat.S_IMODE(after.st_mode) | wanted)
             after = os.fstat(fd)
-            if after.st_mode & _PRIVILEGE_BITS != wanted:
-                os.chmod(path, stat.S_IMODE(after.st_mode) | wanted)
+        return after
 
     def _file(self, fh: FileHandleT) -> int:
         """The backing descriptor of an open file (the handle is that descriptor)."""
