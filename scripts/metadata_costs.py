@@ -96,13 +96,14 @@ def measure(label: str, command: list[str], count: int, work: Path) -> dict[str,
     log = work / f"{label}.log"
     with open(log, "wb") as sink:
         daemon = subprocess.Popen(
-            [*command, str(backing), str(mountpoint)], stdout=sink, stderr=sink, start_new_session=True
+            [*command, str(backing), str(mountpoint)],
+            stdout=sink,
+            stderr=sink,
+            start_new_session=True,
         )
     try:
         _wait_mounted(mountpoint, daemon)
-        pid = daemon.pid
-        if label.startswith("iofs"):  # `iofs mount --foreground` is the daemon itself
-            pid = daemon.pid
+        pid = daemon.pid  # both run in the foreground: the child is the daemon
         result: dict[str, object] = {}
         for name in PHASES:
             if name == "stat":
@@ -162,7 +163,9 @@ def main() -> None:
         ]
     work = Path(tempfile.mkdtemp(prefix="metadata-costs-", dir=args.dir))
     try:
-        results = {label: measure(label, command, args.count, work) for label, command in targets.items()}
+        results = {
+            label: measure(label, command, args.count, work) for label, command in targets.items()
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"Per operation, mean of {args.count} ({' '.join(sys.argv)}):\n")
