@@ -48,6 +48,7 @@ from .inodes import Inode, InodeTable, key_of, proc_path
 from .metadata import MetadataQueue
 from .modes import CACHINGS, MAX_SPEC, BadSetting, Setting, parse_setting
 from .stats import QuietRecorder, Recorder, Snapshot
+from .transport import Transport, readdir_reply
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,8 @@ class Filesystem(pyfuse3.Operations):
         self._files: dict[int, Inode] = {}  # backing fd (also the handle) -> inode
         self._dirs: dict[int, OpenDir] = {}
         self._next_dir_handle = 1
+        #: What carries the requests (set at mount): its counters join the statistics.
+        self.transport: Transport | None = None
 
     # -- lifecycle and modes -------------------------------------------------------------
     def start(self, nursery: trio.Nursery) -> None:
@@ -425,12 +428,16 @@ class Filesystem(pyfuse3.Operations):
             "draining_engines": len(self._draining),
             "writeback_cache": int(self.enable_writeback_cache),
             **{f"metadata_queue_{name}": value for name, value in queue.items()},
+            **(self.transport.statistics() if self.transport is not None else {}),
         }
 
     def statistics(self) -> Snapshot:
         engines = [self.engine, *self._draining]
         faults = self.faults.statistics() if self.faults.ever_armed else None
-        return self.recorder.snapshot([e.statistics() for e in engines], self.counters(), faults)
+        transport = self.transport.name if self.transport is not None else "pyfuse3"
+        return self.recorder.snapshot(
+            [e.statistics() for e in engines], self.counters(), faults, transport
+        )
 
     # -- inodes -----------------------------------------------------------------------
     @_handler
@@ -649,6 +656,41 @@ class Filesystem(pyfuse3.Operations):
             await self.faults.inject("write", off, len(buf))
         return await self.engine.write(fd, off, buf)
 
+    def drop_privileges(self, inode: InodeT, ctx: RequestContext) -> bool:
+        """Drop what a write or truncate by *ctx*, a caller without CAP_FSETID, drops on
+        the backing filesystem: set-user-ID, set-group-ID (when group-executable or the
+        caller is not in the file's group) and security.capability. Returns whether
+        anything changed.
+
+        The kernel asks for this when HANDLE_KILLPRIV_V2 is negotiated (dev transport).
+        A daemon that is not root need not: its own write or truncate drops them.
+        """
+        if not self.as_root:
+            return False
+        node = self.inodes.get_even_removed(inode)
+        if node.fd < 0 or node.is_symlink:
+            return False
+        path = node.proc_path
+        st = os.stat(path)
+        mode = st.st_mode
+        if not stat.S_ISREG(mode):
+            return False
+        kill = mode & stat.S_ISUID
+        if mode & stat.S_ISGID and (
+            mode & stat.S_IXGRP or st.st_gid not in pyfuse3.get_sup_groups(ctx.pid) | {ctx.gid}
+        ):
+            kill |= stat.S_ISGID
+        if kill:
+            os.chmod(path, stat.S_IMODE(mode) & ~kill)
+        try:
+            os.removexattr(path, b"security.capability")
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+                raise
+        else:
+            kill |= 1
+        return bool(kill)
+
     @_handler
     async def flush(self, fh: FileHandleT) -> None:
         # close(2) of a duplicate reports errors the backing filesystem defers to close.
@@ -714,7 +756,7 @@ class Filesystem(pyfuse3.Operations):
                 if replied:
                     return  # send what we have (counted already); the next call fails
                 raise
-            if not pyfuse3.readdir_reply(token, name, self._attributes(node, st), index + 1):
+            if not readdir_reply(token, name, self._attributes(node, st), index + 1):
                 self.inodes.drop_if_unused(node)
                 return
             replied = True

@@ -41,6 +41,7 @@ from .faults import BadFaults, parse_faults
 from .fs import Filesystem
 from .modes import DEFAULT_MODE, BadSetting, Setting, resolve
 from .mounttable import MountEntry
+from .transport import TRANSPORT_NAMES, MountFailed, Transport, create_transport, default_transport
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class MountOptions:
     allow_fallback: bool = False
     #: A fault spec (`iofs.faults`): data operations to fail or delay from the start.
     faults: str = "off"
+    #: How requests reach the filesystem (`iofs.transport`): pyfuse3 or dev.
+    transport: str = field(default_factory=default_transport)
 
 
 # -- where a mount's state lives -------------------------------------------------------
@@ -304,6 +307,11 @@ def mount(opts: MountOptions) -> None:
         faults = parse_faults(opts.faults)
     except BadFaults as exc:
         raise IofsError(f"--faults: {exc}", ExitStatus.BAD_SETTING) from None
+    if opts.transport not in TRANSPORT_NAMES:
+        raise IofsError(
+            f"--transport: no transport {opts.transport!r} ({', '.join(TRANSPORT_NAMES)})",
+            ExitStatus.USAGE,
+        )
     backing, mountpoint = _check_paths(opts.backing, opts.mountpoint)
     if not os.path.exists("/dev/fuse"):
         raise IofsError(
@@ -336,13 +344,16 @@ def mount(opts: MountOptions) -> None:
         allow_fallback=opts.allow_fallback,
     )
     fs.log_file = str(log_file) if log_file else None
+    transport = create_transport(opts.transport)
+    fs.transport = transport
     try:
         with _stderr_captured() as captured:
             try:
-                pyfuse3.init(fs, str(mountpoint), _fuse_options(opts, backing))
-            except RuntimeError as exc:
+                transport.mount(fs, mountpoint, _fuse_options(opts, backing))
+            except (RuntimeError, MountFailed) as exc:
                 # libfuse says why on stderr ("fuse: unknown option(s): ..."): one line.
-                reason = (captured().strip().splitlines() or [str(exc)])[-1]
+                lines = captured().strip().splitlines()
+                reason = str(exc) if isinstance(exc, MountFailed) or not lines else lines[-1]
                 raise IofsError(
                     f"cannot mount {mountpoint}: {reason}", _init_failure_status(reason)
                 ) from None
@@ -366,14 +377,21 @@ def mount(opts: MountOptions) -> None:
                         "backing": str(backing),
                         "mountpoint": str(mountpoint),
                         "mode": setting.spec,
+                        "transport": transport.name,
                         "log": str(log_file) if log_file else None,
                     }
                 )
             )
             # The kernel has applied the caller's umask to every mode it sends.
             os.umask(0)
-            log.info("serving %s at %s in mode %s", backing, mountpoint, setting.describe())
-            detach = trio.run(_serve, fs, mountpoint, ready, opts)
+            log.info(
+                "serving %s at %s in mode %s over %s",
+                backing,
+                mountpoint,
+                setting.describe(),
+                transport.name,
+            )
+            detach = trio.run(_serve, fs, transport, mountpoint, ready, opts)
         except Exception:
             log.exception("the daemon failed")
             raise
@@ -383,7 +401,7 @@ def mount(opts: MountOptions) -> None:
                 with contextlib.suppress(OSError):
                     state.unlink()
             # A daemon that fails must not leave a mount behind that answers ENOTCONN.
-            pyfuse3.close(unmount=detach)
+            transport.close(unmount=detach)
         log.info("unmounted %s", mountpoint)
         if log_file is not None and opts.log_file is None and read_state(mountpoint) is None:
             # The default log goes with the mount (`--log FILE` keeps one); a daemon that
@@ -464,7 +482,11 @@ def _stderr_captured() -> Iterator[Callable[[], str]]:
 
 
 async def _serve(
-    fs: Filesystem, mountpoint: Path, ready: Callable[[], None], opts: MountOptions
+    fs: Filesystem,
+    transport: Transport,
+    mountpoint: Path,
+    ready: Callable[[], None],
+    opts: MountOptions,
 ) -> bool:
     """Serve requests until unmounted; return True if we must still unmount (lazily)."""
     detach = False
@@ -480,7 +502,7 @@ async def _serve(
                     # Detached already: unmounting the path would hit whatever is
                     # mounted there now. Users of our files get ENOTCONN from now on.
                     log.warning("the mount was detached already: stopping")
-                    pyfuse3.terminate()
+                    transport.terminate()
                     return
                 # A normal unmount, served by the still running loop, ends main() by
                 # itself. If files are still open, detach lazily instead: their users
@@ -492,7 +514,7 @@ async def _serve(
                     reason = result.stderr.decode(errors="replace").strip()
                     log.warning("unmount failed (%s): detaching lazily", reason)
                     detach = True
-                    pyfuse3.terminate()
+                    transport.terminate()
                 return
 
     async with trio.open_nursery() as nursery:
@@ -504,7 +526,7 @@ async def _serve(
             )
         try:
             ready()
-            await pyfuse3.main(min_tasks=1, max_tasks=opts.max_tasks)
+            await transport.serve(opts.max_tasks)
         finally:
             # Every request handler has returned: the engines only have to drain.
             await fs.aclose()
@@ -688,6 +710,7 @@ def start_daemon(
         command.append("--allow-fallback")
     if opts.faults != "off":
         command.append(f"--faults={opts.faults}")  # '=': a spec may start with '-'
+    command += ["--transport", opts.transport]
     if opts.stats_log is not None:
         command += ["--stats-log", str(opts.stats_log)]
         command += ["--stats-interval", str(opts.stats_interval)]

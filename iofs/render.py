@@ -172,6 +172,32 @@ def stats_table(snapshot: Snapshot, width: int | None = None) -> RenderableType:
     return Group(*parts)
 
 
+_TRANSPORT_KEYS = ("transport_", "fuse_")
+
+
+def _transport_line(snapshot: Snapshot) -> Text:
+    """The transport's name, its negotiated capabilities and limits, and its counters."""
+    extra = snapshot.extra
+    capabilities = [k[5:] for k, v in extra.items() if k.startswith("fuse_") and v == 1]
+    limits = [
+        f"{name.replace('_', ' ')} {extra['fuse_' + name]:,}"
+        for name in ("max_background", "congestion_threshold", "max_write", "protocol_minor")
+        if extra.get("fuse_" + name, 0) > 1
+    ]
+    counters = [
+        f"{k[10:].replace('_', ' ')} {v:,}" for k, v in extra.items() if k.startswith("transport_")
+    ]
+    requests, wakeups = extra.get("transport_requests", 0), extra.get("transport_wakeups", 0)
+    per_wakeup = [f"{requests / wakeups:.2f} requests per wake-up"] if wakeups else []
+    return _line(
+        f"[bold]{escape(snapshot.transport)}[/]",
+        *limits,
+        *([f"capabilities {' '.join(capabilities)}"] if capabilities else []),
+        *counters,
+        *per_wakeup,
+    )
+
+
 def _summary(snapshot: Snapshot) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -195,13 +221,13 @@ def _summary(snapshot: Snapshot) -> Table:
             f"{process.ctx_switches_involuntary:,} involuntary",
         ),
     )
-    if snapshot.extra:
+    own = {k: v for k, v in snapshot.extra.items() if not k.startswith(_TRANSPORT_KEYS)}
+    if own:
         grid.add_row(
             "filesystem",
-            _line(
-                *(f"{name.replace('_', ' ')} {value:,}" for name, value in snapshot.extra.items())
-            ),
+            _line(*(f"{name.replace('_', ' ')} {value:,}" for name, value in own.items())),
         )
+    grid.add_row("transport", _transport_line(snapshot))
     lag = snapshot.loop_lag
     grid.add_row(
         "loop lag",
