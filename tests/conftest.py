@@ -20,6 +20,7 @@ from iofs.errors import IofsError
 from iofs.fs import STATISTICS_XATTR
 from iofs.modes import DEFAULT_MODE, MODES
 from iofs.mount import MountOptions, find_mount, start_daemon, stop_daemon
+from iofs.transport import TRANSPORT_ENV, TRANSPORT_NAMES
 
 ROOT = os.geteuid() == 0
 
@@ -123,6 +124,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the mount suites with this engine setup (NAME or NAME+direct); "
         "repeatable; default: every registered engine",
     )
+
+
+    parser.addoption(
+        "--transport",
+        choices=TRANSPORT_NAMES,
+        default=None,
+        help="run every mount over this transport (sets $IOFS_TRANSPORT for the daemons); "
+        "default: pyfuse3, and the dev-transport tests over dev",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    transport = config.getoption("--transport", None)
+    if transport is not None:
+        os.environ[TRANSPORT_ENV] = transport
 
 
 def engine_setups(config: pytest.Config) -> list[str]:
