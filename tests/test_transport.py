@@ -34,12 +34,13 @@ from hypothesis import strategies as st
 
 from iofs.backends import EngineConfig, create_engine
 from iofs.fs import Filesystem
-from iofs.mount import find_mount, is_disconnected
+from iofs.mount import find_mount, is_disconnected, mounts
+from iofs.transport import devmount
 from iofs.transport import protocol as p
 from iofs.transport.dev import DevTransport
 
 from . import test_fio, test_posix
-from .conftest import Mount, MountFactory, needs_root, scratch_dir
+from .conftest import ROOT, Mount, MountFactory, needs_root, scratch_dir
 from .test_differential import run_machine
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
@@ -223,6 +224,33 @@ def test_shared_writable_mapping_in_uncached_mode(mount_factory: MountFactory) -
         assert os.pread(fd, 5, mmap.PAGESIZE) == b"world"  # a read the daemon serves
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("helper", [False, True], ids=["mount2", "fusermount3"])
+def test_both_ways_of_mounting_give_the_same_mount(tmp_path: Path, helper: bool) -> None:
+    """mount(2) (root) and fusermount3 (everyone else; _FUSE_COMMFD) mount alike."""
+    if not ROOT and not helper:
+        pytest.skip("mount(2) needs root")
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    options = {"default_permissions", "fsname=/some\\,where", "subtype=iofs", "ro"}
+    fd = devmount.mount(mountpoint, options, helper=helper)
+    try:
+        assert not os.get_blocking(fd) and not os.get_inheritable(fd)
+        [entry] = [m for m in mounts() if m.mountpoint == str(mountpoint)]
+        assert (entry.source, entry.fstype) == ("/some,where", "fuse.iofs")
+        with open("/proc/self/mountinfo") as table:
+            [line] = [line for line in table if f" {mountpoint} " in line]
+        assert "ro,nosuid,nodev" in line and "default_permissions" in line
+    finally:
+        devmount.unmount(mountpoint)
+        os.close(fd)
+    assert find_mount(mountpoint) is None
+
+
+def test_unknown_mount_options_are_refused_in_one_line() -> None:
+    with pytest.raises(devmount.MountError, match="unknown option"):
+        devmount.parse_options({"no_such_option"})
 
 
 # -- the protocol, byte by byte -------------------------------------------------------------

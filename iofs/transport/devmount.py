@@ -97,14 +97,15 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
-def mount(mountpoint: Path, options: Iterable[str]) -> int:
+def mount(mountpoint: Path, options: Iterable[str], *, helper: bool = False) -> int:
     """Mount a FUSE filesystem at *mountpoint*; return the /dev/fuse descriptor.
 
+    As root mount(2) is used unless *helper* asks for fusermount3 (as for anyone else).
     The descriptor is non-blocking and close-on-exec. Raises MountError.
     """
     request = parse_options(options)
     fd = None
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and not helper:
         fd = _mount_as_root(mountpoint, request)
     if fd is None:
         fd = _mount_with_fusermount(mountpoint, request)
