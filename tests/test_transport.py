@@ -462,3 +462,32 @@ def test_a_killed_daemon_leaves_a_mount_iofs_umount_cleans_up(mnt: Mount) -> Non
     assert find_mount(mnt.mountpoint) is None
     assert stat.S_ISDIR(os.stat(mnt.mountpoint).st_mode)
     mnt.expect_errors = True  # killed: its log ends abruptly
+
+
+# -- what iofs stats shows ---------------------------------------------------------------------
+def test_the_stats_table_shows_the_transport_apart_from_the_filesystem() -> None:
+    from dataclasses import replace
+
+    from iofs.render import stats_table
+
+    from .test_render import render, switched_snapshot
+
+    extra = {
+        "inodes": 3,
+        "transport_requests": 300,
+        "transport_wakeups": 100,
+        "fuse_max_background": 64,
+        "fuse_handle_killpriv_v2": 1,
+        "fuse_writeback_cache": 0,
+    }
+    snapshot = replace(switched_snapshot(), transport="dev", extra=extra)
+    lines = render(stats_table(snapshot)).splitlines()
+    [transport] = [line for line in lines if line.lstrip().startswith("transport")]
+    [filesystem] = [line for line in lines if line.lstrip().startswith("filesystem")]
+    assert "dev" in transport and "max background 64" in transport
+    assert "handle_killpriv_v2" in transport and "writeback_cache" not in transport
+    assert "3.00 requests per" in transport  # per wake-up (the line wraps)
+    assert "inodes 3" in filesystem and "background" not in filesystem
+    plain = replace(switched_snapshot(), extra={"inodes": 3})
+    [line] = [line for line in render(stats_table(plain)).splitlines() if "transport" in line]
+    assert "pyfuse3" in line
