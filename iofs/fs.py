@@ -692,6 +692,13 @@ class Filesystem(pyfuse3.Operations):
         return bool(kill)
 
     @_handler
+    @_update
+    async def fallocate(self, fh: FileHandleT, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) on the backing file, with the caller's mode flags. Only the dev
+        transport calls it: pyfuse3 has no such operation."""
+        syscalls.fallocate(self._file(fh), mode, offset, length)
+
+    @_handler
     async def flush(self, fh: FileHandleT) -> None:
         # close(2) of a duplicate reports errors the backing filesystem defers to close.
         # With no descriptor left for the duplicate there is nothing to report: the

@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from iofs import syscalls
 from iofs.backends import EngineConfig, create_engine
 from iofs.fs import Filesystem
 from iofs.mount import find_mount, is_disconnected, mounts
@@ -41,6 +43,7 @@ from iofs.transport.dev import DevTransport
 
 from . import test_fio, test_posix
 from .conftest import ROOT, Mount, MountFactory, needs_root, scratch_dir
+from .differential import outcome
 from .test_differential import run_machine
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
@@ -219,6 +222,33 @@ def test_writers_drop_set_id_bits_and_capabilities_as_on_the_backing_fs(
     assert mnt.counters()["transport_privileges_dropped"] >= 1
 
 
+def test_fallocate_reaches_the_backing_file(mnt: Mount, plain: Path) -> None:
+    """fallocate(2) with its modes, as on the backing filesystem (pyfuse3 cannot)."""
+    keep_size, punch_hole = 0x01, 0x02
+
+    def run(root: Path) -> list[object]:
+        fd = os.open(root / "f", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, b"x" * 65536, 0)
+            results: list[object] = []
+            for mode, offset, length in [
+                (0, 65536, 65536),  # grows the file
+                (keep_size, 131072, 65536),  # allocates past EOF, size unchanged
+                (punch_hole | keep_size, 4096, 8192),  # zeros inside
+                (punch_hole, 0, 4096),  # EOPNOTSUPP: punching needs KEEP_SIZE
+            ]:
+                results.append(outcome(partial(syscalls.fallocate, fd, mode, offset, length)))
+                results.append(os.fstat(fd).st_size)
+            results.append(os.pread(fd, 65536, 0).count(b"\0"))
+            return results
+        finally:
+            os.close(fd)
+
+    assert run(mnt.mountpoint) == run(plain)
+    operations = mnt.statistics()["operations"]
+    assert isinstance(operations, dict) and operations["fallocate"]["count"] >= 3
+
+
 def test_shared_writable_mapping_in_uncached_mode(mount_factory: MountFactory) -> None:
     """uncached opens are direct_io; DIRECT_IO_ALLOW_MMAP lets them be mapped shared."""
     mnt = mount_factory(engine=None, mode="uncached")
@@ -374,11 +404,11 @@ def test_bad_requests_get_errors_and_the_transport_goes_on(harness: Harness) -> 
     lying, lying_id = harness.request(p.GETATTR, p.GETATTR_IN.pack(0, 0, 0))
     lying = struct.pack("<I", len(lying) + 8) + lying[4:]  # a length it does not have
     interrupt, interrupt_id = harness.request(p.INTERRUPT, p.INTERRUPT_IN.pack(lookup_id))
-    fallocate, fallocate_id = harness.request(p.FALLOCATE, p.FALLOCATE_IN.pack(0, 0, 1, 0, 0))
+    statx, statx_id = harness.request(p.STATX, bytes(24))
 
     async def body() -> None:
         await harness.send(b"\x01\x02")  # shorter than a header: nothing to answer
-        for raw in (lookup, unknown, no_nul, short_write, long_write, lying, interrupt, fallocate):
+        for raw in (lookup, unknown, no_nul, short_write, long_write, lying, interrupt, statx):
             await harness.send(raw)
 
     _in_nursery(harness, body)
@@ -391,7 +421,7 @@ def test_bad_requests_get_errors_and_the_transport_goes_on(harness: Harness) -> 
         long_write_id: -errno.EIO,
         lying_id: -errno.EIO,
         interrupt_id: -errno.ENOSYS,
-        fallocate_id: -errno.ENOSYS,
+        statx_id: -errno.ENOSYS,
     }
     counters = harness.transport.statistics()
     assert counters["transport_malformed"] == 5

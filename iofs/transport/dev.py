@@ -19,6 +19,8 @@ What INIT negotiates beyond libfuse 3.14 (see `DevTransport.wanted`):
   queue depth, readahead) the kernel lets be in flight at once. The kernel caps it for a
   daemon without CAP_SYS_ADMIN at the fuse module's ``max_user_bgreq``.
 - MAX_PAGES: requests of up to 1 MiB; FOPEN_PARALLEL_DIRECT_WRITES on every open.
+
+FALLOCATE reaches `Filesystem.fallocate` (pyfuse3 has no such operation).
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ class DevTransport:
             p.FSYNCDIR: self._fsyncdir,
             p.ACCESS: self._access,
             p.CREATE: self._create,
+            p.FALLOCATE: self._fallocate,
         }
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -602,6 +605,15 @@ class DevTransport:
         self._drop_privileges(nodeid, ctx)  # as the kernel does, before the data lands
         written: int = await self.fs.write(fh, offset, data)
         return written
+
+    def _fallocate(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
+        fh, offset, length, mode, _ = _fixed(p.FALLOCATE_IN, body)
+        fallocate = getattr(self.fs, "fallocate", None)
+        if fallocate is None:
+            self.unsupported += 1
+            self._error(unique, errno.ENOSYS)
+            return
+        self._spawn(unique, fallocate, (fh, mode, offset, length), self._reply_none)
 
     def _statfs(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
         self._spawn(unique, self.fs.statfs, (ctx,), self._reply_statfs)
