@@ -92,7 +92,7 @@ def test_state_machine_over_dev() -> None:
             directory.mkdir()
         mount = start_mount(backing, mountpoint, base / "daemon.log", transport="dev")
         try:
-            run_machine(mountpoint, plain, 150)
+            run_machine(mountpoint, plain, 100)
         finally:
             finish_mount(mount)
     finally:
@@ -458,7 +458,7 @@ def test_a_forget_storm_returns_every_lookup(harness: Harness) -> None:
     assert harness.fs.unexpected_errors == 0
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     opcode=st.sampled_from([*sorted(set(p.OPCODE_NAMES) - {p.INIT, p.DESTROY}), 0, 99, 4096]),
     body=st.binary(max_size=200),
