@@ -393,6 +393,34 @@ def test_init_asks_for_nothing_the_kernel_does_not_offer(harness: Harness) -> No
     assert (fields[1], fields[3], fields[10]) == (31, p.ASYNC_READ, 0)
 
 
+def test_entries_and_attributes_carry_the_timeouts_and_the_backing_stat(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """fuse_entry_out and fuse_attr_out, field by field, against os.stat."""
+    harness.fs.mount_entry_timeout, harness.fs.mount_attr_timeout = 1.25, 2.5
+    lookup, _ = harness.request(p.LOOKUP, b"file\0")
+    _in_nursery(harness, lambda: harness.send(lookup))
+    [(_, error, payload)] = harness.replies()
+    assert error == 0
+    nodeid, generation, entry_valid, attr_valid, entry_ns, attr_ns, *attr = p.ENTRY_OUT.unpack(
+        payload
+    )
+    assert (entry_valid, entry_ns, attr_valid, attr_ns) == (1, 250_000_000, 2, 500_000_000)
+    assert generation == 0
+    st = os.stat(tmp_path / "root" / "file")
+    ino, size, blocks, atime, mtime, ctime, atime_ns, mtime_ns, ctime_ns, mode, nlink = attr[:11]
+    assert (ino, size, blocks, mode, nlink) == (nodeid, 7, st.st_blocks, st.st_mode, 1)
+    assert mtime * 10**9 + mtime_ns == st.st_mtime_ns
+    assert ctime * 10**9 + ctime_ns == st.st_ctime_ns
+    assert atime * 10**9 + atime_ns == st.st_atime_ns
+    getattr_request, _ = harness.request(p.GETATTR, p.GETATTR_IN.pack(0, 0, 0), nodeid)
+    _in_nursery(harness, lambda: harness.send(getattr_request))
+    [(_, error, payload)] = harness.replies()
+    valid, valid_ns, _, *same = p.ATTR_OUT.unpack(payload)
+    assert (error, valid, valid_ns) == (0, 2, 500_000_000)
+    assert tuple(same) == tuple(attr)
+
+
 def test_bad_requests_get_errors_and_the_transport_goes_on(harness: Harness) -> None:
     lookup, lookup_id = harness.request(p.LOOKUP, b"file\0")
     unknown, unknown_id = harness.request(99, b"")
