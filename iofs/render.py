@@ -392,7 +392,11 @@ def dashboard(
     (``iofs top``'s own reads of the statistics) are not shown as the workload's.
     """
     interval = diff(newer, older)
-    parts: list[RenderableType] = [_header(interval), _rates_table(interval, width)]
+    parts: list[RenderableType] = [
+        _header(interval),
+        _transport_dashboard_line(newer, older),
+        _rates_table(interval, width),
+    ]
     engine_line = _engine_line(interval)
     if engine_line is not None:
         parts.append(engine_line)
@@ -412,6 +416,24 @@ def dashboard(
             modes.append(f"{format_clock(at)} {name}")
         parts.append(modes)
     return Group(*parts)
+
+
+def _transport_dashboard_line(newer: Snapshot, older: Snapshot | None) -> Text:
+    """``transport dev · max background 64 · 1.20 requests per wake-up · ...``."""
+    extra, before = newer.extra, (older.extra if older is not None else {})
+    parts = [f"[bold]transport[/] [bold cyan]{escape(newer.transport)}[/]"]
+    if "fuse_max_background" in extra:
+        parts.append(f"max background {extra['fuse_max_background']:,}")
+        parts.append(f"max write {format_bytes(extra.get('fuse_max_write', 0))}")
+        killpriv = "on" if extra.get("fuse_handle_killpriv_v2") else "off"
+        parts.append(f"killpriv_v2 {killpriv}")
+    requests = extra.get("transport_requests", 0) - before.get("transport_requests", 0)
+    wakeups = extra.get("transport_wakeups", 0) - before.get("transport_wakeups", 0)
+    if wakeups > 0:
+        parts.append(f"{requests / wakeups:.2f} requests per wake-up")
+    if "transport_in_flight" in extra:
+        parts.append(f"in flight {extra['transport_in_flight']:,}")
+    return _line(*parts)
 
 
 def _faults_line(faults: FaultInterval) -> Text:

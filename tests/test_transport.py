@@ -537,7 +537,7 @@ def test_a_killed_daemon_leaves_a_mount_iofs_umount_cleans_up(mnt: Mount) -> Non
 def test_the_stats_table_shows_the_transport_apart_from_the_filesystem() -> None:
     from dataclasses import replace
 
-    from iofs.render import stats_table
+    from iofs.render import dashboard, stats_table
 
     from .test_render import render, switched_snapshot
 
@@ -557,6 +557,11 @@ def test_the_stats_table_shows_the_transport_apart_from_the_filesystem() -> None
     assert "handle_killpriv_v2" in transport and "writeback_cache" not in transport
     assert "3.00 requests per" in transport  # per wake-up (the line wraps)
     assert "inodes 3" in filesystem and "background" not in filesystem
+    counts = {"transport_requests": 100, "transport_wakeups": 50}
+    older = replace(snapshot, uptime=snapshot.uptime - 1, extra={**extra, **counts})
+    screen = render(dashboard(snapshot, older))
+    assert "transport dev" in screen and "max background 64" in screen
+    assert "4.00 requests per wake-up" in screen  # 200 requests in 50 wake-ups
     plain = replace(switched_snapshot(), extra={"inodes": 3})
     [line] = [line for line in render(stats_table(plain)).splitlines() if "transport" in line]
     assert "pyfuse3" in line
