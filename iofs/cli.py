@@ -26,6 +26,7 @@ from .backends import ENGINES, Capability, EngineConfig
 from .durations import parse_duration
 from .errors import ExitStatus, IofsError
 from .modes import CACHINGS, DEFAULT_MODE, MODES, resolve
+from .transport import TRANSPORT_NAMES, default_transport
 
 if TYPE_CHECKING:
     from .stats import Snapshot
@@ -303,6 +304,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="inject faults into data operations from the start, e.g. eio=0.01 or "
         "every=100,ops=write,errno=ENOSPC or delay=20ms:0.1 (see 'iofs faults --help')",
+    )
+    mount.add_argument(
+        "--transport",
+        choices=TRANSPORT_NAMES,
+        default=default_transport(),
+        help="how FUSE requests reach iofs: pyfuse3 (libfuse 3) or dev (iofs reads "
+        "/dev/fuse itself and negotiates HANDLE_KILLPRIV_V2, DIRECT_IO_ALLOW_MMAP, "
+        "max_background, 1 MiB requests); default $IOFS_TRANSPORT or pyfuse3",
     )
     _add_debug(mount)
 
@@ -695,6 +704,7 @@ def _run(args: argparse.Namespace) -> int:
                 fd_budget=args.fd_budget,
                 file_handles=args.file_handles,
                 max_background=args.max_background,
+                transport=args.transport,
             )
         )
         return 0

@@ -50,6 +50,7 @@ from .metadata import MetadataQueue
 from .modes import CACHINGS, MAX_SPEC, BadSetting, Setting, parse_setting
 from .privileges import Writer, bits_to_drop, writer_of
 from .stats import QuietRecorder, Recorder, Snapshot
+from .transport import Transport, readdir_reply
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +270,8 @@ class Filesystem(pyfuse3.Operations):
         )
         self._dirs: dict[int, OpenDir] = {}
         self._next_dir_handle = 1
+        #: What carries the requests (set at mount): its counters join the statistics.
+        self.transport: Transport | None = None
 
     # -- lifecycle and modes -------------------------------------------------------------
     def start(self, nursery: trio.Nursery) -> None:
@@ -461,8 +464,12 @@ class Filesystem(pyfuse3.Operations):
         """Register the open file *fd* and say how the kernel is to treat it.
 
         An O_DIRECT open for writing gets FOPEN_DIRECT_IO: the kernel then sends each
-        write alone, without asking for ``security.capability`` first (see
-        `iofs.privileges`), and iofs drops set-ID bits itself.
+        write alone, without asking for ``security.capability`` first, and in parallel
+        where the transport allows. Where the kernel does not flag the writes that must
+        drop set-ID bits (no HANDLE_KILLPRIV_V2), iofs drops them itself on direct_io
+        files (see `iofs.privileges`). Without FUSE_DIRECT_IO_ALLOW_MMAP (the pyfuse3
+        transport) the kernel refuses a shared mapping made through such a descriptor
+        (ENODEV); one made through another descriptor of the file works.
         """
         self._files[fd] = inode
         inode.opens += 1
@@ -470,7 +477,9 @@ class Filesystem(pyfuse3.Operations):
         caching = CACHINGS[self.setting.caching]
         writes = flags & os.O_ACCMODE != os.O_RDONLY
         direct_io = caching.direct_io or bool(writes and flags & os.O_DIRECT)
-        if direct_io and writes and self.as_root:
+        transport = self.transport
+        kernel_flags_them = transport is not None and transport.kills_privileges
+        if direct_io and writes and self.as_root and not kernel_flags_them:
             # A daemon without CAP_FSETID needs nothing: its own backing write drops them.
             self._direct_writers[fd] = writer_of(ctx.pid, ctx.gid)
         return FileInfo(fh=fd, direct_io=direct_io, keep_cache=caching.keep_cache)
@@ -501,12 +510,16 @@ class Filesystem(pyfuse3.Operations):
             "max_background": self.background_limits.max_background,
             "congestion_threshold": self.background_limits.congestion_threshold,
             **{f"metadata_queue_{name}": value for name, value in queue.items()},
+            **(self.transport.statistics() if self.transport is not None else {}),
         }
 
     def statistics(self) -> Snapshot:
         engines = [self.engine, *self._draining]
         faults = self.faults.statistics() if self.faults.ever_armed else None
-        return self.recorder.snapshot([e.statistics() for e in engines], self.counters(), faults)
+        transport = self.transport.name if self.transport is not None else "pyfuse3"
+        return self.recorder.snapshot(
+            [e.statistics() for e in engines], self.counters(), faults, transport
+        )
 
     # -- inodes -----------------------------------------------------------------------
     @_handler
@@ -767,6 +780,48 @@ class Filesystem(pyfuse3.Operations):
             self._drop_privileges(fd, writer)
         return await self.engine.write(fd, off, buf)
 
+    def drop_privileges(self, inode: InodeT, ctx: RequestContext) -> bool:
+        """Drop what a write or truncate by *ctx*, a caller without CAP_FSETID, drops on
+        the backing filesystem: set-user-ID, set-group-ID (when group-executable or the
+        caller is not in the file's group) and security.capability. Returns whether
+        anything changed.
+
+        The kernel asks for this when HANDLE_KILLPRIV_V2 is negotiated (dev transport).
+        A daemon that is not root need not: its own write or truncate drops them.
+        """
+        if not self.as_root:
+            return False
+        node = self.inodes.get_even_removed(inode)
+        if node.fd < 0 or node.is_symlink:
+            return False
+        path = node.proc_path
+        st = os.stat(path)
+        mode = st.st_mode
+        if not stat.S_ISREG(mode):
+            return False
+        kill = mode & stat.S_ISUID
+        if mode & stat.S_ISGID and (
+            mode & stat.S_IXGRP or st.st_gid not in pyfuse3.get_sup_groups(ctx.pid) | {ctx.gid}
+        ):
+            kill |= stat.S_ISGID
+        if kill:
+            os.chmod(path, stat.S_IMODE(mode) & ~kill)
+        try:
+            os.removexattr(path, b"security.capability")
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.EOPNOTSUPP):
+                raise
+        else:
+            kill |= 1
+        return bool(kill)
+
+    @_handler
+    @_update
+    async def fallocate(self, fh: FileHandleT, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) on the backing file, with the caller's mode flags. Only the dev
+        transport calls it: pyfuse3 has no such operation."""
+        syscalls.fallocate(self._file(fh), mode, offset, length)
+
     @_handler
     async def flush(self, fh: FileHandleT) -> None:
         # close(2) of a duplicate reports errors the backing filesystem defers to close.
@@ -841,7 +896,7 @@ class Filesystem(pyfuse3.Operations):
                 if replied:
                     return  # send what we have (counted already); the next call fails
                 raise
-            if not pyfuse3.readdir_reply(token, name, self._attributes(node, st), index + 1):
+            if not readdir_reply(token, name, self._attributes(node, st), index + 1):
                 self.inodes.drop_if_unused(node)
                 return
             replied = True

@@ -44,6 +44,7 @@ from .fs import Filesystem
 from .inodes import default_fd_budget
 from .modes import DEFAULT_MODE, BadSetting, Setting, resolve
 from .mounttable import MountEntry
+from .transport import TRANSPORT_NAMES, MountFailed, Transport, create_transport, default_transport
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,10 @@ class MountOptions:
     fd_budget: int | None = None
     #: Keep inodes as file handles where the daemon may (False: parent and name only).
     file_handles: bool = True
-    #: The FUSE connection's max_background (as root; None: the engine's queue depth).
+    #: The FUSE connection's max_background (None: the engine's queue depth).
     max_background: int | None = None
+    #: How requests reach the filesystem (`iofs.transport`): pyfuse3 or dev.
+    transport: str = field(default_factory=default_transport)
 
 
 # -- where a mount's state lives -------------------------------------------------------
@@ -313,6 +316,11 @@ def mount(opts: MountOptions) -> None:
         faults = parse_faults(opts.faults)
     except BadFaults as exc:
         raise IofsError(f"--faults: {exc}", ExitStatus.BAD_SETTING) from None
+    if opts.transport not in TRANSPORT_NAMES:
+        raise IofsError(
+            f"--transport: no transport {opts.transport!r} ({', '.join(TRANSPORT_NAMES)})",
+            ExitStatus.USAGE,
+        )
     backing, mountpoint = _check_paths(opts.backing, opts.mountpoint)
     if not os.path.exists("/dev/fuse"):
         raise IofsError(
@@ -356,17 +364,23 @@ def mount(opts: MountOptions) -> None:
         "by file handle" if how is None else f"by parent and name ({how})",
     )
     fs.log_file = str(log_file) if log_file else None
+    wanted_background = opts.max_background or max(
+        opts.engine_config.queue_depth, KERNEL_MAX_BACKGROUND
+    )
+    transport = create_transport(opts.transport, max_background=wanted_background)
+    fs.transport = transport
     try:
         with _stderr_captured() as captured:
             try:
-                pyfuse3.init(fs, str(mountpoint), _fuse_options(opts, backing))
-            except RuntimeError as exc:
+                transport.mount(fs, mountpoint, _fuse_options(opts, backing))
+            except (RuntimeError, MountFailed) as exc:
                 # libfuse says why on stderr ("fuse: unknown option(s): ..."): one line.
-                reason = (captured().strip().splitlines() or [str(exc)])[-1]
+                lines = captured().strip().splitlines()
+                reason = str(exc) if isinstance(exc, MountFailed) or not lines else lines[-1]
                 raise IofsError(
                     f"cannot mount {mountpoint}: {reason}", _init_failure_status(reason)
                 ) from None
-        _raise_background_limits(fs, opts, mountpoint, log_file)
+        _raise_background_limits(fs, transport, wanted_background, mountpoint, log_file)
         state = state_path(mountpoint)
         detach = True  # unless the kernel has let go already (see _serve)
         try:
@@ -387,14 +401,21 @@ def mount(opts: MountOptions) -> None:
                         "backing": str(backing),
                         "mountpoint": str(mountpoint),
                         "mode": setting.spec,
+                        "transport": transport.name,
                         "log": str(log_file) if log_file else None,
                     }
                 )
             )
             # The kernel has applied the caller's umask to every mode it sends.
             os.umask(0)
-            log.info("serving %s at %s in mode %s", backing, mountpoint, setting.describe())
-            detach = trio.run(_serve, fs, mountpoint, ready, opts)
+            log.info(
+                "serving %s at %s in mode %s over %s",
+                backing,
+                mountpoint,
+                setting.describe(),
+                transport.name,
+            )
+            detach = trio.run(_serve, fs, transport, mountpoint, ready, opts)
         except Exception:
             log.exception("the daemon failed")
             raise
@@ -404,7 +425,7 @@ def mount(opts: MountOptions) -> None:
                 with contextlib.suppress(OSError):
                     state.unlink()
             # A daemon that fails must not leave a mount behind that answers ENOTCONN.
-            pyfuse3.close(unmount=detach)
+            transport.close(unmount=detach)
         log.info("unmounted %s", mountpoint)
         if log_file is not None and opts.log_file is None and read_state(mountpoint) is None:
             # The default log goes with the mount (`--log FILE` keeps one); a daemon that
@@ -439,15 +460,17 @@ def raise_fd_limit() -> int:
 
 
 def _raise_background_limits(
-    fs: Filesystem, opts: MountOptions, mountpoint: Path, log_file: Path | None
+    fs: Filesystem, transport: Transport, wanted: int, mountpoint: Path, log_file: Path | None
 ) -> None:
     """Let fio's queue depth reach the engine: raise the connection's max_background.
 
-    libfuse 3.14 leaves the limits to the kernel in INIT (it sends 0), so they can be
-    set as soon as the mount exists. Without root the kernel's stay, with one warning.
+    A transport that answers INIT itself asks for *wanted* there. libfuse 3.14 leaves
+    the limits to the kernel in INIT (it sends 0), so they are set through fusectl as
+    soon as the mount exists; without root the kernel's stay, with one warning.
     """
-    wanted = opts.max_background or max(opts.engine_config.queue_depth, KERNEL_MAX_BACKGROUND)
-    limits = set_background_limits(_mount_device(mountpoint), wanted)
+    limits = transport.background_limits(wanted) or set_background_limits(
+        _mount_device(mountpoint), wanted
+    )
     fs.background_limits = limits
     if limits.warning is not None:
         log.warning("%s", limits.warning)
@@ -529,7 +552,11 @@ def _stderr_captured() -> Iterator[Callable[[], str]]:
 
 
 async def _serve(
-    fs: Filesystem, mountpoint: Path, ready: Callable[[], None], opts: MountOptions
+    fs: Filesystem,
+    transport: Transport,
+    mountpoint: Path,
+    ready: Callable[[], None],
+    opts: MountOptions,
 ) -> bool:
     """Serve requests until unmounted; return True if we must still unmount (lazily)."""
     detach = False
@@ -545,7 +572,7 @@ async def _serve(
                     # Detached already: unmounting the path would hit whatever is
                     # mounted there now. Users of our files get ENOTCONN from now on.
                     log.warning("the mount was detached already: stopping")
-                    pyfuse3.terminate()
+                    transport.terminate()
                     return
                 # A normal unmount, served by the still running loop, ends main() by
                 # itself. If files are still open, detach lazily instead: their users
@@ -557,7 +584,7 @@ async def _serve(
                     reason = result.stderr.decode(errors="replace").strip()
                     log.warning("unmount failed (%s): detaching lazily", reason)
                     detach = True
-                    pyfuse3.terminate()
+                    transport.terminate()
                 return
 
     async with trio.open_nursery() as nursery:
@@ -570,10 +597,7 @@ async def _serve(
         try:
             ready()
             # Room for every background request the kernel may send, and the others.
-            # Request tasks, once started, stay: with pyfuse3's default (min_tasks=1) a
-            # busy daemon started a task for one request and ended it after, every time.
-            tasks = max(opts.max_tasks, fs.background_limits.max_background + 16)
-            await pyfuse3.main(min_tasks=tasks, max_tasks=tasks)
+            await transport.serve(max(opts.max_tasks, fs.background_limits.max_background + 16))
         finally:
             # Every request handler has returned: the engines only have to drain.
             await fs.aclose()
@@ -763,6 +787,7 @@ def start_daemon(
         command.append("--no-file-handles")
     if opts.max_background is not None:
         command += ["--max-background", str(opts.max_background)]
+    command += ["--transport", opts.transport]
     if opts.stats_log is not None:
         command += ["--stats-log", str(opts.stats_log)]
         command += ["--stats-interval", str(opts.stats_interval)]

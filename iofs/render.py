@@ -172,6 +172,32 @@ def stats_table(snapshot: Snapshot, width: int | None = None) -> RenderableType:
     return Group(*parts)
 
 
+_TRANSPORT_KEYS = ("transport_", "fuse_")
+
+
+def _transport_line(snapshot: Snapshot) -> Text:
+    """The transport's name, its negotiated capabilities and limits, and its counters."""
+    extra = snapshot.extra
+    capabilities = [k[5:] for k, v in extra.items() if k.startswith("fuse_") and v == 1]
+    limits = [
+        f"{name.replace('_', ' ')} {extra['fuse_' + name]:,}"
+        for name in ("max_background", "congestion_threshold", "max_write", "protocol_minor")
+        if extra.get("fuse_" + name, 0) > 1
+    ]
+    counters = [
+        f"{k[10:].replace('_', ' ')} {v:,}" for k, v in extra.items() if k.startswith("transport_")
+    ]
+    requests, wakeups = extra.get("transport_requests", 0), extra.get("transport_wakeups", 0)
+    per_wakeup = [f"{requests / wakeups:.2f} requests per wake-up"] if wakeups else []
+    return _line(
+        f"[bold]{escape(snapshot.transport)}[/]",
+        *limits,
+        *([f"capabilities {' '.join(capabilities)}"] if capabilities else []),
+        *counters,
+        *per_wakeup,
+    )
+
+
 def _summary(snapshot: Snapshot) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -196,13 +222,13 @@ def _summary(snapshot: Snapshot) -> Table:
             f"{process.ctx_switches_involuntary:,} involuntary",
         ),
     )
-    if snapshot.extra:
+    own = {k: v for k, v in snapshot.extra.items() if not k.startswith(_TRANSPORT_KEYS)}
+    if own:
         grid.add_row(
             "filesystem",
-            _line(
-                *(f"{name.replace('_', ' ')} {value:,}" for name, value in snapshot.extra.items())
-            ),
+            _line(*(f"{name.replace('_', ' ')} {value:,}" for name, value in own.items())),
         )
+    grid.add_row("transport", _transport_line(snapshot))
     lag = snapshot.loop_lag
     grid.add_row(
         "loop lag",
@@ -367,7 +393,11 @@ def dashboard(
     (``iofs top``'s own reads of the statistics) are not shown as the workload's.
     """
     interval = diff(newer, older)
-    parts: list[RenderableType] = [_header(interval), _rates_table(interval, width)]
+    parts: list[RenderableType] = [
+        _header(interval),
+        _transport_dashboard_line(newer, older),
+        _rates_table(interval, width),
+    ]
     engine_line = _engine_line(interval)
     if engine_line is not None:
         parts.append(engine_line)
@@ -387,6 +417,24 @@ def dashboard(
             modes.append(f"{format_clock(at)} {name}")
         parts.append(modes)
     return Group(*parts)
+
+
+def _transport_dashboard_line(newer: Snapshot, older: Snapshot | None) -> Text:
+    """``transport dev · max background 64 · 1.20 requests per wake-up · ...``."""
+    extra, before = newer.extra, (older.extra if older is not None else {})
+    parts = [f"[bold]transport[/] [bold cyan]{escape(newer.transport)}[/]"]
+    if "fuse_max_background" in extra:
+        parts.append(f"max background {extra['fuse_max_background']:,}")
+        parts.append(f"max write {format_bytes(extra.get('fuse_max_write', 0))}")
+        killpriv = "on" if extra.get("fuse_handle_killpriv_v2") else "off"
+        parts.append(f"killpriv_v2 {killpriv}")
+    requests = extra.get("transport_requests", 0) - before.get("transport_requests", 0)
+    wakeups = extra.get("transport_wakeups", 0) - before.get("transport_wakeups", 0)
+    if wakeups > 0:
+        parts.append(f"{requests / wakeups:.2f} requests per wake-up")
+    if "transport_in_flight" in extra:
+        parts.append(f"in flight {extra['transport_in_flight']:,}")
+    return _line(*parts)
 
 
 def _faults_line(faults: FaultInterval) -> Text:

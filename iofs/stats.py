@@ -346,6 +346,9 @@ class Snapshot:
     faults: FaultStatistics | None = None
     #: The last `MODE_HISTORY` switches, oldest first (none before the first switch).
     switches: tuple[SwitchRecord, ...] = ()
+    #: How requests reach the filesystem (``pyfuse3`` or ``dev``, see `iofs.transport`);
+    #: the transport's own counters are the ``transport_*`` and ``fuse_*`` ones in *extra*.
+    transport: str = "pyfuse3"
 
     @property
     def engine(self) -> EngineStatistics | None:
@@ -397,6 +400,7 @@ class Snapshot:
             ],
             "loop_lag": _histogram_to_json(self.loop_lag),
             "extra": dict(self.extra),
+            "transport": self.transport,
         }
         if self.faults is not None:  # absent unless faults were ever on: old layout kept
             document["faults"] = _faults_to_json(self.faults)
@@ -470,6 +474,7 @@ class Snapshot:
                 switches=tuple(
                     _switch_from_json(record) for record in document.get("switches", ())
                 ),
+                transport=str(document.get("transport", "pyfuse3")),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not an {FORMAT} document: {exc!r}") from None
@@ -689,9 +694,10 @@ class Recorder:
         engines: Iterable[EngineStatistics],
         extra: Mapping[str, int] | None = None,
         faults: FaultStatistics | None = None,
+        transport: str = "pyfuse3",
     ) -> Snapshot:
         """Freeze the statistics, with the *engines*' (current first), *extra* and
-        fault-injection counters."""
+        fault-injection counters, and the name of the *transport*."""
         return Snapshot(
             time=self._wall_clock(),
             uptime=self._monotonic() - self._started,
@@ -715,6 +721,7 @@ class Recorder:
             extra=dict(extra or {}),
             faults=faults,
             switches=tuple(record for record, _ in self._switches.values()),
+            transport=transport,
         )
 
 

@@ -35,6 +35,17 @@ _utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec),
 _utimensat.restype = ctypes.c_int
 
 
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with any *mode* (FALLOC_FL_KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE, ...)."""
+    if _fallocate(fd, mode, offset, length) != 0:
+        _raise_errno("fallocate")
+
+
 def _raise_errno(what: str, path: bytes | None = None) -> None:
     err = ctypes.get_errno()
     if path is None:

@@ -20,6 +20,7 @@ from iofs.errors import IofsError
 from iofs.fs import STATISTICS_XATTR
 from iofs.modes import DEFAULT_MODE, MODES
 from iofs.mount import MountOptions, find_mount, start_daemon, stop_daemon
+from iofs.transport import TRANSPORT_ENV, TRANSPORT_NAMES, default_transport
 
 ROOT = os.geteuid() == 0
 
@@ -124,6 +125,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "repeatable; default: every registered engine",
     )
 
+    parser.addoption(
+        "--transport",
+        choices=TRANSPORT_NAMES,
+        default=None,
+        help="run every mount over this transport (sets $IOFS_TRANSPORT for the daemons); "
+        "default: pyfuse3, and the dev-transport tests over dev",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    transport = config.getoption("--transport", None)
+    if transport is not None:
+        os.environ[TRANSPORT_ENV] = transport
+
 
 def engine_setups(config: pytest.Config) -> list[str]:
     chosen: list[str] = config.getoption("--engine")
@@ -172,11 +187,13 @@ def start_mount(
     fd_budget: int | None = None,
     file_handles: bool = True,
     max_background: int | None = None,
+    transport: str | None = None,
 ) -> Mount:
     """Start a foreground daemon and wait until the kernel shows the mount.
 
     *engine* is an engine setup: ``NAME`` or ``NAME+direct``; with *mode* (a mode name),
-    pass ``engine=None`` to mount the mode exactly as it is defined.
+    pass ``engine=None`` to mount the mode exactly as it is defined. *transport* None
+    is the default one (``--transport``, else pyfuse3).
     """
     name, config = parse_setup(engine) if engine is not None else (None, EngineConfig())
     opts = MountOptions(
@@ -193,6 +210,7 @@ def start_mount(
         fd_budget=fd_budget,
         file_handles=file_handles,
         max_background=max_background,
+        transport=transport or default_transport(),
     )
     program = command or [sys.executable, "-m", "iofs"]
     try:
@@ -227,7 +245,14 @@ MountFactory = Callable[..., Mount]
 
 
 @pytest.fixture
-def mount_factory(mount_engine: str) -> Iterator[MountFactory]:
+def mount_transport() -> str | None:
+    """The transport of `mount_factory`'s mounts: None is the run's default (a module
+    that tests a transport overrides this fixture)."""
+    return None
+
+
+@pytest.fixture
+def mount_factory(mount_engine: str, mount_transport: str | None) -> Iterator[MountFactory]:
     """Mount iofs over fresh temporary directories; everything is undone afterwards."""
     if FUSE_UNAVAILABLE is not None:
         pytest.skip(FUSE_UNAVAILABLE)
@@ -242,6 +267,7 @@ def mount_factory(mount_engine: str) -> Iterator[MountFactory]:
         backing.mkdir()
         mountpoint.mkdir()
         backing.chmod(0o755)
+        kwargs.setdefault("transport", mount_transport)
         m = start_mount(backing, mountpoint, base / f"daemon{index}.log", options, engine, **kwargs)  # type: ignore[arg-type]
         mounts.append(m)
         return m
