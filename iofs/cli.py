@@ -25,7 +25,7 @@ from . import __version__
 from .backends import ENGINES, Capability, EngineConfig
 from .durations import parse_duration
 from .errors import ExitStatus, IofsError
-from .modes import CACHINGS, DEFAULT_MODE, MODES, resolve
+from .modes import CACHINGS, DEFAULT_MODE, MODES, SHARED_MMAP_LIMIT, resolve
 from .transport import TRANSPORT_NAMES, default_transport
 
 if TYPE_CHECKING:
@@ -804,6 +804,8 @@ def _run(args: argparse.Namespace) -> int:
             return _switch_mode(args.mountpoint, args.setting)
         current = read_mode(args.mountpoint)
         print(current["description"])
+        if not current.get("shared_mmap", True):
+            print(f"  note: {SHARED_MMAP_LIMIT}")
         for entry in current["history"]:
             at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
             print(f"  {at}  {entry['mode']}")
@@ -875,6 +877,8 @@ def _switch_mode(path: Path, spec: str) -> int:
         print(f"iofs: {path}: already in {parse_setting(before).describe()}")
     else:
         print(f"iofs: {path}: switched to {setting.describe()}")
+        if not read_mode(path).get("shared_mmap", True):
+            print(f"iofs: note: {SHARED_MMAP_LIMIT}")
     return 0
 
 
@@ -1026,7 +1030,7 @@ def _modes_text() -> str:
                 ]
             )
         )
-    caching = "\n".join(f"  {c.name:8} {c.description}" for c in CACHINGS.values())
+    caching = "\n".join(paragraph(c.name, c.description) for c in CACHINGS.values())
     blocks.append("Kernel caching (the cache= part of a setting, or mount --cache):\n" + caching)
     blocks.append(
         "Switch a live mount with 'iofs mode MOUNTPOINT NAME[,engine=E][,direct=on|off]"

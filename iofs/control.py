@@ -110,6 +110,8 @@ def set_mode(mountpoint: Path, spec: str) -> Setting:
     try:
         _write(path, MODE_XATTR, setting.spec, "switch its mode")
     except OSError as exc:
+        if exc.errno == errno.EBUSY:  # files are mapped shared: Filesystem._refuse_if_mapped
+            raise IofsError(_refusal(path, setting), ExitStatus.FAILED) from None
         if exc.errno != errno.EOPNOTSUPP:
             raise
         raise IofsError(_refusal(path, setting), ExitStatus.UNAVAILABLE) from None
@@ -118,7 +120,8 @@ def set_mode(mountpoint: Path, spec: str) -> Setting:
 
 
 def _refusal(path: Path, setting: Setting) -> str:
-    """Why the daemon refused to switch to *setting* (EOPNOTSUPP), as it recorded it."""
+    """Why the daemon refused to switch to *setting* (EOPNOTSUPP, or EBUSY while files
+    are mapped shared), as it recorded it."""
     current = read_mode(path)
     refused = current.get("refused") or {}
     if refused.get("spec") == setting.spec:
@@ -151,8 +154,8 @@ def set_faults(mountpoint: Path, spec: str) -> FaultSpec:
 
 
 def _write(path: Path, name: bytes, value: str, what: str) -> None:
-    """Write the control xattr *name*; refusals become IofsError, except EOPNOTSUPP
-    (the caller knows what it means for its attribute), which stays an OSError."""
+    """Write the control xattr *name*; refusals become IofsError, except EOPNOTSUPP and
+    EBUSY (the caller knows what they mean for its attribute), which stay OSErrors."""
     try:
         try:
             os.setxattr(path, name, value.encode())
@@ -175,7 +178,7 @@ def _write(path: Path, name: bytes, value: str, what: str) -> None:
                 f"only the owner of {path} or root may {what} ({exc.strerror})",
                 ExitStatus.PERMISSION,
             ) from None
-        if exc.errno == errno.EOPNOTSUPP:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EBUSY):
             raise
         raise IofsError(f"the daemon refused {value!r}: {exc.strerror}") from None
 

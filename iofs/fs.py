@@ -46,6 +46,7 @@ from .backends import Buffer, Engine, EngineUnavailable, create_engine, fallback
 from .connection import KERNEL_CONGESTION_THRESHOLD, KERNEL_MAX_BACKGROUND, BackgroundLimits
 from .faults import OFF, BadFaults, FaultInjector, FaultSpec, parse_faults
 from .inodes import MAX_DEFAULT_FD_BUDGET, Inode, InodeTable, key_of, proc_path
+from .mappings import shared_mappings
 from .metadata import MetadataQueue
 from .modes import CACHINGS, MAX_SPEC, BadSetting, Setting, parse_setting
 from .privileges import Writer, bits_to_drop, writer_of
@@ -272,6 +273,14 @@ class Filesystem(pyfuse3.Operations):
         self._next_dir_handle = 1
         #: What carries the requests (set at mount): its counters join the statistics.
         self.transport: Transport | None = None
+        #: Set by a transport that negotiated FUSE_DIRECT_IO_ALLOW_MMAP at INIT: then the
+        #: kernel maps direct_io files shared too. pyfuse3 (libfuse 3.14) cannot.
+        self.direct_io_allow_mmap = False
+        #: The mount's device (major, minor) and whether others may use it, set once
+        #: mounted: what the shared-mapping check before a switch looks for.
+        self.device: tuple[int, int] | None = None
+        self.others_allowed = False
+        self._switching = trio.Lock()  # one switch (and its mapping scan) at a time
 
     # -- lifecycle and modes -------------------------------------------------------------
     def start(self, nursery: trio.Nursery) -> None:
@@ -324,6 +333,42 @@ class Filesystem(pyfuse3.Operations):
         await engine.aclose()  # waits for its operations in flight
         self._draining.discard(engine)
         self.recorder.switch_drained(switch, engine.statistics())
+
+    @property
+    def shared_mmap(self) -> bool:
+        """Whether files opened now may be mapped MAP_SHARED (see `SHARED_MMAP_LIMIT`)."""
+        return self.direct_io_allow_mmap or not CACHINGS[self.setting.caching].direct_io
+
+    async def _refuse_if_mapped(self, setting: Setting) -> None:
+        """Refuse (EBUSY) a switch into direct_io opens while a file is mapped shared.
+
+        Without FUSE_DIRECT_IO_ALLOW_MMAP, the kernel does not write a mapping's dirty
+        pages back before a direct_io read, nor keep a mapping and direct_io writes
+        coherent: a mapping made before the switch would go on with its own copy.
+        The scan runs in a thread: reading a process's maps waits for its page faults,
+        which may be waiting for this daemon.
+        """
+        entering = CACHINGS[setting.caching].direct_io and self.shared_mmap
+        if not entering or self.direct_io_allow_mmap or self.device is None:
+            return
+        scan = await trio.to_thread.run_sync(shared_mappings, self.device)
+        if scan.mappings:
+            reason = (
+                f"files on the mount are mapped shared: {scan.describe()}; a new shared "
+                "mapping fails with ENODEV in that setting on this transport (unmap them "
+                "first, or mount with --transport dev)"
+            )
+            log.warning("refused mode setting %s: %s", setting.spec, reason)
+            # The client gets EBUSY only: it reads why from iofs.mode.
+            self.refusal = {"spec": setting.spec, "reason": reason, "at": time.time()}
+            raise FUSEError(errno.EBUSY)
+        if scan.unreadable and self.others_allowed:
+            log.warning(
+                "switching to %s without looking at %d processes of other users for "
+                "shared mappings (only a root daemon may read their maps)",
+                setting.spec,
+                scan.unreadable,
+            )
 
     @property
     def attr_timeout(self) -> float:
@@ -952,7 +997,7 @@ class Filesystem(pyfuse3.Operations):
 
     @_recorded_as("control")
     async def _control_write(self, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
-        self._control(name, value, ctx)
+        await self._control(name, value, ctx)
 
     @_recorded_as("setxattr")
     async def _setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes) -> None:
@@ -962,7 +1007,7 @@ class Filesystem(pyfuse3.Operations):
     async def _set_backing_xattr(self, inode: InodeT, name: XAttrNameT, value: bytes) -> None:
         os.setxattr(self.inodes[inode].proc_path, name, value)
 
-    def _control(self, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
+    async def _control(self, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
         """A write to a control xattr: switch the mode or set fault injection, or refuse
         without changing a thing."""
         if name == STATISTICS_XATTR:
@@ -986,6 +1031,11 @@ class Filesystem(pyfuse3.Operations):
         except (BadSetting, UnicodeDecodeError) as exc:
             log.warning("refused mode setting %s: %s", reprlib.repr(value), exc)
             raise FUSEError(errno.EINVAL) from None
+        async with self._switching:
+            await self._refuse_if_mapped(setting)
+            self._switch_or_fall_back(setting)
+
+    def _switch_or_fall_back(self, setting: Setting) -> None:
         wanted, tried = setting.spec, []
         while True:
             try:
@@ -1022,6 +1072,7 @@ class Filesystem(pyfuse3.Operations):
                 "description": setting.describe(),
                 **asdict(setting),
                 "writeback_cache": self.enable_writeback_cache,
+                "shared_mmap": self.shared_mmap,
                 "history": [{"mode": spec, "at": at} for spec, at in self.recorder.mode_history],
                 "refused": self.refusal,
                 "log": self.log_file,
@@ -1076,7 +1127,7 @@ class Filesystem(pyfuse3.Operations):
         # changes nothing (see switch); the same faults restart their counters, which
         # the second read does at once.
         control, _, value = name.partition(CONTROL_SEPARATOR)
-        self._control(XAttrNameT(control), value, ctx)
+        await self._control(XAttrNameT(control), value, ctx)
         return b""
 
     @_recorded_as("getxattr")

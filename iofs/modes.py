@@ -32,6 +32,18 @@ class Caching:
     description: str
 
 
+#: Why shared mmap and direct_io opens do not mix on the pyfuse3 transport, in one
+#: sentence for `iofs modes`, `iofs mode` and the mode's description. The kernel
+#: (fs/fuse/file.c, fuse_file_mmap) refuses every MAP_SHARED mapping, read-only ones
+#: too, of a file opened with FOPEN_DIRECT_IO with ENODEV unless the daemon negotiated
+#: FUSE_DIRECT_IO_ALLOW_MMAP at INIT; libfuse 3.14, which pyfuse3 runs on, cannot.
+SHARED_MMAP_LIMIT = (
+    "on the pyfuse3 transport, shared mmap (MAP_SHARED, what SQLite's WAL, LMDB and git "
+    "use) of a file opened in this setting fails with ENODEV, because libfuse 3.14 cannot "
+    "negotiate FUSE_DIRECT_IO_ALLOW_MMAP (mount with --transport dev for it); a switch "
+    "into it while a file on the mount is mapped shared is refused"
+)
+
 CACHINGS: dict[str, Caching] = {
     "kernel": Caching(
         "kernel",
@@ -47,7 +59,7 @@ CACHINGS: dict[str, Caching] = {
         keep_cache=False,
         timeout=0.0,
         description="no page cache on the mount (direct_io on every open) and no "
-        "attribute or lookup caching: every request reaches the daemon",
+        "attribute or lookup caching: every request reaches the daemon; " + SHARED_MMAP_LIMIT,
     ),
 }
 
@@ -143,7 +155,9 @@ MODES: dict[str, Mode] = {
             mapping="The blocking data path with direct_io on every open and zero "
             "attribute/lookup timeouts.",
             expect="One daemon request per application read or write, at the "
-            "application's size; many more getattr/lookup requests.",
+            "application's size; many more getattr/lookup requests. Mapped files: "
+            + SHARED_MMAP_LIMIT
+            + ".",
         ),
     )
 }

@@ -42,6 +42,7 @@ from .errors import ExitStatus, IofsError
 from .faults import BadFaults, parse_faults
 from .fs import Filesystem
 from .inodes import default_fd_budget
+from .mappings import parse_device
 from .modes import DEFAULT_MODE, BadSetting, Setting, resolve
 from .mounttable import MountEntry
 from .transport import TRANSPORT_NAMES, MountFailed, Transport, create_transport, default_transport
@@ -562,6 +563,8 @@ async def _serve(
     detach = False
     # Which mount is ours: after `iofs umount --lazy` the mountpoint may hold another.
     device = _mount_device(mountpoint)
+    fs.device = parse_device(device) if device is not None else None
+    fs.others_allowed = "allow_other" in opts.fuse_options
 
     async def watch_signals() -> None:
         nonlocal detach
