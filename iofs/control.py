@@ -39,6 +39,10 @@ from .stats import Snapshot
 XATTR_NAME_MAX = 255
 
 
+class SwitchRefused(IofsError):
+    """The daemon refused a switch because files on the mount are mapped shared."""
+
+
 def live_mountpoint(path: Path) -> Path:
     """The root of the live iofs mount that *path* lies in; IofsError if there is none."""
     return _checked_mountpoint(path)
@@ -111,7 +115,7 @@ def set_mode(mountpoint: Path, spec: str) -> Setting:
         _write(path, MODE_XATTR, setting.spec, "switch its mode")
     except OSError as exc:
         if exc.errno == errno.EBUSY:  # files are mapped shared: Filesystem._refuse_if_mapped
-            raise IofsError(_refusal(path, setting), ExitStatus.FAILED) from None
+            raise SwitchRefused(_refusal(path, setting), ExitStatus.FAILED) from None
         if exc.errno != errno.EOPNOTSUPP:
             raise
         raise IofsError(_refusal(path, setting), ExitStatus.UNAVAILABLE) from None

@@ -12,8 +12,15 @@ reaches only the soak) serves a fresh scratch directory while, at the same time:
   its model;
 - a **journal writer** (`iofs.workloads.Journal`) fsyncs batches of records and
   remembers what was acknowledged;
+- a **mapped writer** (`iofs.workloads.MappedWriter`) writes through a MAP_SHARED
+  mapping, msyncs and checks the file through read() and the mapping against its model,
+  keeping the mapping across switches;
 - a **mode switcher** moves the mount to the next mode every ``--switch-interval``,
-  through every mode whose engine runs here (the others are skipped, with the reason);
+  through every mode whose engine runs here (the others are skipped, with the reason).
+  A switch into a setting that cannot map files shared (`uncached` on the pyfuse3
+  transport) is first tried with the mapping live and must be refused; the mapped
+  writer then lets go of its mapping and the switch is made. In that setting mmap must
+  fail with ENODEV exactly when the mount says so, and never otherwise;
 - a **watcher** samples the daemon's RSS, and checks that the daemon is alive, its log
   has no error and its statistics count no unexpected error.
 
@@ -60,12 +67,12 @@ from rich.console import Console
 
 from .backends import EngineUnavailable, engine_class
 from .bench import environment, fio_command, log_errors, results_directory, stop_fio, with_overrides
-from .control import read_mode, read_statistics, set_mode
+from .control import SwitchRefused, read_mode, read_statistics, set_mode
 from .errors import ExitStatus, IofsError
 from .modes import MODES
 from .mount import MountOptions, find_mount, is_disconnected, start_daemon, stop_daemon
 from .report import format_count, parse_fio
-from .workloads import CheckFailed, Journal, MetadataChurn
+from .workloads import CheckFailed, Journal, MappedWriter, MetadataChurn
 
 #: Default length of the load, in seconds.
 DEFAULT_DURATION = 600.0
@@ -128,6 +135,7 @@ class Kind(enum.StrEnum):
     FIO = "fio"
     METADATA = "metadata"
     JOURNAL = "journal"
+    MAPPED = "mapped file"
     MODE_SWITCH = "mode switch"
     DAEMON = "daemon"
     DAEMON_LOG = "daemon log"
@@ -258,6 +266,10 @@ class SoakReport:
     #: Slots checked at the end through the mount, and in the backing file after unmount.
     journal_verified_mount: int
     journal_verified_backing: int
+    #: The mapped writer: writes through the mapping, pwrites where it could not map,
+    #: msyncs, whole-file checks, maps made, maps refused with the documented ENODEV,
+    #: switches refused while it was mapped, and the bytes verified after unmount.
+    mapped: Mapping[str, int]
     rss: RssFigures | None
     rss_samples: tuple[tuple[float, int], ...]
     daemon_pid: int
@@ -361,6 +373,18 @@ def evaluate(report: SoakReport) -> tuple[Criterion, ...]:
             + first(Kind.JOURNAL),
         ),
         Criterion(
+            "mapped file",
+            report.mapped.get("writes", 0) > 0
+            and not errors(Kind.MAPPED)
+            and report.mapped.get("verified_backing", 0) > 0,
+            f"{report.mapped.get('writes', 0):,} writes through a shared mapping, "
+            f"{report.mapped.get('msyncs', 0):,} msyncs, {report.mapped.get('checks', 0):,} "
+            f"checks against the model; {report.mapped.get('refused_maps', 0)} maps refused "
+            f"with ENODEV where the setting says so, "
+            f"{report.mapped.get('refused_switches', 0)} switches refused while mapped"
+            + first(Kind.MAPPED),
+        ),
+        Criterion(
             "mode switches",
             _judged(switches_ok, report.cut_short and not errors(Kind.MODE_SWITCH)),
             f"{_plural(len(report.switches), 'switch')}, "
@@ -460,6 +484,14 @@ def render_report(report: SoakReport) -> str:
     lines.append(
         f"journal    {report.journal_records:,} records acknowledged by "
         f"{report.journal_syncs:,} fsync/fdatasync calls"
+    )
+    mapped = report.mapped
+    lines.append(
+        f"mapped     {mapped.get('writes', 0):,} writes through MAP_SHARED · "
+        f"{mapped.get('pwrites', 0):,} pwrites where it could not map · "
+        f"{mapped.get('msyncs', 0):,} msyncs · {mapped.get('maps', 0):,} maps, "
+        f"{mapped.get('refused_maps', 0):,} refused (ENODEV) · "
+        f"{mapped.get('refused_switches', 0):,} switches refused while mapped"
     )
     counts = " · ".join(f"{mode} {count}" for mode, count in report.switch_counts().items())
     lines.append(f"switches   {len(report.switches)}: {counts} (mounted in {report.initial_mode})")
@@ -577,6 +609,13 @@ class _Soak:
         self.journal: Journal | None = None
         self.journal_mount = 0
         self.journal_backing = 0
+        self.mapped: MappedWriter | None = None
+        self.mapped_backing = 0
+        self.refused_switches = 0
+        #: Held by the mapped writer for a step and by the switcher for a switch: the
+        #: writer's view of the setting (may it map?) cannot change within a step.
+        self.mapping_lock = threading.Lock()
+        self.switch_waiting = threading.Event()  # the writer lets the switcher in
         self.unexpected_errors: int | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
         self.daemon_status: int | None = None
@@ -664,10 +703,14 @@ class _Soak:
     def _load(self, mountpoint: Path) -> None:
         self.churn = MetadataChurn(mountpoint / "churn", self.seed)
         self.journal = Journal(mountpoint / "journal", self.seed)
+        self.mapped = MappedWriter(
+            mountpoint / "mapped", self.seed, mappable=lambda: _maps_shared(mountpoint)
+        )
         workers = {
             "soak-fio": lambda: self._fio_rounds(mountpoint),
             "soak-churn": lambda: self._churn(mountpoint),
             "soak-journal": self._journal,
+            "soak-mapped": self._mapped,
             "soak-switcher": lambda: self._switch_modes(mountpoint),
         }
         self.t0 = time.monotonic()
@@ -858,6 +901,60 @@ class _Soak:
         except (OSError, CheckFailed) as exc:
             self.fail(Kind.JOURNAL, f"after {journal.records:,} records: {exc}")
 
+    def _mapped(self) -> None:
+        mapped = self.mapped
+        assert mapped is not None
+        try:
+            mapped.open()
+            try:
+                while self._until_deadline():
+                    if self.switch_waiting.is_set():
+                        self.abort.wait(0.001)  # the switcher goes first
+                        continue
+                    with self.mapping_lock:
+                        mapped.step()
+            finally:
+                with self.mapping_lock:
+                    mapped.close()
+        except (OSError, CheckFailed) as exc:
+            self.fail(Kind.MAPPED, f"after {mapped.steps:,} steps: {exc}")
+
+    def _switch(self, mountpoint: Path, mode: str) -> str | None:
+        """Switch to *mode*; a refusal must be for the mapped writer's live mapping, and
+        then the writer lets go of it and the switch is made. Returns the new spec."""
+        self.switch_waiting.set()
+        try:
+            with self.mapping_lock:
+                mapped = self.mapped is not None and self.mapped.mapped
+                could_map = _maps_shared(mountpoint)
+                try:
+                    setting = set_mode(mountpoint, mode)
+                except SwitchRefused as exc:
+                    if not mapped:
+                        self.fail(
+                            Kind.MODE_SWITCH, f"to {mode}: refused with nothing mapped: {exc}"
+                        )
+                        return None
+                    self.refused_switches += 1
+                    assert self.mapped is not None
+                    try:
+                        self.mapped.release()
+                    except (OSError, CheckFailed) as failure:
+                        self.fail(Kind.MAPPED, f"releasing the mapping to switch: {failure}")
+                        return None
+                    setting = set_mode(mountpoint, mode)
+                else:
+                    if mapped and could_map and not _maps_shared(mountpoint):
+                        self.fail(
+                            Kind.MAPPED,
+                            f"switched to {mode} while a file was mapped shared, whose "
+                            "setting cannot map files shared: the switch should be refused",
+                        )
+                        return None
+                return setting.spec
+        finally:
+            self.switch_waiting.clear()
+
     def _switch_modes(self, mountpoint: Path) -> None:
         """Switch *k* happens at k intervals, to the mode after the current one. The
         first is at 0 s, as the load starts: every mode, the one mounted in included,
@@ -872,12 +969,14 @@ class _Soak:
                 return
             mode = self.modes[(switch + 1) % len(self.modes)]
             try:
-                setting = set_mode(mountpoint, mode)
+                spec = self._switch(mountpoint, mode)
+                if spec is None:
+                    return
                 current = read_mode(mountpoint).get("spec")
             except IofsError as exc:
                 self.fail(Kind.MODE_SWITCH, f"to {mode}: {exc}")
                 return
-            if current != setting.spec:
+            if current != spec:
                 self.fail(Kind.MODE_SWITCH, f"to {mode}: the mount reports {current!r}")
                 return
             self.current_mode = mode
@@ -938,6 +1037,11 @@ class _Soak:
                 self.journal_mount = self.journal.verify(self.journal.path)
             except (OSError, CheckFailed) as exc:
                 self.fail(Kind.JOURNAL, f"final check through the mount: {exc}")
+        if self.mapped is not None and self.mapped.steps:
+            try:
+                self.mapped.verify(self.mapped.path)
+            except (OSError, CheckFailed) as exc:
+                self.fail(Kind.MAPPED, f"final check through the mount: {exc}")
         try:
             snapshot = read_statistics(mountpoint)
         except IofsError as exc:
@@ -963,6 +1067,26 @@ class _Soak:
                 self.journal_backing = self.journal.verify(backing / "journal")
             except (OSError, CheckFailed) as exc:
                 self.fail(Kind.JOURNAL, f"backing file after unmount: {exc}")
+        if self.mapped is not None and self.mapped.steps:
+            try:
+                self.mapped_backing = self.mapped.verify(backing / "mapped")
+            except (OSError, CheckFailed) as exc:
+                self.fail(Kind.MAPPED, f"backing file after unmount: {exc}")
+
+    def _mapped_figures(self) -> dict[str, int]:
+        mapped = self.mapped
+        if mapped is None:
+            return {}
+        return {
+            "writes": mapped.writes,
+            "pwrites": mapped.pwrites,
+            "msyncs": mapped.msyncs,
+            "checks": mapped.checks,
+            "maps": mapped.maps,
+            "refused_maps": mapped.refused_maps,
+            "refused_switches": self.refused_switches,
+            "verified_backing": self.mapped_backing,
+        }
 
     def _report(self) -> SoakReport:
         daemon_log = self.out / "daemon.log"
@@ -991,6 +1115,7 @@ class _Soak:
             journal_syncs=self.journal.syncs if self.journal else 0,
             journal_verified_mount=self.journal_mount,
             journal_verified_backing=self.journal_backing,
+            mapped=self._mapped_figures(),
             rss=rss_figures(self.rss_samples, warmup),
             rss_samples=tuple(self.rss_samples),
             daemon_pid=self.daemon.pid if self.daemon else 0,
@@ -1000,3 +1125,8 @@ class _Soak:
             failures=tuple(self.failures),
         )
         return replace(report, criteria=evaluate(report))
+
+
+def _maps_shared(mountpoint: Path) -> bool:
+    """Whether the mount says files opened now may be mapped shared."""
+    return bool(read_mode(mountpoint).get("shared_mmap", True))

@@ -13,15 +13,22 @@ a read that differs from what was written raises `CheckFailed` with one line.
   each batch, and remembers the batches that were acknowledged; `Journal.verify` checks
   that a file (the mount's, or the backing file after unmounting) holds each slot's last
   acknowledged record.
+- `MappedWriter` writes into one file through a MAP_SHARED mapping (what SQLite's WAL
+  index, LMDB and git do), msyncs, and checks the file through read() and through the
+  mapping against a model of its bytes; it unmaps and maps again now and then, so that
+  new opens meet whatever setting the mount has. `MappedWriter.verify` checks a file.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import mmap
 import os
 import random
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -413,3 +420,133 @@ class Journal:
                 f"hold their last fsynced record (slots {listed})"
             )
         return len(self.acknowledged)
+
+
+# -- shared mappings ---------------------------------------------------------------------------
+class MappedWriter:
+    """Writes through a MAP_SHARED mapping of *path*, msyncs, and checks it.
+
+    Where the mount's setting cannot map files shared (cache=none on a transport
+    without FUSE_DIRECT_IO_ALLOW_MMAP), mmap answers ENODEV: that is what the setting
+    documents, so it is counted (``refused_maps``) and the step writes with pwrite
+    instead; *mappable* says whether the mount says it maps files shared now, and an
+    ENODEV while it says so is a failure. The caller makes sure the setting does not
+    change during a step.
+
+    `open` before `step`; `release` (also before a switch the mapping would prevent)
+    and `close` after. `verify` works on any path.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        seed: int,
+        pages: int = 64,
+        mappable: Callable[[], bool] = lambda: True,
+        remap_every: int = 50,
+        check_every: int = 8,
+    ) -> None:
+        self.path, self.size, self.mappable = path, pages * mmap.PAGESIZE, mappable
+        self.remap_every, self.check_every = remap_every, check_every
+        self.model = bytearray(self.size)
+        self.steps = 0
+        #: writes through the mapping, msync calls, whole-file checks, successful maps,
+        #: maps refused with the documented ENODEV (and pwrites done instead)
+        self.writes = self.msyncs = self.checks = self.maps = self.refused_maps = 0
+        self.pwrites = 0
+        self._random = random.Random(seed)
+        self._fd = -1
+        self._mapping: mmap.mmap | None = None
+
+    @property
+    def mapped(self) -> bool:
+        return self._mapping is not None
+
+    def open(self) -> None:
+        with open(self.path, "wb") as f:
+            f.write(bytes(self.size))
+
+    def _map(self) -> None:
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            self._mapping = mmap.mmap(fd, self.size, mmap.MAP_SHARED)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno != errno.ENODEV:
+                raise
+            if self.mappable():
+                raise CheckFailed(
+                    f"{self.path}: mmap MAP_SHARED failed with ENODEV although the mount "
+                    "says its setting maps files shared"
+                ) from None
+            self.refused_maps += 1
+            return
+        self._fd = fd
+        self.maps += 1
+
+    def step(self) -> None:
+        """One write (through the mapping if there is one), with an msync and a check of
+        the whole file every `check_every` steps."""
+        self.steps += 1
+        if self._mapping is None and (self.steps == 1 or self.steps % self.remap_every == 1):
+            self._map()
+        offset = self._random.randrange(0, self.size - 1)
+        length = min(self._random.randrange(1, 3 * mmap.PAGESIZE), self.size - offset)
+        data = self._random.randbytes(length)
+        self.model[offset : offset + length] = data
+        if self._mapping is not None:
+            self._mapping[offset : offset + length] = data
+            self.writes += 1
+        else:
+            fd = os.open(self.path, os.O_RDWR)
+            try:
+                os.pwrite(fd, data, offset)
+            finally:
+                os.close(fd)
+            self.pwrites += 1
+        if self.steps % self.check_every == 0:
+            self.check()
+        if self._mapping is not None and self.steps % self.remap_every == 0:
+            self.release()
+
+    def check(self) -> None:
+        """msync, then the file through read() and through the mapping must be the model."""
+        if self._mapping is not None:
+            self._mapping.flush()
+            self.msyncs += 1
+            if self._mapping[:] != self.model:
+                raise CheckFailed(f"{self.path}: {self._differs(self._mapping[:])} in the mapping")
+            data = os.pread(self._fd, self.size, 0)
+        else:
+            data = self.path.read_bytes()
+        if data != self.model:
+            raise CheckFailed(f"{self.path}: {self._differs(data)} through read() after msync")
+        self.checks += 1
+
+    def release(self) -> None:
+        """Check, then unmap and close: the file holds the model."""
+        if self._mapping is None:
+            return
+        try:
+            self.check()
+        finally:
+            self._mapping.close()
+            self._mapping = None
+            os.close(self._fd)
+            self._fd = -1
+
+    def close(self) -> None:
+        self.release()
+
+    def verify(self, path: Path) -> int:
+        """Check that *path* holds the model; return the bytes checked."""
+        data = path.read_bytes()
+        if data != self.model:
+            raise CheckFailed(f"{path}: {self._differs(data)}")
+        return len(data)
+
+    def _differs(self, data: bytes) -> str:
+        if len(data) != len(self.model):
+            return f"{len(data)} bytes where {len(self.model)} were mapped"
+        first = next(i for i, (a, b) in enumerate(zip(data, self.model, strict=True)) if a != b)
+        return f"byte {first:,} differs from what was written through the mapping"

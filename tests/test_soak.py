@@ -9,6 +9,7 @@ mounted under it, and the fixture unmounts and kills whatever a failed test left
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -37,9 +38,9 @@ from iofs.soak import (
     runnable_modes,
     warmup_seconds,
 )
-from iofs.workloads import RECORD, CheckFailed, Journal, MetadataChurn
+from iofs.workloads import RECORD, CheckFailed, Journal, MappedWriter, MetadataChurn
 
-from .conftest import needs_fuse, scratch_dir
+from .conftest import Mount, MountFactory, needs_fuse, scratch_dir
 
 needs_fio = pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
 IOFS = [sys.executable, "-m", "iofs"]
@@ -113,6 +114,45 @@ def test_journal_verifies_acknowledged_records_and_notices_a_lost_one(tmp_path: 
         journal.verify(journal.path)
 
 
+def test_mapped_writer_matches_its_model_and_notices_a_changed_byte(tmp_path: Path) -> None:
+    mapped = MappedWriter(tmp_path / "mapped", seed=4, pages=8, remap_every=20, check_every=4)
+    mapped.open()
+    try:
+        for _ in range(100):
+            mapped.step()
+    finally:
+        mapped.close()
+    assert mapped.writes == 100 and mapped.pwrites == 0 and mapped.maps == 5
+    assert mapped.checks >= 25 and mapped.msyncs >= 25 and mapped.refused_maps == 0
+    assert mapped.verify(mapped.path) == 8 * mmap.PAGESIZE
+    data = bytearray(mapped.path.read_bytes())
+    data[1234] ^= 1
+    mapped.path.write_bytes(data)
+    with pytest.raises(CheckFailed, match="byte 1,234 differs"):
+        mapped.verify(mapped.path)
+
+
+@needs_fuse
+def test_mapped_writer_fails_on_an_undocumented_enodev(mount_factory: MountFactory) -> None:
+    """On a mount in uncached, mmap answers ENODEV (on pyfuse3): counted as refused while
+    the mount says so, a failure otherwise; that is how the soak catches issue 17."""
+    mnt: Mount = mount_factory(engine=None, mode="uncached")
+    if json.loads(os.getxattr(mnt.mountpoint, b"iofs.mode"))["shared_mmap"]:
+        pytest.skip("this transport maps direct_io files shared")
+    documented = MappedWriter(mnt.mountpoint / "a", seed=1, pages=4, mappable=lambda: False)
+    documented.open()
+    for _ in range(30):
+        documented.step()
+    documented.close()
+    assert (documented.writes, documented.pwrites, documented.maps) == (0, 30, 0)
+    assert documented.refused_maps == 1 and documented.checks == 3
+    assert documented.verify(mnt.backing / "a") == 4 * mmap.PAGESIZE
+    silent = MappedWriter(mnt.mountpoint / "b", seed=1, pages=4)
+    silent.open()
+    with pytest.raises(CheckFailed, match="ENODEV although the mount says"):
+        silent.step()
+
+
 # -- the rules -------------------------------------------------------------------------------
 def test_parse_duration() -> None:
     assert parse_duration("90s") == 90
@@ -168,6 +208,7 @@ def _report(**changes: object) -> SoakReport:
         "journal_syncs": 1,
         "journal_verified_mount": 16,
         "journal_verified_backing": 16,
+        "mapped": {"writes": 40, "msyncs": 5, "checks": 5, "maps": 1, "verified_backing": 262144},
         "rss": rss_figures([(0.0, 30 * mib), (10.0, 40 * mib), (50.0, 43 * mib)], 12.0),
         "rss_samples": (),
         "daemon_pid": 1,
@@ -260,6 +301,9 @@ def test_short_soak_passes_through_every_mode(tmp_path: Path, scratch: Path) -> 
     assert totals["writes"] > 0 and totals["reads"] > totals["writes"]  # verify reads
     assert report["metadata_ops_total"] > 0 and report["metadata_tree_checks"] >= 2
     assert report["journal_verified_backing"] > 0
+    mapped = report["mapped"]
+    assert mapped["writes"] > 0 and mapped["checks"] > 0 and mapped["verified_backing"] > 0
+    assert "PASS  mapped file" in result.stdout
     assert report["rss"]["peak_after"] is not None
     assert report["rss"]["warmup_end_s"] == warmup_seconds(20, len(modes), 2)
     assert report["failures"] == [] and report["daemon_log_errors"] == 0
