@@ -90,6 +90,8 @@ FIO_MIN_ROUND = 2.0
 FIO_GRACE = 60.0
 #: The metadata churn checks the whole tree every this many operations.
 CHURN_CHECK_EVERY = 500
+#: Seconds the mapped writer rests between steps (pacing, not synchronisation).
+MAPPED_PAUSE = 0.005
 #: Seconds between checks of the daemon's log and statistics during the load.
 WATCH_INTERVAL = 5.0
 #: Seconds a worker may take to stop once asked, before it counts as hung.
@@ -913,6 +915,8 @@ class _Soak:
                         continue
                     with self.mapping_lock:
                         mapped.step()
+                    # Paced: an unpaced writer takes the GIL from the other workers.
+                    self.abort.wait(MAPPED_PAUSE)
             finally:
                 with self.mapping_lock:
                     mapped.close()
