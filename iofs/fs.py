@@ -342,11 +342,11 @@ class Filesystem(pyfuse3.Operations):
     async def _refuse_if_mapped(self, setting: Setting) -> None:
         """Refuse (EBUSY) a switch into direct_io opens while a file is mapped shared.
 
-        Without FUSE_DIRECT_IO_ALLOW_MMAP, the kernel does not write a mapping's dirty
-        pages back before a direct_io read, nor keep a mapping and direct_io writes
-        coherent: a mapping made before the switch would go on with its own copy.
-        The scan runs in a thread: reading a process's maps waits for its page faults,
-        which may be waiting for this daemon.
+        Without FUSE_DIRECT_IO_ALLOW_MMAP, a shared mapping of a file opened after the
+        switch fails with ENODEV; an application that maps files now (SQLite's -shm
+        for each connection, git's packs) is about to map again. The scan runs in a
+        thread: reading a process's maps waits for its page faults, which may be
+        waiting for this daemon.
         """
         entering = CACHINGS[setting.caching].direct_io and self.shared_mmap
         if not entering or self.direct_io_allow_mmap or self.device is None:

@@ -542,6 +542,25 @@ def test_a_refused_switch_changes_nothing_and_names_the_mapping(
     assert mnt.log_text().count("files on the mount are mapped shared") == 2
 
 
+def test_a_mapping_made_through_an_earlier_open_stays_coherent(
+    mount_factory: MountFactory,
+) -> None:
+    """The refusal's window: a file opened before the switch into uncached and mapped
+    after it keeps a page-cache mapping; the kernel writes its dirty pages back before a
+    direct read and drops them after a direct write, so both views agree."""
+    mnt = mount_factory(engine=None, mode="blocking")
+    path = mnt.mountpoint / "early"
+    path.write_bytes(bytes(2 * PAGE))
+    with _opened(path, os.O_RDWR) as early:
+        switch(mnt.mountpoint, "uncached")
+        with mmap.mmap(early, 2 * PAGE) as mapping, _opened(path, os.O_RDWR) as direct:
+            mapping[10:15] = b"dirty"  # no msync
+            assert os.pread(direct, 5, 10) == b"dirty"
+            os.pwrite(direct, b"direct", PAGE + 3)
+            assert mapping[PAGE + 3 : PAGE + 9] == b"direct"
+    assert (mnt.backing / "early").read_bytes()[10:15] == b"dirty"
+
+
 # -- slow suite: randomised ----------------------------------------------------------------
 OPERATIONS = ("step", "step", "step", "switch", "switch", "remap", "reopen_db")
 
