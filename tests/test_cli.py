@@ -456,6 +456,10 @@ def test_modes_describe_every_mode() -> None:
     for name, mode in MODES.items():
         assert f"{name} (engine {mode.engine}" in result.stdout
     assert result.stdout.count("  expect ") == len(MODES)
+    # The one mode whose opens cannot be mapped shared on pyfuse3 says so (issue 17).
+    uncached = result.stdout.partition("\nuncached (")[2].partition("\n\n")[0]
+    assert "ENODEV" in uncached and "FUSE_DIRECT_IO_ALLOW_MMAP" in " ".join(uncached.split())
+    assert "--transport dev" in " ".join(uncached.split())
 
 
 @needs_fuse
