@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from iofs.fs import MODE_XATTR
+from iofs.mappings import parse_device, shared_mappings
 from iofs.modes import CACHINGS, MODES, parse_setting
 
 from .conftest import ALL_MODES, Mount, MountFactory, mode_runs, needs_fuse
@@ -559,6 +560,37 @@ def test_a_mapping_made_through_an_earlier_open_stays_coherent(
             os.pwrite(direct, b"direct", PAGE + 3)
             assert mapping[PAGE + 3 : PAGE + 9] == b"direct"
     assert (mnt.backing / "early").read_bytes()[10:15] == b"dirty"
+
+
+def test_the_scan_finds_only_shared_mappings_of_the_device(tmp_path: Path) -> None:
+    """`/proc/PID/maps`: the device is hex, the fourth permission character is ``s`` for
+    MAP_SHARED (read-only too), a path may hold spaces or be missing."""
+    lines = {
+        "100": [
+            "7f00-7f01 rw-s 00000000 00:2d 12 /mnt/db-shm",
+            "7f01-7f02 r--s 00000000 00:2d 13 /mnt/read only shared",
+            "7f02-7f03 rw-p 00000000 00:2d 14 /mnt/private",
+            "7f03-7f04 rw-s 00000000 00:2e 15 /elsewhere/shared",
+            "7f04-7f05 rw-s 00000000 00:2d 12 /mnt/db-shm",
+            "7f05-7f06 rw-s 00000000 00:2d 16",
+        ],
+        "200": ["7f00-7f01 r-xp 00000000 08:01 99 /usr/bin/python3"],
+    }
+    for pid, maps in lines.items():
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "maps").write_text("\n".join(maps) + "\n")
+        (tmp_path / pid / "comm").write_text(f"p{pid}\n")
+    (tmp_path / "self").mkdir()
+    scan = shared_mappings(parse_device("0:45"), proc=tmp_path)
+    assert [(m.pid, m.command, m.path) for m in scan.mappings] == [
+        (100, "p100", "/mnt/db-shm"),
+        (100, "p100", "/mnt/read only shared"),
+        (100, "p100", "inode 16"),
+    ]
+    assert scan.unreadable == 0
+    assert scan.describe(limit=2) == (
+        "pid 100 (p100) /mnt/db-shm, pid 100 (p100) /mnt/read only shared and 1 more"
+    )
 
 
 # -- slow suite: randomised ----------------------------------------------------------------
