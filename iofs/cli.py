@@ -679,6 +679,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "mount":
         from .mount import MountOptions, mount
 
+        if args.mode in MODES and args.cache in (None, *CACHINGS):
+            caching = args.cache or MODES[args.mode].caching
+            if CACHINGS[caching].direct_io:  # the pyfuse3 transport (SHARED_MMAP_LIMIT)
+                print(f"iofs: note: {SHARED_MMAP_LIMIT}", file=sys.stderr)
         mount(
             MountOptions(
                 backing=args.backing,

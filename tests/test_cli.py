@@ -463,6 +463,28 @@ def test_modes_describe_every_mode() -> None:
 
 
 @needs_fuse
+def test_mounting_without_shared_mmap_says_so(tmp_path: Path) -> None:
+    """A mount whose setting cannot map files shared (cache=none on pyfuse3) notes it
+    on stderr; the others say nothing."""
+    backing, mountpoint = tmp_path / "b", tmp_path / "m"
+    backing.mkdir()
+    mountpoint.mkdir()
+    for options, noted in (
+        (["--mode", "uncached"], True),
+        (["--cache", "none"], True),
+        (["--mode", "uncached", "--cache", "kernel"], False),
+        ([], False),
+    ):
+        result = iofs("mount", *options, str(backing), str(mountpoint))
+        try:
+            assert result.returncode == 0, result.stderr
+            assert ("ENODEV" in result.stderr) is noted, (options, result.stderr)
+            assert len(result.stderr.splitlines()) == int(noted)
+        finally:
+            iofs("umount", str(mountpoint))
+
+
+@needs_fuse
 def test_mount_options_reach_the_kernel(mount_factory: MountFactory) -> None:
     mnt = mount_factory(options=("ro", "allow_other"))
     entry = mounttable.find(mnt.mountpoint)
