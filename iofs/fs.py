@@ -343,8 +343,8 @@ class Filesystem(pyfuse3.Operations):
         """Refuse (EBUSY) a switch into direct_io opens while a file is mapped shared.
 
         Without FUSE_DIRECT_IO_ALLOW_MMAP, a shared mapping of a file opened after the
-        switch fails with ENODEV; an application that maps files now (SQLite's -shm
-        for each connection, git's packs) is about to map again. The scan runs in a
+        switch fails with ENODEV; an application that maps files now (SQLite maps its
+        -shm file for each connection) is about to map again. The scan runs in a
         thread: reading a process's maps waits for its page faults, which may be
         waiting for this daemon.
         """

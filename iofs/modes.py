@@ -38,7 +38,7 @@ class Caching:
 #: too, of a file opened with FOPEN_DIRECT_IO with ENODEV unless the daemon negotiated
 #: FUSE_DIRECT_IO_ALLOW_MMAP at INIT; libfuse 3.14, which pyfuse3 runs on, cannot.
 SHARED_MMAP_LIMIT = (
-    "on the pyfuse3 transport, shared mmap (MAP_SHARED, what SQLite's WAL, LMDB and git "
+    "on the pyfuse3 transport, shared mmap (MAP_SHARED, what SQLite's WAL mode and LMDB "
     "use) of a file opened in this setting fails with ENODEV, because libfuse 3.14 cannot "
     "negotiate FUSE_DIRECT_IO_ALLOW_MMAP (mount with --transport dev for it); a switch "
     "into it while a file on the mount is mapped shared is refused"

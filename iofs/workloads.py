@@ -14,7 +14,7 @@ a read that differs from what was written raises `CheckFailed` with one line.
   that a file (the mount's, or the backing file after unmounting) holds each slot's last
   acknowledged record.
 - `MappedWriter` writes into one file through a MAP_SHARED mapping (what SQLite's WAL
-  index, LMDB and git do), msyncs, and checks the file through read() and through the
+  index and LMDB do), msyncs, and checks the file through read() and through the
   mapping against a model of its bytes; it unmaps and maps again now and then, so that
   new opens meet whatever setting the mount has. `MappedWriter.verify` checks a file.
 """
