@@ -75,8 +75,8 @@ def mode_state(mountpoint: Path) -> dict[str, Any]:
 
 def transport(config: pytest.Config) -> str:
     """The transport the mounts use (the --transport option, once there is one)."""
-    chosen: str = config.getoption("--transport", default="pyfuse3")
-    return chosen
+    chosen: str | None = config.getoption("--transport", default=None)
+    return chosen or "pyfuse3"
 
 
 def expect_shared_mmap(spec: str, transport_name: str) -> bool:
