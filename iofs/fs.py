@@ -339,6 +339,11 @@ class Filesystem(pyfuse3.Operations):
         """Whether files opened now may be mapped MAP_SHARED (see `SHARED_MMAP_LIMIT`)."""
         return self.direct_io_allow_mmap or not CACHINGS[self.setting.caching].direct_io
 
+    def _may_need_refusal(self, setting: Setting) -> bool:
+        """Whether a switch to *setting* leaves files unable to be mapped shared."""
+        entering = CACHINGS[setting.caching].direct_io and self.shared_mmap
+        return entering and not self.direct_io_allow_mmap and self.device is not None
+
     async def _refuse_if_mapped(self, setting: Setting) -> None:
         """Refuse (EBUSY) a switch into direct_io opens while a file is mapped shared.
 
@@ -348,8 +353,7 @@ class Filesystem(pyfuse3.Operations):
         thread: reading a process's maps waits for its page faults, which may be
         waiting for this daemon.
         """
-        entering = CACHINGS[setting.caching].direct_io and self.shared_mmap
-        if not entering or self.direct_io_allow_mmap or self.device is None:
+        if not self._may_need_refusal(setting) or self.device is None:
             return
         scan = await trio.to_thread.run_sync(shared_mappings, self.device)
         if scan.mappings:
@@ -1031,6 +1035,9 @@ class Filesystem(pyfuse3.Operations):
         except (BadSetting, UnicodeDecodeError) as exc:
             log.warning("refused mode setting %s: %s", reprlib.repr(value), exc)
             raise FUSEError(errno.EINVAL) from None
+        if not self._may_need_refusal(setting):
+            self._switch_or_fall_back(setting)  # no await: the switch is atomic on the loop
+            return
         async with self._switching:
             await self._refuse_if_mapped(setting)
             self._switch_or_fall_back(setting)
