@@ -681,7 +681,8 @@ def _run(args: argparse.Namespace) -> int:
 
         if args.mode in MODES and args.cache in (None, *CACHINGS):
             caching = args.cache or MODES[args.mode].caching
-            if CACHINGS[caching].direct_io:  # the pyfuse3 transport (SHARED_MMAP_LIMIT)
+            # Only dev negotiates FUSE_DIRECT_IO_ALLOW_MMAP (SHARED_MMAP_LIMIT).
+            if CACHINGS[caching].direct_io and args.transport == "pyfuse3":
                 print(f"iofs: note: {SHARED_MMAP_LIMIT}", file=sys.stderr)
         mount(
             MountOptions(
