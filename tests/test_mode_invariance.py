@@ -376,12 +376,14 @@ class Twin:
         self.both(Session.append)
         self.both(Session.direct)
         ours, theirs = self.mount.fallocate(), self.plain.fallocate()
-        # Raw fallocate where supported: iofs (pyfuse3) has no fallocate handler, so
-        # FALLOC_FL_KEEP_SIZE is EOPNOTSUPP on the mount, in every mode alike.
+        # Raw fallocate where supported: where the transport has no fallocate (pyfuse3),
+        # FALLOC_FL_KEEP_SIZE is EOPNOTSUPP on the mount; either way alike in every mode.
+        supported = ours["keep_size"][0] == "ok"
+        kind: Outcome = ("ok", None) if supported else ours["keep_size"]
         if self.keep_size is None:
-            self.keep_size = ours["keep_size"]
+            self.keep_size = kind
+        assert kind == self.keep_size, "fallocate changed with the mode"
         assert ours["keep_size"] in (theirs["keep_size"], ("error", _EOPNOTSUPP))
-        assert ours["keep_size"] == self.keep_size, "fallocate changed with the mode"
         ours.pop("keep_size")
         theirs.pop("keep_size")
         assert ours == theirs, f"fallocate: mount {ours!r}, plain {theirs!r}"
