@@ -273,9 +273,6 @@ class Filesystem(pyfuse3.Operations):
         self._next_dir_handle = 1
         #: What carries the requests (set at mount): its counters join the statistics.
         self.transport: Transport | None = None
-        #: Set by a transport that negotiated FUSE_DIRECT_IO_ALLOW_MMAP at INIT: then the
-        #: kernel maps direct_io files shared too. pyfuse3 (libfuse 3.14) cannot.
-        self.direct_io_allow_mmap = False
         #: The mount's device (major, minor) and whether others may use it, set once
         #: mounted: what the shared-mapping check before a switch looks for.
         self.device: tuple[int, int] | None = None
@@ -333,6 +330,12 @@ class Filesystem(pyfuse3.Operations):
         await engine.aclose()  # waits for its operations in flight
         self._draining.discard(engine)
         self.recorder.switch_drained(switch, engine.statistics())
+
+    @property
+    def direct_io_allow_mmap(self) -> bool:
+        """Whether the transport negotiated FUSE_DIRECT_IO_ALLOW_MMAP at INIT: then the
+        kernel maps direct_io files shared too. pyfuse3 (libfuse 3.14) cannot."""
+        return self.transport is not None and self.transport.direct_io_allows_mmap
 
     @property
     def shared_mmap(self) -> bool:

@@ -459,8 +459,6 @@ class DevTransport:
             flags |= flags2 << 32
         self.kernel_minor = min(minor, p.KERNEL_MINOR_VERSION)
         self.flags = self.wanted(flags)
-        # cache=none opens may be mapped shared (see Filesystem.shared_mmap).
-        self.fs.direct_io_allow_mmap = bool(self.flags & p.DIRECT_IO_ALLOW_MMAP)
         out_flags = self.flags | (p.INIT_EXT if self.flags >> 32 else 0)
         limits = self.background_limits(self.requested_background)
         self.max_background = limits.max_background
