@@ -37,7 +37,7 @@ from .backends import (
     create_engine,
     fallback_engine,
 )
-from .connection import KERNEL_MAX_BACKGROUND, set_background_limits
+from .connection import KERNEL_MAX_BACKGROUND, MAX_BACKGROUND_LIMIT, set_background_limits
 from .errors import ExitStatus, IofsError
 from .faults import BadFaults, parse_faults
 from .fs import Filesystem
@@ -365,8 +365,14 @@ def mount(opts: MountOptions) -> None:
         "by file handle" if how is None else f"by parent and name ({how})",
     )
     fs.log_file = str(log_file) if log_file else None
-    wanted_background = opts.max_background or max(
-        opts.engine_config.queue_depth, KERNEL_MAX_BACKGROUND
+    if opts.max_background is not None and opts.max_background > MAX_BACKGROUND_LIMIT:
+        raise IofsError(
+            f"--max-background: the kernel takes at most {MAX_BACKGROUND_LIMIT}",
+            ExitStatus.BAD_SETTING,
+        )
+    # A queue deeper than the kernel's limit fills every background slot it has.
+    wanted_background = opts.max_background or min(
+        max(opts.engine_config.queue_depth, KERNEL_MAX_BACKGROUND), MAX_BACKGROUND_LIMIT
     )
     transport = create_transport(opts.transport, max_background=wanted_background)
     fs.transport = transport

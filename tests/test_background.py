@@ -17,6 +17,8 @@ from iofs.fs import FAULTS_XATTR
 from .conftest import Mount, MountFactory, mode_runs, needs_fuse, needs_root
 from .test_security import NOBODY, as_user
 
+IOFS = [sys.executable, "-m", "iofs"]
+
 pytestmark = needs_fuse
 
 
@@ -99,3 +101,47 @@ def test_without_root_the_kernel_default_stays_with_one_warning() -> None:
     numbers, warning = result.stdout.splitlines()
     assert numbers == f"{KERNEL_MAX_BACKGROUND} 9"
     assert warning.startswith("not root: ") and "\n" not in warning
+
+
+@needs_root
+def test_a_queue_deeper_than_the_kernel_takes_fills_every_slot(tmp_path: Path) -> None:
+    """The default follows the queue depth only as far as the kernel's 65,535."""
+    backing, mountpoint = tmp_path / "b", tmp_path / "m"
+    backing.mkdir()
+    mountpoint.mkdir()
+    iofs = IOFS
+    mount = [*iofs, "mount", "--mode", "blocking", "--queue-depth", "70000"]
+    result = subprocess.run(
+        [*mount, str(backing), str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    try:
+        assert result.stderr == ""  # no "cannot set max_background" warning
+        stats = subprocess.run(
+            [*iofs, "stats", "--json", str(mountpoint)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        assert json.loads(stats.stdout)["extra"]["max_background"] == 65_535
+    finally:
+        subprocess.run([*iofs, "umount", str(mountpoint)], check=True, timeout=60)
+
+
+def test_max_background_beyond_the_kernels_limit_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "m").mkdir()
+    result = subprocess.run(
+        [*IOFS, "mount", "--max-background", "70000", str(tmp_path / "b"), str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 5, result.stderr
+    assert result.stderr == "iofs: error: --max-background: the kernel takes at most 65535\n"
