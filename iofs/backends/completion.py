@@ -26,11 +26,8 @@ core owns queueing and reaping and each engine is a small table of kernel hooks.
   blocking engine.
 - Cancellation. A task cancelled while its operation is in flight keeps waiting (the
   kernel owns its buffer) and receives the cancellation once the operation completed.
-- Reads. Reads are short only at end of file (see base.py): short ones are continued,
-  requests larger than the kernel takes (`MAX_LENGTH`) are split, and reads up to
-  `SCRATCH_SIZE` (buffered, or aligned for O_DIRECT) go through the slot's page-aligned
-  scratch mapping and are copied out (no pooled buffer, no memoryview, no ctypes object).
-- Counters: `counters()` is a frozen `CompletionCounters`; engines extend it.
+- Reads: short ones continued (`_read_rest`), small ones through the slot's scratch
+  mapping (`_pread`). Counters: a frozen `CompletionCounters`; engines extend it.
 
 An engine supplies only the kernel side, as fio's engines supply ``prep``/``commit``/
 ``getevents``: `_prepare` (fill one request), `_commit` (hand the prepared ones to
@@ -45,19 +42,19 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import ctypes
 import errno
 import fcntl
 import mmap
 import os
 import stat
-from collections.abc import AsyncGenerator, Generator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Final, TypeVar
 
 import outcome
 import trio
 
+from .addresses import address_of, write_source
 from .base import Buffer, Engine, EngineConfig
 
 #: The operations an engine prepares (the kernel's IOCB_CMD_* numbers, so that AIO
@@ -78,36 +75,6 @@ EARLY_SUBMIT: Final = 4
 _T = TypeVar("_T")
 
 
-def address_of(buffer: memoryview) -> int:
-    """The address of *buffer*'s first byte (0 if it is empty); it must be writable."""
-    if not buffer.nbytes:
-        return 0
-    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
-
-
-def bytes_address(data: bytes) -> int:
-    """The address of the first byte of *data* (read-only, so not through from_buffer)."""
-    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
-
-
-@contextlib.contextmanager
-def write_source(data: Buffer) -> Iterator[int]:
-    """The address the kernel may read *data* from, held in place for the block."""
-    if isinstance(data, bytes):
-        yield bytes_address(data)  # immutable: our reference keeps the bytes in place
-        return
-    pin = memoryview(data)  # holds a bytearray's bytes in place (no resize) meanwhile
-    if pin.readonly:  # e.g. a view of bytes: ctypes cannot take its address
-        copy = pin.tobytes()
-        pin.release()
-        yield bytes_address(copy)
-        return
-    try:
-        yield address_of(pin)
-    finally:
-        pin.release()
-
-
 def _is_directory(fd: int) -> bool:
     try:
         return stat.S_ISDIR(os.fstat(fd).st_mode)
@@ -122,11 +89,8 @@ class SubmitRefused(OSError):
 class _Resume(outcome.Outcome[None]):
     """What a parked task is rescheduled with: ``outcome.Value(None)``, made once.
 
-    `trio.lowlevel.reschedule` creates a fresh `outcome.Value` per call otherwise (an
-    attrs instance that also records its unwrapping): about 0.7 µs of each wake-up.
-    trio only unwraps what it is given, once per wake-up, in the woken task; unlike a
-    Value this may be unwrapped any number of times, so one instance serves them all.
-    The result itself travels in the task's `Slot`.
+    A fresh `outcome.Value` per wake-up (reschedule's default) cost about 0.7 µs here;
+    this one may be unwrapped any number of times. The result travels in the `Slot`.
     """
 
     __slots__ = ()
@@ -145,11 +109,8 @@ _RESUME = _Resume()
 
 
 class Slot:
-    """One of the engine's ``queue_depth`` operation slots, made once and reused.
-
-    Its index comes back with the operation's completion; the abort function is bound
-    once.
-    """
+    """One of the ``queue_depth`` operation slots, made once; its index comes back
+    with the operation's completion, its abort function is bound once."""
 
     __slots__ = (
         "abort",
@@ -302,11 +263,7 @@ class CompletionEngine(Engine):
         self._reaper_running = True  # from now on, waiting tasks park for the reaper
 
     async def _stop_core(self) -> None:
-        """Stop the reaper and wait for it, and free the slots' scratch mappings.
-
-        From the engine's `_shutdown`, when nothing is in flight, before it releases
-        its kernel resources.
-        """
+        """From `_shutdown` (nothing in flight): stop the reaper, free the scratch."""
         if self._reaper_scope is not None:
             self._reaper_scope.cancel()
             with trio.CancelScope(shield=True):  # it leaves at once: nothing is in flight
@@ -535,8 +492,7 @@ class CompletionEngine(Engine):
 
     def _is_direct(self, fd: int) -> bool:
         """Whether *fd* was opened O_DIRECT (remembered until `forget`)."""
-        direct = self._fd_is_direct.get(fd)
-        if direct is None:
+        if (direct := self._fd_is_direct.get(fd)) is None:
             direct = self._fd_is_direct[fd] = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
         return direct
 
