@@ -66,6 +66,7 @@ from . import loopfs
 from .backends import ENGINES, EngineConfig, EngineUnavailable, engine_class
 from .control import read_statistics
 from .errors import ExitStatus, IofsError
+from .findings import findings as demo_findings
 from .loopfs import LoopFilesystem, interrupts_deferred
 from .modes import MODES, BadSetting, Setting, parse_setting, resolve
 from .mount import MountOptions, find_mount, start_daemon, stop_daemon
@@ -1035,8 +1036,6 @@ def render_results(
     """
     results = load_results(directory)
     if findings is None and results.kind == "demo":
-        from .demo import findings as demo_findings
-
         findings = demo_findings
     sentences = findings(results) if findings else []
     text = summary_text(results, sentences, width=SUMMARY_WIDTH)
