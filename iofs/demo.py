@@ -27,21 +27,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .bench import (
-    Interrupted,
-    Plan,
-    PlannedRun,
-    check_filesystems,
-    check_paths,
-    load_job,
-    render_results,
-    run_plan,
-    with_overrides,
-)
+from .bench import Interrupted, Plan, PlannedRun, check_filesystems, check_paths, run_plan
 from .errors import IofsError
 from .findings import AIO_BUFFERED, URING_BUFFERED, findings
+from .fiojobs import load_job, with_overrides
 from .loopfs import interrupts_deferred
 from .report import NATIVE
+from .results import render_results
 from .switch import SwitchPlan, run_switch, switch_plan
 from .switch_report import render_switch
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from iofs.bench import load_results
 from iofs.demo import DEMO_RUNS, SWITCH_JOB, SWITCH_SCHEDULE, demo_plan, switch_demo_plan
 from iofs.findings import (
     AIO_BUFFERED,
@@ -25,6 +24,7 @@ from iofs.findings import (
     xfs_vs_btrfs,
 )
 from iofs.report import NATIVE, DaemonFigures, Figures, Results, Run
+from iofs.results import load_results
 
 from .conftest import needs_fuse
 
