@@ -76,12 +76,13 @@ def filesystem_of(path: Path) -> dict[str, str]:
     return info
 
 
-def environment(fio: str, cache_drop: str) -> dict[str, Any]:
-    """Where the figures were measured: machine, kernel, versions, how caches were dropped."""
+def machine(command: Sequence[str]) -> dict[str, Any]:
+    """What every harness records: when, the exact *command*, the machine, kernel and
+    versions, and which engines can run here."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": shlex.join(["iofs", *sys.argv[1:]]),
+        "command": shlex.join(command),
         "kernel": f"{platform.release()} ({platform.version()})",
         "machine": platform.machine(),
         "cpu": _cpu_model(),
@@ -89,15 +90,23 @@ def environment(fio: str, cache_drop: str) -> dict[str, Any]:
         "memory_bytes": memory,
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "root": os.geteuid() == 0,
-        "cache_drop": CACHE_DROPS[cache_drop],
-        "fio": first_line([fio, "--version"]),
         "python": sys.version.split()[0],
         "iofs": _version("iofs"),
         "iofs_commit": _commit(),
         "pyfuse3": pyfuse3.__version__,
         "trio": _version("trio"),
+        "engines": {name: cls.probe() or "available" for name, cls in sorted(ENGINES.items())},
+    }
+
+
+def environment(fio: str, cache_drop: str) -> dict[str, Any]:
+    """Where fio's figures were measured: `machine`, fio and mkfs versions, how caches
+    were dropped (the filesystems are added as they are made)."""
+    return {
+        **machine(["iofs", *sys.argv[1:]]),
+        "cache_drop": CACHE_DROPS[cache_drop],
+        "fio": first_line([fio, "--version"]),
         "mkfs.xfs": first_line(["mkfs.xfs", "-V"]),
         "mkfs.btrfs": first_line(["mkfs.btrfs", "--version"]),
-        "engines": {name: cls.probe() or "available" for name, cls in sorted(ENGINES.items())},
         "filesystems": {},
     }

@@ -115,6 +115,8 @@ class AioEngine(CompletionEngine):
     capabilities = Capability.KERNEL_ASYNC | Capability.NEEDS_ALIGNED
     summary = "Linux AIO (io_submit) on O_DIRECT twins, completions via an eventfd"
     prefers_direct = True
+    #: The core's operations are numbered as IOCB_CMD_*; AIO has no flags for them.
+    OPCODES = ((0, 0), (1, 0), (2, 0), (3, 0))
 
     def __init__(self, config: EngineConfig | None = None) -> None:
         super().__init__(config)
@@ -151,6 +153,7 @@ class AioEngine(CompletionEngine):
         self._prepared: list[int] = []
         self._buffered_submits = 0
         self._fsync_fallbacks = 0
+        self._prepare = self._prepare_iocb
 
     @classmethod
     def probe(cls) -> str | None:
@@ -175,13 +178,13 @@ class AioEngine(CompletionEngine):
             self._finalizer()
 
     # -- the completion core's hooks ---------------------------------------------------
-    def _prepare(
-        self, op: int, fd: int, address: int, length: int, offset: int, index: int
+    def _prepare_iocb(
+        self, opcode: int, fd: int, address: int, length: int, offset: int, _: int, index: int
     ) -> None:
-        if op <= WRITE and not self._is_direct(fd):
+        if opcode <= WRITE and not self._is_direct(fd):
             self._buffered_submits += 1
         iocb, where = self._slot_iocbs[index]
-        iocb.aio_lio_opcode = op  # the core's numbers are IOCB_CMD_*
+        iocb.aio_lio_opcode = opcode
         iocb.aio_fildes = fd
         where.buf = address
         where.nbytes = length
@@ -218,7 +221,7 @@ class AioEngine(CompletionEngine):
             start += taken
         return taken_total, refused
 
-    def _get_events(self, wait: bool) -> Sequence[tuple[int, ...]]:
+    def _get_events(self, wait: bool) -> Sequence[tuple[int, int, int]]:
         events = self._events
         count = self._aio.io_getevents(
             self._context, 1 if wait else 0, len(events), events, None if wait else self._no_wait
@@ -226,7 +229,7 @@ class AioEngine(CompletionEngine):
         if not count:
             return ()
         # A c_void_p field reads 0 back as None.
-        return [(event.data or 0, event.res) for event in events[:count]]
+        return [(event.data or 0, event.res, 0) for event in events[:count]]
 
     @property
     def _wait_fd(self) -> int:

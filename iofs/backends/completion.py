@@ -30,7 +30,7 @@ core owns queueing and reaping and each engine is a small table of kernel hooks.
   mapping (`_pread`). Counters: a frozen `CompletionCounters`; engines extend it.
 
 An engine supplies only the kernel side, as fio's engines supply ``prep``/``commit``/
-``getevents``: `_prepare` (fill one request), `_commit` (hand the prepared ones to
+``getevents``: `OPCODES` and `_prepare` (fill one request), `_commit` (hand the prepared ones to
 the kernel), `_get_events` (take completions, optionally blocking for one), and the
 fd `_wait_fd` that polls readable while completions wait (`_acknowledge_wakeup` resets
 it if it is an edge, like an eventfd). Operations are named by `READ`, `WRITE`,
@@ -47,9 +47,9 @@ import fcntl
 import mmap
 import os
 import stat
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Final, TypeVar
+from typing import ClassVar, Final, TypeVar
 
 import outcome
 import trio
@@ -204,12 +204,12 @@ class CompletionEngine(Engine):
         self._submit_errors = 0
 
     # -- the kernel hooks each engine implements ------------------------------------
-    @abc.abstractmethod
-    def _prepare(
-        self, op: int, fd: int, address: int, length: int, offset: int, index: int
-    ) -> None:
-        """Fill one request for the kernel (not handed over yet); *index* comes back
-        with its completion. *op* is `READ`, `WRITE`, `FSYNC` or `FDATASYNC`."""
+    #: The engine's ``(opcode, flags)`` for `READ`, `WRITE`, `FSYNC` and `FDATASYNC`.
+    OPCODES: ClassVar[tuple[tuple[int, int], ...]]
+    #: Fill one request for the kernel, not handed over yet: ``(opcode, fd, address,
+    #: length, offset, flags, index)``, *index* coming back with its completion. Set by
+    #: the engine's constructor (io_uring binds its ring's `prepare`: no call in between).
+    _prepare: Callable[[int, int, int, int, int, int, int], None]
 
     @abc.abstractmethod
     def _commit(self) -> tuple[int, list[tuple[int, int]]]:
@@ -220,8 +220,8 @@ class CompletionEngine(Engine):
         """
 
     @abc.abstractmethod
-    def _get_events(self, wait: bool) -> Sequence[tuple[int, ...]]:
-        """The completions posted so far as ``(index, result, ...)``, *result* a count
+    def _get_events(self, wait: bool) -> Sequence[tuple[int, int, int]]:
+        """The completions posted so far as ``(index, result, flags)``, *result* a count
         or ``-errno``; with *wait*, block for at least one first (may raise
         `InterruptedError`)."""
 
@@ -371,7 +371,8 @@ class CompletionEngine(Engine):
         """
         if offset < 0:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        self._prepare(op, fd, address, length, offset, slot.index)
+        opcode, flags = self.OPCODES[op]
+        self._prepare(opcode, fd, address, length, offset, flags, slot.index)
         self._queued += 1
         if self._park_early and self._reaper_running and self._queued >= EARLY_SUBMIT:
             # Enough for the device to start on while the loop prepares the rest.
@@ -431,7 +432,8 @@ class CompletionEngine(Engine):
         if taken:
             self._submitted(taken)
             self._outstanding += taken
-            self._max_outstanding = max(self._max_outstanding, self._outstanding)
+            if self._outstanding > self._max_outstanding:  # noqa: PLR1730 (a call less)
+                self._max_outstanding = self._outstanding
         self._inline_reaps += self._reap()
         self._park_early = self._outstanding > 0
         if self._outstanding and self._idle_reaper is not None:
@@ -452,9 +454,9 @@ class CompletionEngine(Engine):
         if not events:
             return 0
         slots, reschedule = self._slots, trio.lowlevel.reschedule
-        for event in events:  # _finish, inlined: this is the hot loop
-            slot = slots[event[0]]
-            slot.result = event[1]
+        for index, result, _ in events:  # _finish, inlined: this is the hot loop
+            slot = slots[index]
+            slot.result = result
             task = slot.task
             if task is not None:
                 slot.task = None

@@ -81,7 +81,6 @@ from __future__ import annotations
 import errno
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Final
 
 import trio
 
@@ -90,14 +89,6 @@ from .base import Capability, EngineConfig, EngineUnavailable
 from .completion import EARLY_SUBMIT, CompletionCounters, CompletionEngine
 
 __all__ = ["EARLY_SUBMIT", "IoUringCounters", "IoUringEngine"]
-
-#: The SQE (opcode, op_flags) of each of the core's operations, by its number.
-_SQE_OPS: Final = (
-    (iouring_abi.OP_READ, 0),
-    (iouring_abi.OP_WRITE, 0),
-    (iouring_abi.OP_FSYNC, 0),
-    (iouring_abi.OP_FSYNC, iouring_abi.FSYNC_DATASYNC),
-)
 
 
 @dataclass(frozen=True)
@@ -110,6 +101,12 @@ class IoUringEngine(CompletionEngine):
     name = "io_uring"
     capabilities = Capability.KERNEL_ASYNC
     summary = "io_uring via ctypes: SQEs batched per loop tick, completions polled on the ring fd"
+    OPCODES = (
+        (iouring_abi.OP_READ, 0),
+        (iouring_abi.OP_WRITE, 0),
+        (iouring_abi.OP_FSYNC, 0),
+        (iouring_abi.OP_FSYNC, iouring_abi.FSYNC_DATASYNC),
+    )
 
     def __init__(self, config: EngineConfig | None = None) -> None:
         super().__init__(config)
@@ -121,7 +118,7 @@ class IoUringEngine(CompletionEngine):
                 f"of at most {iouring_abi.MAX_ENTRIES}"
             )
         self._ring = iouring_abi.Ring(iouring_abi.next_power_of_two(depth))
-        self._prepare_sqe = self._ring.prepare
+        self._prepare = self._ring.prepare  # an SQE, written straight into the ring
 
     @classmethod
     def probe(cls) -> str | None:
@@ -134,12 +131,6 @@ class IoUringEngine(CompletionEngine):
             self._ring.close()
 
     # -- the completion core's hooks ---------------------------------------------------
-    def _prepare(
-        self, op: int, fd: int, address: int, length: int, offset: int, index: int
-    ) -> None:
-        opcode, flags = _SQE_OPS[op]
-        self._prepare_sqe(opcode, fd, address, length, offset, flags, index)
-
     def _commit(self) -> tuple[int, list[tuple[int, int]]]:
         """One ``io_uring_enter`` for the batch; SQEs it did not take are refused."""
         ring = self._ring
@@ -149,11 +140,11 @@ class IoUringEngine(CompletionEngine):
         except OSError as exc:
             taken = batch - ring.pending
             return taken, [(i, -(exc.errno or errno.EIO)) for i in ring.discard_pending()]
-        if ring.pending:  # the kernel took no more, and said nothing
+        if taken < batch and ring.pending:  # the kernel took no more, and said nothing
             return taken, [(i, -errno.EAGAIN) for i in ring.discard_pending()]
         return taken, []
 
-    def _get_events(self, wait: bool) -> Sequence[tuple[int, ...]]:
+    def _get_events(self, wait: bool) -> Sequence[tuple[int, int, int]]:
         if wait:
             self._ring.wait(1)
         return self._ring.reap()
