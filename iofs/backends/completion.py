@@ -30,12 +30,11 @@ core owns queueing and reaping and each engine is a small table of kernel hooks.
   mapping (`_pread`). Counters: a frozen `CompletionCounters`; engines extend it.
 
 An engine supplies only the kernel side, as fio's engines supply ``prep``/``commit``/
-``getevents``: `OPCODES` and `_prepare` (fill one request), `_commit` (hand the prepared ones to
+``getevents``: `_prepare` (fill one request), `_commit` (hand the prepared ones to
 the kernel), `_get_events` (take completions, optionally blocking for one), and the
 fd `_wait_fd` that polls readable while completions wait (`_acknowledge_wakeup` resets
-it if it is an edge, like an eventfd). Operations are named by `READ`, `WRITE`,
-`FSYNC` and `FDATASYNC`; each completion carries back the slot index it was prepared
-with.
+it if it is an edge, like an eventfd). `OPCODES` maps `READ`, `WRITE`, `FSYNC` and
+`FDATASYNC` to the engine's own; each completion carries back its slot's index.
 """
 
 from __future__ import annotations
@@ -206,9 +205,8 @@ class CompletionEngine(Engine):
     # -- the kernel hooks each engine implements ------------------------------------
     #: The engine's ``(opcode, flags)`` for `READ`, `WRITE`, `FSYNC` and `FDATASYNC`.
     OPCODES: ClassVar[tuple[tuple[int, int], ...]]
-    #: Fill one request for the kernel, not handed over yet: ``(opcode, fd, address,
-    #: length, offset, flags, index)``, *index* coming back with its completion. Set by
-    #: the engine's constructor (io_uring binds its ring's `prepare`: no call in between).
+    #: Fill one request ``(opcode, fd, address, length, offset, flags, index)``, *index*
+    #: back with its completion; set by the constructor (io_uring: its ring's `prepare`).
     _prepare: Callable[[int, int, int, int, int, int, int], None]
 
     @abc.abstractmethod
