@@ -44,7 +44,6 @@ import errno
 import importlib
 import os
 import weakref
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -147,13 +146,17 @@ class AioEngine(CompletionEngine):
         self._pointers = [ctypes.pointer(iocb) for iocb in self._iocbs]
         self._submit_list = (aio.iocb_p * depth)()
         self._pointer_size = ctypes.sizeof(aio.iocb_p)
-        self._events = (aio.io_event * depth)()
+        self._event_array = (aio.io_event * depth)()
+        #: Completions a blocking wait took, for the next `_poll`.
+        self._waited: list[tuple[int, int, int]] = []
         self._no_wait = aio.timespec(0, 0)
         #: Slots whose iocb is prepared but not yet submitted, in order.
         self._prepared: list[int] = []
         self._buffered_submits = 0
         self._fsync_fallbacks = 0
         self._prepare = self._prepare_iocb
+        self._poll = self._poll_events
+        self._wait_fd = self._eventfd
 
     @classmethod
     def probe(cls) -> str | None:
@@ -191,7 +194,7 @@ class AioEngine(CompletionEngine):
         where.offset = offset
         self._prepared.append(index)
 
-    def _commit(self) -> tuple[int, list[tuple[int, int]]]:
+    def _commit(self) -> int:
         """One ``io_submit`` takes the whole batch unless the kernel refuses an iocb: it
         then takes those before it, the refused one fails with the errno the next call
         reports, and the rest go in a further call."""
@@ -199,7 +202,6 @@ class AioEngine(CompletionEngine):
         submit_list, pointers = self._submit_list, self._pointers
         for position, index in enumerate(prepared):
             submit_list[position] = pointers[index]
-        refused: list[tuple[int, int]] = []
         start = taken_total = 0
         while start < len(prepared):
             rest = submit_list
@@ -211,29 +213,33 @@ class AioEngine(CompletionEngine):
             try:
                 taken = self._aio.io_submit(self._context, len(prepared) - start, rest)
             except OSError as exc:
-                refused.append((prepared[start], -(exc.errno or errno.EIO)))
+                self._refuse(prepared[start], -(exc.errno or errno.EIO))
                 start += 1
                 continue
             if not taken:  # the kernel took nothing and said nothing: do not spin
-                refused += [(index, -errno.EAGAIN) for index in prepared[start:]]
+                for index in prepared[start:]:
+                    self._refuse(index, -errno.EAGAIN)
                 break
             taken_total += taken
             start += taken
-        return taken_total, refused
+        return taken_total
 
-    def _get_events(self, wait: bool) -> Sequence[tuple[int, int, int]]:
-        events = self._events
+    def _events(self, wait: bool) -> list[tuple[int, int, int]]:
+        events = self._event_array
         count = self._aio.io_getevents(
             self._context, 1 if wait else 0, len(events), events, None if wait else self._no_wait
         )
-        if not count:
-            return ()
         # A c_void_p field reads 0 back as None.
         return [(event.data or 0, event.res, 0) for event in events[:count]]
 
-    @property
-    def _wait_fd(self) -> int:
-        return self._eventfd
+    def _poll_events(self) -> list[tuple[int, int, int]]:
+        if self._waited:  # what the blocking wait took
+            waited, self._waited = self._waited, []
+            return waited
+        return self._events(wait=False)
+
+    def _wait_for_completion(self) -> None:
+        self._waited += self._events(wait=True)
 
     def _acknowledge_wakeup(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a wakeup for events already reaped

@@ -22,7 +22,7 @@ core owns queueing and reaping and each engine is a small table of kernel hooks.
   `trio.lowlevel.wait_readable` on the engine's `_wait_fd` while anything is
   outstanding, reaps and wakes the tasks whose operations completed; while nothing is
   outstanding it parks. Without a started reaper (an engine used before `start`), a
-  task that must wait blocks in the kernel (`_get_events` with *wait*), like the
+  task that must wait blocks in the kernel (`_wait_for_completion`), like the
   blocking engine.
 - Cancellation. A task cancelled while its operation is in flight keeps waiting (the
   kernel owns its buffer) and receives the cancellation once the operation completed.
@@ -31,7 +31,7 @@ core owns queueing and reaping and each engine is a small table of kernel hooks.
 
 An engine supplies only the kernel side, as fio's engines supply ``prep``/``commit``/
 ``getevents``: `_prepare` (fill one request), `_commit` (hand the prepared ones to
-the kernel), `_get_events` (take completions, optionally blocking for one), and the
+the kernel), `_poll` (take completions) and `_wait_for_completion`, and the
 fd `_wait_fd` that polls readable while completions wait (`_acknowledge_wakeup` resets
 it if it is an edge, like an eventfd). `OPCODES` maps `READ`, `WRITE`, `FSYNC` and
 `FDATASYNC` to the engine's own; each completion carries back its slot's index.
@@ -209,24 +209,20 @@ class CompletionEngine(Engine):
     #: back with its completion; set by the constructor (io_uring: its ring's `prepare`).
     _prepare: Callable[[int, int, int, int, int, int, int], None]
 
-    @abc.abstractmethod
-    def _commit(self) -> tuple[int, list[tuple[int, int]]]:
-        """Hand every prepared request to the kernel; never wait for completions.
-
-        Returns how many the kernel took, and ``(index, -errno)`` for each it refused.
-        Afterwards nothing is prepared.
-        """
+    #: Take the completions posted so far, without waiting, as ``(index, result,
+    #: flags)``, *result* a count or ``-errno``; set by the constructor (io_uring: its
+    #: ring's `reap`). And the fd that polls readable while completions wait.
+    _poll: Callable[[], Sequence[tuple[int, int, int]]]
+    _wait_fd: int
 
     @abc.abstractmethod
-    def _get_events(self, wait: bool) -> Sequence[tuple[int, int, int]]:
-        """The completions posted so far as ``(index, result, flags)``, *result* a count
-        or ``-errno``; with *wait*, block for at least one first (may raise
-        `InterruptedError`)."""
+    def _commit(self) -> int:
+        """Hand every prepared request to the kernel, never waiting for completions;
+        return how many it took, passing each it refused to `_refuse`."""
 
-    @property
     @abc.abstractmethod
-    def _wait_fd(self) -> int:
-        """An fd that polls readable while completions wait to be reaped."""
+    def _wait_for_completion(self) -> None:
+        """Block until a completion is posted (may raise `InterruptedError`)."""
 
     def _acknowledge_wakeup(self) -> None:
         """Reset `_wait_fd` after a wake-up, before reaping (for an edge, e.g. an eventfd)."""
@@ -420,13 +416,7 @@ class CompletionEngine(Engine):
         self._flushes += 1
         self._batch_open = False
         self._queued = 0
-        taken, refused = self._commit()
-        if refused:
-            self._submit_errors += len(refused)
-            for index, result in refused:
-                slot = self._slots[index]
-                slot.refused = True
-                self._finish(slot, result)
+        taken = self._commit()
         if taken:
             self._submitted(taken)
             self._outstanding += taken
@@ -438,6 +428,13 @@ class CompletionEngine(Engine):
             trio.lowlevel.reschedule(self._idle_reaper, _RESUME)
             self._idle_reaper = None
 
+    def _refuse(self, index: int, result: int) -> None:
+        """The kernel refused the operation prepared with *index* (``-errno``)."""
+        self._submit_errors += 1
+        slot = self._slots[index]
+        slot.refused = True
+        self._finish(slot, result)
+
     @staticmethod
     def _finish(slot: Slot, result: int) -> None:
         slot.result = result
@@ -448,7 +445,9 @@ class CompletionEngine(Engine):
 
     def _reap(self, wait: bool = False) -> int:
         """Take every completion posted so far (with *wait*, block for one first)."""
-        events = self._get_events(wait)
+        if wait:
+            self._wait_for_completion()
+        events = self._poll()
         if not events:
             return 0
         slots, reschedule = self._slots, trio.lowlevel.reschedule

@@ -79,7 +79,6 @@ once the operation has completed.
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import trio
@@ -118,7 +117,12 @@ class IoUringEngine(CompletionEngine):
                 f"of at most {iouring_abi.MAX_ENTRIES}"
             )
         self._ring = iouring_abi.Ring(iouring_abi.next_power_of_two(depth))
-        self._prepare = self._ring.prepare  # an SQE, written straight into the ring
+        # Bound straight to the ring: no call in between on the hot path.
+        self._prepare = self._ring.prepare
+        self._poll = self._ring.reap
+        # Readable exactly while the CQ holds CQEs (a level, not an edge): reaping, which
+        # moves the CQ head, is all the resetting it takes.
+        self._wait_fd = self._ring.fd
 
     @classmethod
     def probe(cls) -> str | None:
@@ -131,7 +135,7 @@ class IoUringEngine(CompletionEngine):
             self._ring.close()
 
     # -- the completion core's hooks ---------------------------------------------------
-    def _commit(self) -> tuple[int, list[tuple[int, int]]]:
+    def _commit(self) -> int:
         """One ``io_uring_enter`` for the batch; SQEs it did not take are refused."""
         ring = self._ring
         batch = ring.pending
@@ -139,21 +143,16 @@ class IoUringEngine(CompletionEngine):
             taken = ring.submit()
         except OSError as exc:
             taken = batch - ring.pending
-            return taken, [(i, -(exc.errno or errno.EIO)) for i in ring.discard_pending()]
+            for index in ring.discard_pending():
+                self._refuse(index, -(exc.errno or errno.EIO))
+            return taken
         if taken < batch and ring.pending:  # the kernel took no more, and said nothing
-            return taken, [(i, -errno.EAGAIN) for i in ring.discard_pending()]
-        return taken, []
+            for index in ring.discard_pending():
+                self._refuse(index, -errno.EAGAIN)
+        return taken
 
-    def _get_events(self, wait: bool) -> Sequence[tuple[int, int, int]]:
-        if wait:
-            self._ring.wait(1)
-        return self._ring.reap()
-
-    @property
-    def _wait_fd(self) -> int:
-        # Readable exactly while the CQ holds CQEs (a level, not an edge): reaping, which
-        # moves the CQ head, is all the resetting it takes.
-        return self._ring.fd
+    def _wait_for_completion(self) -> None:
+        self._ring.wait(1)
 
     def counters(self) -> IoUringCounters:
         return IoUringCounters(**asdict(super().counters()), ring_entries=self._ring.entries)
