@@ -34,24 +34,19 @@ and their loop devices detached, and what finished is summarised.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import platform
 import re
 import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
-import pyfuse3
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -65,22 +60,38 @@ from rich.progress import (
 from . import loopfs
 from .backends import ENGINES, EngineConfig, EngineUnavailable, engine_class
 from .control import read_statistics
+from .environment import environment, filesystem_of, first_line
 from .errors import ExitStatus, IofsError
+from .fiojobs import (
+    FIO_SIZE,
+    JobFile,
+    builtin_jobs,
+    estimate_seconds,
+    load_job,
+    parse_size,
+    prepare_text,
+    with_overrides,
+)
 from .loopfs import LoopFilesystem, interrupts_deferred
 from .modes import MODES, BadSetting, Setting, parse_setting, resolve
 from .mount import MountOptions, find_mount, start_daemon, stop_daemon
 from .report import (
     NATIVE,
     Results,
-    Run,
-    chart_svg,
-    daemon_figures,
-    html_page,
-    parse_fio,
-    summary_renderables,
-    summary_text,
 )
-from .stats import Snapshot
+from .results import render_results, results_directory, write_json
+
+# Names soak.py and cli.py still import from here (they are being changed elsewhere):
+# re-exported until they import the modules by concern.
+__all__ = [
+    "environment",
+    "fio_command",
+    "log_errors",
+    "parse_size",
+    "results_directory",
+    "stop_fio",
+    "with_overrides",
+]
 
 #: The filesystems a bench can run on.
 FILESYSTEMS = ("dir", *loopfs.KINDS)
@@ -99,202 +110,6 @@ MAX_EXTENT_FILES = 20
 
 #: Estimated seconds a run spends outside fio's runtime (mount, lay-out, cache drop).
 _OVERHEAD = {True: 2.5, False: 1.0}  # by "through iofs"
-
-#: Summaries are rendered this wide into summary.txt.
-SUMMARY_WIDTH = 120
-
-CACHE_DROPS = {
-    "drop_caches": "sync, then echo 1 > /proc/sys/vm/drop_caches (root): the whole page "
-    "cache, before every measured run",
-    "fadvise": "fdatasync and posix_fadvise(POSIX_FADV_DONTNEED) on every file in the run's "
-    "directories (not root, so other cached pages stay)",
-    "none": "not dropped (--no-drop-caches)",
-}
-
-
-# -- job files ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Section:
-    """One ``[name]`` of a job file: its own options, and [global]'s."""
-
-    name: str
-    options: Mapping[str, str]
-    defaults: Mapping[str, str]
-
-    def get(self, key: str, default: str = "") -> str:
-        return self.options.get(key, self.defaults.get(key, default))
-
-    @property
-    def time_based(self) -> bool:
-        return self.get("time_based", "0") not in ("0", "false")
-
-    @property
-    def engine(self) -> str:
-        return self.get("ioengine", "psync")
-
-
-def parse_sections(text: str) -> list[Section]:
-    """The job sections of a fio job file (not [global]), with their options.
-
-    A subset of fio's syntax, enough for iofs's own decisions (lay-out, estimates):
-    ``;`` and ``#`` comments, ``[name]`` headers, ``key=value`` and bare ``key``.
-    fio itself parses the file for real.
-    """
-    defaults: dict[str, str] = {}
-    sections: list[tuple[str, dict[str, str]]] = []
-    current: dict[str, str] | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in ";#":
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            name = line[1:-1].strip()
-            if name == "global":
-                current = defaults
-            else:
-                current = {}
-                sections.append((name, current))
-            continue
-        key, _, value = line.partition("=")
-        if current is not None:
-            current[key.strip()] = value.strip() if _ else "1"
-    return [Section(name, options, defaults) for name, options in sections]
-
-
-@dataclass(frozen=True)
-class JobFile:
-    """A fio job file by name, with the text that runs (overrides already applied)."""
-
-    name: str
-    text: str
-
-    @property
-    def intent(self) -> str:
-        """The leading ``;`` lines: what the job measures and which path it exercises."""
-        lines = []
-        for line in self.text.splitlines():
-            if not line.startswith(";"):
-                break
-            lines.append(line.lstrip("; ").rstrip())
-        return " ".join(lines)
-
-    @property
-    def sections(self) -> list[Section]:
-        return parse_sections(self.text)
-
-
-def builtin_jobs() -> dict[str, Path]:
-    """The job files that come with iofs, by name (file name without ``.fio``)."""
-    directory = Path(str(resources.files("iofs") / "jobs"))
-    return {path.stem: path for path in sorted(directory.glob("*.fio"))}
-
-
-def load_job(spec: str | Path) -> JobFile:
-    """A built-in job by name, or a job file by path. Raises `IofsError` if neither."""
-    text_spec = str(spec)
-    builtin = builtin_jobs()
-    if isinstance(spec, str) and "/" not in spec and not spec.endswith(".fio"):
-        if spec not in builtin:
-            raise IofsError(
-                f"unknown job {spec!r} (built-in: {', '.join(builtin)})", ExitStatus.BAD_SETTING
-            )
-        return JobFile(spec, builtin[spec].read_text())
-    path = Path(text_spec)
-    if not path.is_file():
-        raise IofsError(f"job file {path}: not found", ExitStatus.BAD_PATH)
-    return JobFile(path.stem, path.read_text())
-
-
-def with_overrides(text: str, runtime: float | None = None, size: str | None = None) -> str:
-    """The job text with its ``runtime=`` (and ``size=``) lines set to the overrides.
-
-    fio lets a job file's own options win over the command line's, so an override has
-    to be written into the job itself. ``runtime`` is replaced in every block (``[global]``
-    or a section) except those that say ``time_based=0``: there it caps a job that ends
-    when its work is done (creating N files, reading a file once), and stays. A job
-    without any ``runtime=`` gets one in [global] (created if missing), with
-    ``time_based=1``. ``size`` is only replaced where the job sets it.
-    """
-    lines = text.splitlines()
-    blocks: list[list[int]] = [[]]  # line numbers per block; the first is before any header
-    for index, line in enumerate(lines):
-        stripped = line.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            blocks.append([])
-        blocks[-1].append(index)
-    had_runtime = False
-    for block in blocks:
-        options = {
-            lines[i].strip().partition("=")[0].strip(): lines[i].strip().partition("=")[2].strip()
-            for i in block
-        }
-        work_bound = options.get("time_based") in ("0", "false")
-        for i in block:
-            key, sep, _ = lines[i].strip().partition("=")
-            key = key.strip()
-            if not sep:
-                continue
-            if key == "runtime":
-                had_runtime = True
-                if runtime is not None and not work_bound:
-                    lines[i] = f"runtime={runtime:g}"
-            elif key == "size" and size is not None:
-                lines[i] = f"size={size}"
-    if runtime is not None and not had_runtime:
-        added = [f"runtime={runtime:g}", "time_based=1"]
-        at = next((i for i, line in enumerate(lines) if line.strip() == "[global]"), None)
-        if at is None:
-            first = next((i for i, line in enumerate(lines) if line.strip().startswith("[")), 0)
-            lines[first:first] = ["[global]", *added]
-        else:
-            lines[at + 1 : at + 1] = added
-    return "\n".join(lines) + "\n"
-
-
-def prepare_text(text: str) -> str | None:
-    """The job for fio's lay-out pass (``--create_only=1``), or None if it needs none.
-
-    Sections whose engine is ``filecreate`` are left out: laying out their files first
-    would turn the creates they measure into opens of existing files.
-    """
-    sections = parse_sections(text)
-    creating = {s.name for s in sections if s.engine == "filecreate"}
-    if len(creating) == len(sections):
-        return None
-    kept: list[str] = []
-    skipping = False
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("[") and stripped.endswith("]"):
-            skipping = stripped[1:-1].strip() in creating
-        if not skipping:
-            kept.append(line)
-    return "\n".join(kept) + "\n"
-
-
-def estimate_seconds(job: JobFile) -> float:
-    """Roughly how long fio runs *job*: stonewalled groups one after another."""
-    total, group = 0.0, 0.0
-    for index, section in enumerate(job.sections):
-        runtime = float(section.get("runtime", "0") or 0)
-        seconds = runtime if section.time_based else min(runtime or 2.0, 2.0)
-        if index and ("stonewall" in section.options or "wait_for_previous" in section.options):
-            total, group = total + group, 0.0
-        group = max(group, seconds)
-    return total + group
-
-
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """A fio size (``64m``, ``1g``, ``4096``; powers of 1024) in bytes; ValueError if not."""
-    match = _SIZE.match(text.strip())
-    if match is None:
-        raise ValueError(f"not a size: {text!r} (e.g. 64m, 1g)")
-    number, unit = match.groups()
-    power = "kmgt".find(unit.lower()) + 1 if unit else 0
-    return int(float(number) * 1024**power)
 
 
 # -- the plan ------------------------------------------------------------------------------
@@ -434,81 +249,6 @@ def default_modes() -> list[str]:
     return [NATIVE, *MODES]
 
 
-# -- environment -----------------------------------------------------------------------------
-def _output(command: Sequence[str]) -> str:
-    """The first line *command* prints, or "" if it fails or cannot run."""
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-    except OSError:
-        return ""
-    lines = (result.stdout or result.stderr).strip().splitlines()
-    return lines[0] if result.returncode == 0 and lines else ""
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _commit() -> str:
-    """The git commit of the iofs checkout running, marked if it has local changes."""
-    here = str(Path(__file__).parent)
-    commit = _output(["git", "-C", here, "rev-parse", "--short", "HEAD"])
-    if not commit:
-        return "not a git checkout"
-    changed = subprocess.run(
-        ["git", "-C", here, "diff", "--quiet", "HEAD", "--", "."], check=False
-    ).returncode
-    return commit + (" with local changes" if changed else "")
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
-
-
-def filesystem_of(path: Path) -> dict[str, str]:
-    """Type, device and mount options of the filesystem holding *path* (findmnt)."""
-    fields = _output(
-        ["findmnt", "--noheadings", "--output", "FSTYPE,SOURCE,OPTIONS", "--target", str(path)]
-    ).split()
-    info = {"path": str(path)}
-    info.update(zip(("type", "source", "options"), fields, strict=False))
-    return info
-
-
-def environment(fio: str, cache_drop: str) -> dict[str, Any]:
-    """Where the figures were measured: machine, kernel, versions, how caches were dropped."""
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": shlex.join(["iofs", *sys.argv[1:]]),
-        "kernel": f"{platform.release()} ({platform.version()})",
-        "machine": platform.machine(),
-        "cpu": _cpu_model(),
-        "cpus": os.cpu_count(),
-        "memory_bytes": memory,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "root": os.geteuid() == 0,
-        "cache_drop": CACHE_DROPS[cache_drop],
-        "fio": _output([fio, "--version"]),
-        "python": sys.version.split()[0],
-        "iofs": _version("iofs"),
-        "iofs_commit": _commit(),
-        "pyfuse3": pyfuse3.__version__,
-        "trio": _version("trio"),
-        "mkfs.xfs": _output(["mkfs.xfs", "-V"]),
-        "mkfs.btrfs": _output(["mkfs.btrfs", "--version"]),
-        "engines": {name: cls.probe() or "available" for name, cls in sorted(ENGINES.items())},
-        "filesystems": {},
-    }
-
-
 # -- caches ------------------------------------------------------------------------------
 def drop_caches(method: str, directories: Sequence[Path]) -> None:
     """Drop cached pages before a measured run (*method*: a key of `CACHE_DROPS`)."""
@@ -616,7 +356,7 @@ def _extents(directory: Path) -> dict[str, int]:
         return {}
     counts = {}
     for path in files:
-        out = _output(["filefrag", str(path)])
+        out = first_line(["filefrag", str(path)])
         match = re.search(r"(\d+) extents? found", out)
         if match:
             counts[str(path.relative_to(directory))] = int(match.group(1))
@@ -632,10 +372,6 @@ def log_errors(log: Path) -> int:
         for line in log.read_text(errors="replace").splitlines()
         if " ERROR " in line or line.startswith("Traceback")
     )
-
-
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 class _Runner:
@@ -668,7 +404,7 @@ class _Runner:
             prepare = prepare_text(job.text)
             if prepare is not None:
                 (jobs_dir / f"{job.name}.prepare.fio").write_text(prepare)
-        _write_json(
+        write_json(
             self.out / "plan.json",
             {
                 "kind": self.plan.kind,
@@ -684,7 +420,7 @@ class _Runner:
         self.write_environment()
 
     def write_environment(self) -> None:
-        _write_json(self.out / "environment.json", self.env)
+        write_json(self.out / "environment.json", self.env)
 
     # -- the whole plan -----------------------------------------------------------------
     def execute(self) -> None:
@@ -741,7 +477,7 @@ class _Runner:
         out = self.out / "runs" / run.id
         out.mkdir(parents=True)
         record = {"filesystem": run.filesystem, "path": run.path, "job": run.job}
-        _write_json(out / "run.json", {**record, "status": "failed", "reason": reason})
+        write_json(out / "run.json", {**record, "status": "failed", "reason": reason})
 
     @contextlib.contextmanager
     def _workspace(self, filesystem: str) -> Iterator[Workspace]:
@@ -764,7 +500,7 @@ class _Runner:
             parse_size(section.get("size"))
             for job in self.plan.jobs.values()
             for section in job.sections
-            if section.get("size") and _SIZE.match(section.get("size"))
+            if section.get("size") and FIO_SIZE.match(section.get("size"))
         ]
         return max(loopfs.DEFAULT_SIZE * 2, 4 * max(sizes, default=0))
 
@@ -816,10 +552,10 @@ class _Runner:
             record["status"], record["reason"] = "failed", str(exc)
         finally:
             record["finished"] = time.time()
-            _write_json(out / "run.json", record)
+            write_json(out / "run.json", record)
         record["extents"] = _extents(workspace.backing)
         record["daemon_log_errors"] = log_errors(out / "daemon.log")
-        _write_json(out / "run.json", record)
+        write_json(out / "run.json", record)
         if record["status"] != "ok":
             self.console.print(
                 f"[yellow]{run.filesystem} · {run.path} · {run.job}: {record['reason']}[/]"
@@ -913,19 +649,6 @@ def _remove_mountpoint(mountpoint: Path) -> None:
                 mountpoint.rmdir()
 
 
-def results_directory(parent: Path, kind: str) -> Path:
-    """A new directory ``parent/<time>-<kind>`` (a suffix added if taken)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for attempt in range(100):
-        candidate = parent / (f"{stamp}-{kind}" + (f"-{attempt}" if attempt else ""))
-        try:
-            candidate.mkdir(parents=True)
-        except FileExistsError:
-            continue
-        return candidate
-    raise IofsError(f"cannot make a results directory in {parent}")
-
-
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a bench, after everything was cleaned up; what ran is in `results`."""
 
@@ -965,90 +688,6 @@ def run_plan(plan: Plan, console: Console | None = None) -> Path:
         runner.env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         runner.write_environment()
     return out
-
-
-# -- loading and rendering results -----------------------------------------------------------
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def load_results(directory: Path) -> Results:
-    """The `Results` of a results directory, from its saved files alone."""
-    if not (directory / "plan.json").is_file():
-        raise IofsError(
-            f"{directory}: not an iofs results directory (no plan.json)", ExitStatus.BAD_PATH
-        )
-    try:
-        plan = _read_json(directory / "plan.json")
-        env_path = directory / "environment.json"
-        env = _read_json(env_path) if env_path.is_file() else {}
-        runs = tuple(_load_run(directory / "runs" / entry["id"], entry) for entry in plan["runs"])
-        return Results(
-            kind=plan["kind"],
-            runs=runs,
-            jobs=plan.get("jobs", {}),
-            environment=env,
-            skipped=tuple((str(what), str(why)) for what, why in plan.get("skipped", [])),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise IofsError(f"{directory}: cannot read the results ({exc!r})") from None
-
-
-def _load_run(directory: Path, entry: Mapping[str, str]) -> Run:
-    filesystem, path, job = entry["filesystem"], entry["path"], entry["job"]
-    if not (directory / "run.json").is_file():
-        return Run(filesystem, path, job, status="not run", reason="interrupted before it ran")
-    record = _read_json(directory / "run.json")
-    status = record.get("status", "failed")
-    reason = record.get("reason", "")
-    if status == "ok" and not (directory / "fio.json").is_file():
-        status, reason = "failed", "no fio.json"
-    if status != "ok":
-        return Run(filesystem, path, job, status=status, reason=reason or "interrupted")
-    figures = tuple(parse_fio(_read_json(directory / "fio.json")))
-    daemon = None
-    before, after = directory / "stats-before.json", directory / "stats-after.json"
-    if before.is_file() and after.is_file():
-        daemon = daemon_figures(
-            Snapshot.from_json(before.read_text()), Snapshot.from_json(after.read_text())
-        )
-    return Run(
-        filesystem,
-        path,
-        job,
-        status=status,
-        figures=figures,
-        daemon=daemon,
-        extents={str(k): int(v) for k, v in record.get("extents", {}).items()},
-    )
-
-
-def render_results(
-    directory: Path,
-    console: Console | None = None,
-    findings: Callable[[Results], list[str]] | None = None,
-) -> Results:
-    """Render *directory*'s summary and chart from its saved files; print the summary.
-
-    Writes ``summary.txt``, ``chart.svg`` and ``chart.html`` (replacing earlier ones).
-    A demo's findings are derived again from the numbers.
-    """
-    results = load_results(directory)
-    if findings is None and results.kind == "demo":
-        from .demo import findings as demo_findings
-
-        findings = demo_findings
-    sentences = findings(results) if findings else []
-    text = summary_text(results, sentences, width=SUMMARY_WIDTH)
-    (directory / "summary.txt").write_text(text)
-    (directory / "chart.svg").write_text(chart_svg(results))
-    (directory / "chart.html").write_text(html_page(results, sentences, text))
-    # Tables wider than a pipe's default 80 columns would be cut: print as summary.txt.
-    console = console or Console(width=None if sys.stdout.isatty() else SUMMARY_WIDTH)
-    for renderable in summary_renderables(results, sentences):
-        console.print(renderable)
-    console.print(f"[dim]results, raw fio JSON, commands and statistics in {directory}[/]")
-    return results
 
 
 # -- iofs bench --------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 The filesystem holds one `Recorder`. Every FUSE handler calls `Recorder.begin` before it
 runs and `Recorder.end` after, which costs a dict lookup and a few integer operations,
 so the recorder stays on all the time. A background task (`Recorder.heartbeat`) measures
-how late the trio event loop wakes a sleeping task: the loop lag every request waits
-through before its handler even starts.
+how late the trio event loop wakes a sleeping task: the loop lag (defined once, in
+`iofs.looplag`) every request waits through before its handler even starts.
 
 `Recorder.snapshot` freezes everything into a `Snapshot`: plain data, with an exact JSON
 form (`Snapshot.to_json` / `Snapshot.from_json`) that ``iofs stats --json`` prints and
@@ -33,6 +33,7 @@ from typing import Any
 import psutil
 import trio
 
+from . import looplag
 from .backends.base import EngineStatistics
 from .faults import OPERATIONS as FAULT_OPERATIONS
 from .faults import FaultCounters, FaultStatistics
@@ -676,18 +677,9 @@ class Recorder:
         nursery.start_soon(self.heartbeat, interval, name="iofs statistics heartbeat")
 
     async def heartbeat(self, interval: float = 0.01) -> None:
-        """Sleep *interval* seconds at a time, forever, recording how late each wake-up is.
-
-        The lateness is time the event loop spent on other work (or blocked in a
-        system call) when it should have been scheduling: every FUSE request waits
-        through the same lag. It includes the loop's own timer resolution, up to 1 ms:
-        epoll waits in whole milliseconds, rounded up.
-        """
-        lag = self.loop_lag
-        while True:
-            deadline = trio.current_time() + interval
-            await trio.sleep_until(deadline)
-            lag.record(round((trio.current_time() - deadline) * 1e9))
+        """Record the loop lag (`iofs.looplag`, its one definition) every *interval*
+        seconds, forever."""
+        await looplag.heartbeat(self.loop_lag.record, interval)
 
     def snapshot(
         self,

@@ -40,25 +40,22 @@ from rich.console import Console
 from . import loopfs
 from .backends import EngineUnavailable, engine_class
 from .bench import (
-    JobFile,
     Workspace,
     check_filesystems,
     drop_caches,
-    environment,
     fio_command,
-    load_job,
     log_errors,
-    parse_size,
-    results_directory,
     start_mount,
     stop_fio,
     target_workspace,
-    with_overrides,
 )
 from .control import read_statistics, set_mode
+from .environment import environment
 from .errors import ExitStatus, IofsError
+from .fiojobs import JobFile, load_job, parse_size, with_overrides
 from .loopfs import interrupts_deferred
 from .mount import stop_daemon
+from .results import results_directory, write_json
 from .schedule import BadSchedule, Phase, boundaries, parse_schedule
 from .stats import Snapshot
 from .switch_jobs import (
@@ -228,10 +225,6 @@ class Sampler:
 
 
 # -- running ---------------------------------------------------------------------------------------
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")
-
-
 def _run_fio(
     fio: str, out: Path, stem: str, job: Path, directory: Path, cwd: Path
 ) -> subprocess.Popen[bytes]:
@@ -293,7 +286,7 @@ class _Run:
             if text is not None:
                 paths[kind] = jobs / f"{name}.{kind}.fio"
                 paths[kind].write_text(text)
-        _write_json(
+        write_json(
             self.out / "plan.json",
             {
                 "kind": "switch",
@@ -308,7 +301,7 @@ class _Run:
                 "skipped": [list(item) for item in self.plan.skipped],
             },
         )
-        _write_json(self.out / "environment.json", self.env)
+        write_json(self.out / "environment.json", self.env)
         return paths
 
     def sink(self, before: float, after: float, snapshot: Snapshot) -> None:
@@ -327,7 +320,7 @@ class _Run:
                 image_size=_image_size(plan.job),
                 described=self.env["filesystems"],
             ) as workspace:
-                _write_json(self.out / "environment.json", self.env)
+                write_json(self.out / "environment.json", self.env)
                 self._in(workspace, paths)
             self.record["status"] = "ok"
         except IofsError as exc:
@@ -339,10 +332,10 @@ class _Run:
         finally:
             self.samples.close()
             self.record["daemon_log_errors"] = log_errors(self.out / "daemon.log")
-            _write_json(self.out / "run.json", self.record)
+            write_json(self.out / "run.json", self.record)
             self.env["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             self.env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-            _write_json(self.out / "environment.json", self.env)
+            write_json(self.out / "environment.json", self.env)
 
     def _in(self, workspace: Workspace, paths: Mapping[str, Path]) -> None:
         plan, out = self.plan, self.out
@@ -370,7 +363,7 @@ class _Run:
             requests = self._measure(paths["run"], workspace, sampler)
             final = _settled_statistics(mountpoint)
             (out / "stats-final.json").write_text(final.to_json())
-            _write_json(
+            write_json(
                 out / "switches.json",
                 {
                     "requests": [vars(r) for r in requests],
@@ -438,7 +431,7 @@ class _Run:
                 process.returncode,
             )
             result["switches"] = switches
-        _write_json(self.out / "verify-result.json", result)
+        write_json(self.out / "verify-result.json", result)
 
 
 def _load_json(path: Path) -> Any:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .bench import parse_sections, parse_size, prepare_text
+from .fiojobs import parse_sections, parse_size, prepare_text
 from .report import METADATA_ENGINES
 
 #: fio's log averaging window and the statistics sampling interval, in seconds.

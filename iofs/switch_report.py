@@ -14,8 +14,8 @@ from typing import Any
 
 from rich.console import Console
 
-from .bench import SUMMARY_WIDTH, render_results
 from .errors import IofsError
+from .results import SUMMARY_WIDTH, render_results
 from .schedule import BadSchedule, parse_schedule
 from .stats import Snapshot, SwitchRecord
 from .timeline import Request, Sample, Timeline, build, phase_figures, switch_costs

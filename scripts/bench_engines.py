@@ -25,9 +25,10 @@ rounds (``--pick best`` shows the fastest instead); every round is kept in
 ``results.json``.
 
 Per run: requests and bytes per second, request latency (``time.perf_counter_ns``
-around each request, in the issuing task), the event loop's responsiveness (a heartbeat
-task sleeps 1 ms in a loop; its overshoot is the lag), the share of the file in the page
-cache before the run (``mincore``), and the engine's ``statistics()``.
+around each request, in the issuing task), the event loop's responsiveness (the loop
+lag of `iofs.looplag`, with a heartbeat task sleeping 1 ms at a time), the share of
+the file in the page cache before the run (``mincore``), and the engine's
+``statistics()``.
 
 Output, in ``results/<timestamp>-engines/``: ``results.json`` (every run's figures and
 engine statistics, and the targets' verdicts), ``environment.json`` (kernel, CPU, file
@@ -46,10 +47,8 @@ import json
 import math
 import mmap
 import os
-import platform
 import random
 import resource
-import shlex
 import shutil
 import subprocess
 import sys
@@ -67,7 +66,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from iofs import mounttable
+from iofs import looplag, mounttable
 from iofs.backends import (
     ENGINES,
     Capability,
@@ -77,6 +76,7 @@ from iofs.backends import (
     create_engine,
     running,
 )
+from iofs.environment import machine
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -419,42 +419,16 @@ async def _issue(
 
 
 class Heartbeat:
-    """A task that sleeps *interval_ns* in a loop and records how late it wakes up.
-
-    Each overshoot is also kept net of the time the loop thread spent waiting for a CPU
-    meanwhile (``run_delay`` in /proc/thread-self/schedstat): on a shared machine other
-    processes delay the wake-up too, and that part says nothing about the engine.
-    """
+    """The loop lag (and net loop lag) of a task that sleeps *interval_ns* at a time:
+    `iofs.looplag`'s heartbeat, the definition the daemon's statistics use too."""
 
     def __init__(self, interval_ns: int) -> None:
         self.interval_ns = interval_ns
         self.lags: list[int] = []
         self.net_lags: list[int] = []
 
-    @staticmethod
-    def _run_delay(fd: int) -> int:
-        return int(os.pread(fd, 128, 0).split()[1])
-
     async def run(self) -> None:
-        clock = time.perf_counter_ns
-        interval = self.interval_ns / 1e9
-        try:  # opened on the loop thread, so it describes that thread
-            schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            schedstat = -1
-        try:
-            while True:
-                waited = self._run_delay(schedstat) if schedstat >= 0 else 0
-                started = clock()
-                await trio.sleep(interval)
-                lag = clock() - started - self.interval_ns
-                self.lags.append(lag)
-                if schedstat >= 0:
-                    waited = self._run_delay(schedstat) - waited
-                    self.net_lags.append(max(0, lag - waited))
-        finally:
-            if schedstat >= 0:
-                os.close(schedstat)
+        await looplag.heartbeat(self.lags.append, self.interval_ns / 1e9, self.net_lags.append)
 
 
 async def idle_heartbeat(seconds: float, interval_ns: int) -> tuple[Percentiles, Percentiles]:
@@ -687,14 +661,6 @@ def _block_device(device: str) -> dict[str, str]:
     return {}
 
 
-def _read_first(path: str, prefix: str) -> str | None:
-    with contextlib.suppress(OSError), open(path) as lines:
-        for line in lines:
-            if line.startswith(prefix):
-                return line.split(":", 1)[1].strip()
-    return None
-
-
 def _version(distribution: str) -> str | None:
     try:
         return metadata.version(distribution)
@@ -702,16 +668,8 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def _git(*args: str) -> str | None:
-    if shutil.which("git") is None:
-        return None
-    result = subprocess.run(
-        ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
-    )
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def environment(directory: Path, argv: Sequence[str]) -> dict[str, Any]:
+    """`iofs.environment.machine` (the keys every harness writes), and the disk measured."""
     mount = mount_of(directory)
     statfs = subprocess.run(
         ["stat", "--file-system", "--format", "%T", str(directory)],
@@ -723,28 +681,14 @@ def environment(directory: Path, argv: Sequence[str]) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         io_uring_disabled = Path("/proc/sys/kernel/io_uring_disabled").read_text().strip()
     return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": shlex.join([sys.executable, *argv]),
+        **machine([sys.executable, *argv]),
         "cwd": os.getcwd(),
-        "kernel": platform.release(),
-        "kernel_build": platform.version(),
-        "machine": platform.machine(),
-        "cpu_model": _read_first("/proc/cpuinfo", "model name"),
-        "cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)),
-        "memory_total": _read_first("/proc/meminfo", "MemTotal"),
-        "load_average": os.getloadavg(),
         "directory": str(directory),
         "filesystem": {**mount, "statfs_type": statfs.stdout.strip() or None},
         "block_device": _block_device(mount.get("device", "")),
         "io_uring_disabled": io_uring_disabled,
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "trio": trio.__version__,
         "rich": _version("rich"),
-        "iofs": _version("iofs"),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "euid": os.geteuid(),
     }
 
 

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from iofs.backends import uring
+from iofs.backends import iouring_abi as uring
 
 FILE_SIZE = 64 << 20
 BLOCK = 4096

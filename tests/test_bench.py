@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from iofs.bench import load_results
 from iofs.errors import ExitStatus
 from iofs.loopfs import LoopFilesystem, attached_devices
 from iofs.mounttable import entries as mounts
 from iofs.report import NATIVE
+from iofs.results import load_results
 
 from .conftest import ROOT, needs_fuse, needs_root, scratch_dir
 

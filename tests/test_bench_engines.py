@@ -90,7 +90,7 @@ def test_quick_run_keeps_results_for_every_engine_and_workload(
 def test_environment_says_where_and_how_it_ran(run_dir: Path) -> None:
     env = json.loads((run_dir / "environment.json").read_text())
     assert "--quick" in env["command"] and str(SCRIPT) in env["command"]
-    for key in ("kernel", "cpu_model", "cpus", "python", "trio"):
+    for key in ("kernel", "cpu", "cpus", "python", "trio", "iofs_commit"):
         assert env[key]
     assert env["filesystem"]["type"]
 

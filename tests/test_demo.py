@@ -11,24 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from iofs.bench import load_results
-from iofs.demo import (
+from iofs.demo import DEMO_RUNS, SWITCH_JOB, SWITCH_SCHEDULE, demo_plan, switch_demo_plan
+from iofs.findings import (
     AIO_BUFFERED,
-    DEMO_RUNS,
-    SWITCH_JOB,
-    SWITCH_SCHEDULE,
     URING_BUFFERED,
     aio_vs_uring,
-    demo_plan,
     findings,
     head_of_line,
     iops_differ,
     nowait_hits,
-    switch_demo_plan,
     thread_cost,
     xfs_vs_btrfs,
 )
 from iofs.report import NATIVE, DaemonFigures, Figures, Results, Run
+from iofs.results import load_results
 
 from .conftest import needs_fuse
 

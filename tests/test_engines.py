@@ -22,6 +22,9 @@ from iofs.backends import (
     EngineConfig,
     EngineUnavailable,
     create_engine,
+    engine_class,
+    fallback_engine,
+    forget_probes,
     running,
 )
 
@@ -385,3 +388,45 @@ async def test_nowait_reads_half_cached_ranges_completely(tmp_path: Path) -> Non
             assert stats.fallbacks >= 1, stats
     finally:
         os.close(fd)
+
+
+# -- probes: once per process ------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_a_passed_probe_is_not_run_again(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe that passed is remembered (AIO's costs an RCU grace period on the loop);
+    what depends on the configuration is still checked for every engine made."""
+    cls = ENGINES[name]
+    if cls.probe() is not None:
+        pytest.skip(f"engine {name} cannot run here")
+    forget_probes()
+    calls: list[str] = []
+    real_probe = cls.probe
+
+    def counted() -> str | None:
+        calls.append(name)
+        return real_probe()
+
+    monkeypatch.setattr(cls, "probe", counted)
+    assert engine_class(name) is cls
+    assert engine_class(name) is cls
+    assert fallback_engine(name) is None
+    assert calls == [name]
+
+
+def test_a_refused_probe_is_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    forget_probes()
+    answers = iter(["not today", None])
+    monkeypatch.setattr(ENGINES["blocking"], "probe", lambda: next(answers))
+    with pytest.raises(EngineUnavailable, match="cannot run here: not today"):
+        engine_class("blocking")
+    assert engine_class("blocking") is ENGINES["blocking"]
+
+
+def test_a_config_refusal_is_checked_after_a_cached_probe() -> None:
+    """io_uring's probe passes once; a queue depth beyond its ring still fails, each time."""
+    if ENGINES["io_uring"].probe() is not None:
+        pytest.skip("io_uring cannot run here")
+    engine_class("io_uring")  # the probe passes, and is remembered
+    for _ in range(2):
+        with pytest.raises(EngineUnavailable, match="a ring holds at most"):
+            create_engine("io_uring", EngineConfig(queue_depth=1 << 20))

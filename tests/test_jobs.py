@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from iofs.bench import (
-    DEFAULT_JOBS,
+from iofs.bench import DEFAULT_JOBS
+from iofs.errors import IofsError
+from iofs.fiojobs import (
     JobFile,
     builtin_jobs,
     estimate_seconds,
@@ -19,7 +20,6 @@ from iofs.bench import (
     prepare_text,
     with_overrides,
 )
-from iofs.errors import IofsError
 
 needs_fio = pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
 

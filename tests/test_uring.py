@@ -1,4 +1,4 @@
-"""The io_uring ring module (iofs/backends/uring.py) and what the engine built on it
+"""The io_uring ring module (iofs/backends/iouring_abi.py) and what the engine built on it
 promises beyond the shared contract: batching, back-pressure, wake-ups on the ring fd,
 cancellation and closing with operations in flight.
 
@@ -20,8 +20,11 @@ import pytest
 import trio
 import trio.testing
 
-from iofs.backends import EngineConfig, running, uring
-from iofs.backends.io_uring import EARLY_SUBMIT, IoUringEngine, _Slot
+from iofs.backends import EngineConfig, running
+from iofs.backends import iouring_abi as uring
+from iofs.backends import seccomp as seccomp_module
+from iofs.backends.completion import EARLY_SUBMIT, READ, Slot
+from iofs.backends.io_uring import IoUringEngine
 
 REASON = uring.probe()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"io_uring unusable: {REASON}")
@@ -255,7 +258,7 @@ def test_probe_explains_a_refused_setup(
 
     monkeypatch.setattr(uring, "Ring", refuse)
     monkeypatch.setattr(uring, "_sysctl", lambda name: disabled)
-    monkeypatch.setattr(uring, "seccomp_filtered", lambda: seccomp)
+    monkeypatch.setattr(seccomp_module, "seccomp_filtered", lambda: seccomp)
     reason = uring.probe()
     assert reason is not None
     assert expected in reason
@@ -564,11 +567,11 @@ class ShortReadsEngine(IoUringEngine):
     """Reads return at most 1000 bytes, as io_uring may do mid-file."""
 
     async def _io(
-        self, slot: _Slot, opcode: int, fd: int, address: int, length: int, offset: int, flags: int
+        self, slot: Slot, op: int, fd: int, address: int, length: int, offset: int
     ) -> int:
-        if opcode == uring.OP_READ:
+        if op == READ:
             length = min(length, 1000)
-        return await super()._io(slot, opcode, fd, address, length, offset, flags)
+        return await super()._io(slot, op, fd, address, length, offset)
 
 
 @pytest.mark.trio

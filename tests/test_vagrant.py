@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 
 from iofs import loopfs
-from iofs.bench import bench_plan, load_results
+from iofs.bench import bench_plan
 from iofs.demo import demo_plan
 from iofs.errors import ExitStatus
 from iofs.report import NATIVE
+from iofs.results import load_results
 
 REPO = Path(__file__).resolve().parent.parent
 LAB = REPO / "vagrant"

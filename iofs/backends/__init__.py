@@ -33,6 +33,29 @@ ENGINES: dict[str, type[Engine]] = {
 
 DEFAULT_ENGINE = BlockingEngine.name
 
+#: Engines whose probe passed in this process. A probe checks what does not change
+#: while a process runs (a library, a system call, a kernel feature) and can cost tens
+#: of milliseconds on the event loop (AIO's io_setup + io_destroy waits for an RCU grace
+#: period): it runs once. A refusal is probed again, and whatever depends on the
+#: configuration (a queue depth beyond fs.aio-max-nr or IORING_MAX_ENTRIES) is checked
+#: by the engine's constructor, for every engine made.
+_PROBE_PASSED: set[type[Engine]] = set()
+
+
+def probe(cls: type[Engine]) -> str | None:
+    """`cls.probe()`, remembered once it passes (see `_PROBE_PASSED`)."""
+    if cls in _PROBE_PASSED:
+        return None
+    reason = cls.probe()
+    if reason is None:
+        _PROBE_PASSED.add(cls)
+    return reason
+
+
+def forget_probes() -> None:
+    """Probe every engine afresh next time (for tests that change what a probe sees)."""
+    _PROBE_PASSED.clear()
+
 
 def engine_class(name: str) -> type[Engine]:
     """The engine registered as *name*, checked to run on this machine.
@@ -45,7 +68,7 @@ def engine_class(name: str) -> type[Engine]:
     except KeyError:
         known = ", ".join(sorted(ENGINES))
         raise EngineUnavailable(f"unknown engine {name!r} (known: {known})") from None
-    reason = cls.probe()
+    reason = probe(cls)
     if reason is not None:
         raise EngineUnavailable(f"engine {name!r} cannot run here: {reason}")
     return cls
@@ -65,7 +88,7 @@ def fallback_engine(
     *tried* (that failed the same way before) are not chosen.
     """
     wanted = ENGINES[name].capabilities
-    reason = ENGINES[name].probe() or failure
+    reason = probe(ENGINES[name]) or failure
     if reason is None:
         return None
 
@@ -75,7 +98,7 @@ def fallback_engine(
     candidates = [
         (other, cls)
         for other, cls in ENGINES.items()
-        if other != name and other not in tried and cls.probe() is None
+        if other != name and other not in tried and probe(cls) is None
     ]
     if not candidates:
         return None
@@ -108,5 +131,7 @@ __all__ = [
     "create_engine",
     "engine_class",
     "fallback_engine",
+    "forget_probes",
+    "probe",
     "running",
 ]

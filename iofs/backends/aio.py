@@ -8,21 +8,17 @@ submitted through AIO, but the kernel does their I/O inside ``io_submit``, on th
 thread, exactly as the blocking engine would: they are counted as ``buffered_submits``.
 Some O_DIRECT requests complete inside ``io_submit`` too (on ext4, writes that extend
 the file). ``inline_reaps`` counts every operation found complete right after its
-``io_submit``, ``reaper_reaps`` those that completed later, asynchronously.
+``io_submit``, ``reaper_reaps`` those that completed later, asynchronously (see
+`completion.CompletionCounters`).
 
-Batching: an operation fills its iocb and yields once (a schedule point, not a cancel
-point). Every task that ran in the same loop tick has queued its iocb by then, so the
-first of them to resume submits them all with one ``io_submit``, then reaps straight
-away with a non-blocking ``io_getevents`` (libaio answers that from the shared ring,
-without a system call, when it is empty): buffered operations are already complete,
-and their tasks find the result on resuming without a trip through epoll.
-
-Reaping: every iocb asks the kernel to signal the engine's eventfd on completion. One
-reaper task, started by `start` in the caller's nursery, waits for it with
-`trio.lowlevel.wait_readable` while anything is outstanding, reaps with a non-blocking
-``io_getevents`` and wakes the tasks whose operations completed. No threads. Without a
-started reaper (an engine used before `start`), a task that must wait does so with a
-blocking ``io_getevents``, like the blocking engine.
+Slots, batching, parking, the reaper and short reads are the completion core's
+(`completion.CompletionEngine`); this file is the kernel side only. A batch is one
+``io_submit`` of the iocbs prepared in a loop tick; reaping is a non-blocking
+``io_getevents`` (libaio answers that from the shared ring, without a system call, when
+it is empty), so buffered operations, already complete, are found by their tasks on
+resuming without a trip through epoll. Every iocb asks the kernel to signal the
+engine's eventfd on completion: that is the fd the core's reaper waits on. No threads.
+Without a started reaper, a task that must wait blocks in ``io_getevents``.
 
 fsync and fdatasync are AIO operations too (IOCB_CMD_FSYNC/FDSYNC, Linux 4.18+): the
 kernel runs them on a worker, so they do not block the loop even on a buffered fd.
@@ -45,28 +41,18 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import importlib
 import os
-import stat
 import weakref
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Final
 
 import trio
 
-from .base import Buffer, Capability, EngineConfig, EngineUnavailable
-from .kernel import ReapedEngine, address_of, write_source
-from .uring import seccomp_filtered
-
-# iocb opcodes: the kernel's IOCB_CMD_* (libaio's IO_CMD_*), needed before libaio loads.
-_PREAD: Final = 0
-_PWRITE: Final = 1
-_FSYNC: Final = 2
-_FDSYNC: Final = 3
-#: Most bytes one read or write transfers (the kernel's MAX_RW_COUNT); ask for less.
-_MAX_LENGTH: Final = 0x7FFFF000
+from .base import Capability, EngineConfig, EngineUnavailable
+from .completion import WRITE, CompletionCounters, CompletionEngine, SubmitRefused
+from .seccomp import seccomp_filtered
 
 
 def _binding() -> ModuleType:
@@ -109,28 +95,27 @@ def _beyond_aio_max_nr(events: int) -> str:
     )
 
 
-def _is_directory(fd: int) -> bool:
-    try:
-        return stat.S_ISDIR(os.fstat(fd).st_mode)
-    except OSError:
-        return False
-
-
 def _destroy(binding: ModuleType, context: object, eventfd: int) -> None:
     """Destroy the AIO context and close the eventfd (nothing may be in flight)."""
     binding.io_destroy(context)
     os.close(eventfd)
 
 
-class _Refused(OSError):
-    """``io_submit`` refused the operation: the kernel never started it."""
+@dataclass(frozen=True)
+class AioCounters(CompletionCounters):
+    #: Reads and writes submitted on a buffered fd: the kernel did them in io_submit.
+    buffered_submits: int
+    #: fsyncs io_submit refused with EINVAL, run as the plain call on the loop thread.
+    fsync_fallbacks: int
 
 
-class AioEngine(ReapedEngine):
+class AioEngine(CompletionEngine):
     name = "aio"
     capabilities = Capability.KERNEL_ASYNC | Capability.NEEDS_ALIGNED
     summary = "Linux AIO (io_submit) on O_DIRECT twins, completions via an eventfd"
     prefers_direct = True
+    #: The core's operations are numbered as IOCB_CMD_*; AIO has no flags for them.
+    OPCODES = ((0, 0), (1, 0), (2, 0), (3, 0))
 
     def __init__(self, config: EngineConfig | None = None) -> None:
         super().__init__(config)
@@ -161,35 +146,17 @@ class AioEngine(ReapedEngine):
         self._pointers = [ctypes.pointer(iocb) for iocb in self._iocbs]
         self._submit_list = (aio.iocb_p * depth)()
         self._pointer_size = ctypes.sizeof(aio.iocb_p)
-        self._events = (aio.io_event * depth)()
+        self._event_array = (aio.io_event * depth)()
+        #: Completions a blocking wait took, for the next `_poll`.
+        self._waited: list[tuple[int, int, int]] = []
         self._no_wait = aio.timespec(0, 0)
-        self._free_slots = list(range(depth - 1, -1, -1))
-        self._slots = trio.Semaphore(depth)
-        #: Per slot: the event's result once reaped, whether io_submit refused it, and
-        #: the task waiting for it, if any.
-        self._results: list[int | None] = [None] * depth
-        self._refused = [False] * depth
-        self._waiters: list[trio.lowlevel.Task | None] = [None] * depth
-        #: Slots whose iocb is filled but not yet submitted, in order.
-        self._queued: list[int] = []
-        #: Calls of _submit so far: tells an operation whether its iocb is still queued.
-        self._flushes = 0
-        #: Submitted operations whose event has not been reaped yet.
-        self._outstanding = 0
-        #: fd -> whether it was opened O_DIRECT (forgotten in `forget`).
-        self._fd_is_direct: dict[int, bool] = {}
-        self._reaper_work = trio.Event()  # set when the idle reaper has something to wait for
-        # Counters for statistics().
-        self._max_outstanding = 0
+        #: Slots whose iocb is prepared but not yet submitted, in order.
+        self._prepared: list[int] = []
         self._buffered_submits = 0
-        self._inline_reaps = 0
-        self._reaper_reaps = 0
-        self._eventfd_wakeups = 0
-        self._empty_wakeups = 0
-        self._blocking_waits = 0
-        self._slot_waits = 0
-        self._submit_errors = 0
         self._fsync_fallbacks = 0
+        self._prepare = self._prepare_iocb
+        self._poll = self._poll_events
+        self._wait_fd = self._eventfd
 
     @classmethod
     def probe(cls) -> str | None:
@@ -207,116 +174,36 @@ class AioEngine(ReapedEngine):
         aio.io_destroy(context)
         return None
 
-    # -- lifecycle -------------------------------------------------------------------
     async def _shutdown(self) -> None:
-        await self._stop_reaper()
+        await self._stop_core()
         if self._finalizer.alive:
             trio.lowlevel.notify_closing(self._eventfd)
             self._finalizer()
-        self._fd_is_direct.clear()
 
-    def forget(self, fd: int) -> None:
-        self._fd_is_direct.pop(fd, None)
-        self._fd_is_direct.pop(self._twins.get(fd, -1), None)
-        super().forget(fd)
-
-    async def _reap_completions(self) -> None:
-        """The reaper: wait on the eventfd while anything is outstanding, reap, repeat."""
-        assert self._reaper_scope is not None
-        try:
-            with self._reaper_scope:
-                while True:
-                    if not self._outstanding:
-                        self._reaper_work = trio.Event()
-                        await self._reaper_work.wait()
-                    await self._reap_when_signalled()
-        finally:
-            # However the reaper was stopped (by _shutdown, or by its nursery being
-            # cancelled), operations still in flight keep their tasks waiting and the
-            # kernel their buffers: see them through before leaving.
-            with trio.CancelScope(shield=True):
-                while self._outstanding:
-                    await self._reap_when_signalled()
-            self._reaper_running = False
-            self._reaper_done.set()
-
-    async def _reap_when_signalled(self) -> None:
-        await trio.lowlevel.wait_readable(self._eventfd)
-        self._eventfd_wakeups += 1
-        with contextlib.suppress(BlockingIOError):  # a wakeup for events already reaped
-            os.eventfd_read(self._eventfd)  # reset it before reaping, so nothing is missed
-        reaped = self._reap()
-        self._reaper_reaps += reaped
-        if not reaped:
-            self._empty_wakeups += 1  # signalled by events already reaped inline
-
-    # -- submitting and completing ---------------------------------------------------
-    async def _acquire(self) -> int:
-        """A free slot, waiting for one when ``queue_depth`` operations are in flight.
-
-        A cancel point. Waiters are served in order (trio.Semaphore is fair).
-        """
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            self._slots.acquire_nowait()  # no schedule point: the batching yield follows
-        except trio.WouldBlock:
-            self._slot_waits += 1
-            await self._slots.acquire()
-        return self._free_slots.pop()
-
-    def _release_slot(self, slot: int) -> None:
-        self._free_slots.append(slot)
-        self._slots.release()
-
-    async def _io(
-        self, slot: int, opcode: int, fd: int, address: int, length: int, offset: int
-    ) -> int:
-        """Run one operation in *slot* and return its result (`OSError` for an errno).
-
-        The buffer at *address* must stay put until this returns. Once the iocb is
-        queued, this returns only after its completion, even when cancelled.
-        """
-        iocb, where = self._slot_iocbs[slot]
+    # -- the completion core's hooks ---------------------------------------------------
+    def _prepare_iocb(
+        self, opcode: int, fd: int, address: int, length: int, offset: int, _: int, index: int
+    ) -> None:
+        if opcode <= WRITE and not self._is_direct(fd):
+            self._buffered_submits += 1
+        iocb, where = self._slot_iocbs[index]
         iocb.aio_lio_opcode = opcode
         iocb.aio_fildes = fd
         where.buf = address
         where.nbytes = length
         where.offset = offset
-        self._queued.append(slot)
-        # Let every task that is running in this tick queue its iocb too; the first of
-        # them to resume submits all of them at once. The others find theirs submitted
-        # and leave the iocbs queued since then to their own tasks: flushing those too
-        # would split the next tick's batch into batches of one.
-        flushes = self._flushes
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        if self._flushes == flushes:
-            self._submit()
-        result = self._results[slot]
-        if result is None:
-            result = await self._wait(slot)
-        else:
-            self._results[slot] = None
-        if result < 0:
-            if self._refused[slot]:
-                self._refused[slot] = False
-                raise _Refused(-result, os.strerror(-result))
-            raise OSError(-result, os.strerror(-result))
-        return result
+        self._prepared.append(index)
 
-    def _submit(self) -> None:
-        """Submit every queued iocb, then reap what completed inside ``io_submit``.
-
-        One ``io_submit`` takes the whole batch unless the kernel refuses an iocb: it
-        then takes those before it, and the refused one fails with the errno the next
-        call reports. Afterwards nothing is queued.
-        """
-        self._flushes += 1
-        queued, self._queued = self._queued, []
+    def _commit(self) -> int:
+        """One ``io_submit`` takes the whole batch unless the kernel refuses an iocb: it
+        then takes those before it, the refused one fails with the errno the next call
+        reports, and the rest go in a further call."""
+        prepared, self._prepared = self._prepared, []
         submit_list, pointers = self._submit_list, self._pointers
-        for index, slot in enumerate(queued):
-            submit_list[index] = pointers[slot]
-        start = 0
-        while start < len(queued):
+        for position, index in enumerate(prepared):
+            submit_list[position] = pointers[index]
+        start = taken_total = 0
+        while start < len(prepared):
             rest = submit_list
             if start:  # after a refused iocb: the list from the next one on
                 rest = ctypes.cast(
@@ -324,144 +211,52 @@ class AioEngine(ReapedEngine):
                     self._aio.iocb_pp,
                 )
             try:
-                taken = self._aio.io_submit(self._context, len(queued) - start, rest)
+                taken = self._aio.io_submit(self._context, len(prepared) - start, rest)
             except OSError as exc:
-                self._submit_errors += 1
-                slot = queued[start]
-                self._refused[slot] = True
-                self._finish(slot, -(exc.errno or errno.EIO))
+                self._refuse(prepared[start], -(exc.errno or errno.EIO))
                 start += 1
                 continue
             if not taken:  # the kernel took nothing and said nothing: do not spin
-                for slot in queued[start:]:
-                    self._finish(slot, -errno.EAGAIN)
+                for index in prepared[start:]:
+                    self._refuse(index, -errno.EAGAIN)
                 break
-            self._submitted(taken)
-            self._outstanding += taken
-            self._max_outstanding = max(self._max_outstanding, self._outstanding)
+            taken_total += taken
             start += taken
-        self._inline_reaps += self._reap()
-        if self._outstanding and self._reaper_running:
-            self._reaper_work.set()
+        return taken_total
 
-    def _finish(self, slot: int, result: int) -> None:
-        self._results[slot] = result
-        task = self._waiters[slot]
-        if task is not None:
-            self._waiters[slot] = None
-            trio.lowlevel.reschedule(task)
-
-    def _reap(self, wait: bool = False) -> int:
-        """Take every completion event posted so far; with *wait*, block for one first."""
-        events = self._events
+    def _events(self, wait: bool) -> list[tuple[int, int, int]]:
+        events = self._event_array
         count = self._aio.io_getevents(
             self._context, 1 if wait else 0, len(events), events, None if wait else self._no_wait
         )
-        if not count:
-            return 0
-        results, waiters = self._results, self._waiters
-        for event in events[:count]:  # _finish, inlined: this is the hot loop
-            slot = event.data or 0  # a c_void_p field reads 0 back as None
-            results[slot] = event.res
-            task = waiters[slot]
-            if task is not None:
-                waiters[slot] = None
-                trio.lowlevel.reschedule(task)
-        self._outstanding -= count
-        self._completed(count)
-        return int(count)
+        # A c_void_p field reads 0 back as None.
+        return [(event.data or 0, event.res, 0) for event in events[:count]]
 
-    async def _wait(self, slot: int) -> int:
-        """Wait for the event of *slot* and take its result.
+    def _poll_events(self) -> list[tuple[int, int, int]]:
+        if self._waited:  # what the blocking wait took
+            waited, self._waited = self._waited, []
+            return waited
+        return self._events(wait=False)
 
-        Shielded: a cancellation is delivered only after the completion.
-        """
-        cancelled = False
-        if not self._reaper_running:
-            while self._results[slot] is None:
-                self._blocking_waits += 1
-                with contextlib.suppress(InterruptedError):  # a signal: look again
-                    self._reap(wait=True)
-        else:
+    def _wait_for_completion(self) -> None:
+        self._waited += self._events(wait=True)
 
-            def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-                nonlocal cancelled
-                cancelled = True
-                return trio.lowlevel.Abort.FAILED  # the kernel still owns the buffer
+    def _acknowledge_wakeup(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a wakeup for events already reaped
+            os.eventfd_read(self._eventfd)  # reset it before reaping, so nothing is missed
 
-            self._waiters[slot] = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        result = self._results[slot]
-        assert result is not None
-        self._results[slot] = None
-        if cancelled:
-            await trio.lowlevel.checkpoint()  # delivers the cancellation, now safe
-        return result
+    def counters(self) -> AioCounters:
+        return AioCounters(
+            **asdict(super().counters()),
+            buffered_submits=self._buffered_submits,
+            fsync_fallbacks=self._fsync_fallbacks,
+        )
 
-    def _is_direct(self, fd: int) -> bool:
-        """Whether *fd* was opened O_DIRECT (its AIO is then asynchronous)."""
-        direct = self._fd_is_direct.get(fd)
-        if direct is None:
-            direct = self._fd_is_direct[fd] = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
-        return direct
-
-    # -- the engine hooks ------------------------------------------------------------
-    async def _preadinto(self, fd: int, buffer: memoryview, offset: int) -> int:
-        # Our own view holds the buffer in place (no resize, no close) while the kernel
-        # writes into it; it is released before returning, so the caller may release its.
-        pin = memoryview(buffer)
-        try:
-            direct = self._is_direct(fd)
-            slot = await self._acquire()
-            try:
-                return await self._read(slot, fd, address_of(pin), pin.nbytes, offset, direct)
-            finally:
-                self._release_slot(slot)
-        except OSError as exc:
-            if exc.errno == errno.EINVAL and _is_directory(fd):
-                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR)) from None
-            raise
-        finally:
-            pin.release()
-
-    async def _read(
-        self, slot: int, fd: int, address: int, size: int, offset: int, direct: bool
-    ) -> int:
-        """Read *size* bytes to *address*; short only at end of file (see base.py).
-
-        The kernel finishes reads of regular files itself; further reads continue a
-        short one wherever it does not, and split requests larger than it takes. A short
-        read on an O_DIRECT fd is taken as end of file, the only place the kernel
-        returns one: its rest would be unaligned, and refused.
-        """
-        done = 0
-        while True:
-            length = min(size - done, _MAX_LENGTH)
-            if not direct:
-                self._buffered_submits += 1
-            count = await self._io(slot, _PREAD, fd, address + done, length, offset + done)
-            done += count
-            if done == size or not count:
-                return done
-            if count < length and (direct or offset + done >= os.fstat(fd).st_size):
-                return done  # end of file: spare the read that would return 0
-
-    async def _pwrite(self, fd: int, data: Buffer, offset: int) -> int:
-        with write_source(data) as address:
-            if not self._is_direct(fd):
-                self._buffered_submits += 1
-            length = min(len(data), _MAX_LENGTH)  # a short count is continued by base.py
-            slot = await self._acquire()
-            try:
-                return await self._io(slot, _PWRITE, fd, address, length, offset)
-            finally:
-                self._release_slot(slot)
-
+    # -- where AIO differs -------------------------------------------------------------
     async def _fsync(self, fd: int, datasync: bool) -> None:
-        slot = await self._acquire()
         try:
-            await self._io(slot, _FDSYNC if datasync else _FSYNC, fd, 0, 0, 0)
-        except _Refused as exc:
+            await super()._fsync(fd, datasync)
+        except SubmitRefused as exc:
             if exc.errno != errno.EINVAL:
                 raise
             # No AIO fsync for this file (Linux < 4.18, or its file system): the plain
@@ -474,20 +269,3 @@ class AioEngine(ReapedEngine):
             else:
                 os.fsync(fd)
             self._completed()
-        finally:
-            self._release_slot(slot)
-
-    def _extra_statistics(self) -> dict[str, int]:
-        return {
-            "outstanding": self._outstanding,
-            "max_outstanding": self._max_outstanding,
-            "buffered_submits": self._buffered_submits,
-            "inline_reaps": self._inline_reaps,
-            "reaper_reaps": self._reaper_reaps,
-            "eventfd_wakeups": self._eventfd_wakeups,
-            "empty_wakeups": self._empty_wakeups,
-            "blocking_waits": self._blocking_waits,
-            "slot_waits": self._slot_waits,
-            "submit_errors": self._submit_errors,
-            "fsync_fallbacks": self._fsync_fallbacks,
-        }

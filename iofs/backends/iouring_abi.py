@@ -46,7 +46,6 @@ have to add to every wake-up.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -58,6 +57,8 @@ import sys
 import types
 import weakref
 from typing import Final
+
+from . import seccomp
 
 # -- from <linux/io_uring.h> -------------------------------------------------------------
 _NR_SETUP: Final = 425
@@ -410,15 +411,6 @@ def _sysctl(name: str) -> int | None:
         return None
 
 
-def seccomp_filtered() -> bool:
-    """True if a seccomp filter restricts this process's system calls."""
-    with contextlib.suppress(OSError), open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("Seccomp:"):
-                return line.split()[1] == "2"
-    return False
-
-
 def probe() -> str | None:
     """None if io_uring works here as `Ring` uses it, else one sentence saying why not."""
     if sys.platform != "linux":
@@ -444,7 +436,7 @@ def probe() -> str | None:
                 os.close(eventfd)
     except OSError as exc:
         if exc.errno == errno.ENOSYS:
-            if seccomp_filtered():
+            if seccomp.seccomp_filtered():
                 return "io_uring_setup is not available (ENOSYS): a seccomp filter hides it"
             return "this kernel has no io_uring (built without CONFIG_IO_URING)"
         if exc.errno == errno.EPERM:
@@ -453,7 +445,7 @@ def probe() -> str | None:
                     "io_uring is restricted to privileged processes and the group "
                     "kernel.io_uring_group (sysctl kernel.io_uring_disabled = 1)"
                 )
-            if seccomp_filtered():
+            if seccomp.seccomp_filtered():
                 return "io_uring_setup is refused (EPERM) by a seccomp filter on this process"
         return f"io_uring cannot be set up here: {exc.strerror}"
     missing = [name for op, name in _NEEDED_OPS.items() if op not in supported]
