@@ -124,14 +124,17 @@ async def test_aligned_requests_go_through_o_direct(
 
 
 @pytest.mark.trio
-async def test_o_direct_reads_complete_through_the_eventfd(
+async def test_o_direct_reads_are_submitted_asynchronously(
     engine: AioEngine, on_disk_fd: int
 ) -> None:
+    """An O_DIRECT read is not done inside io_submit. Whether it is reaped right after
+    the submit or by the reaper depends on the disk (a host cache may answer at once);
+    that a read held elsewhere completes through the reaper is shown deterministically
+    by tests/test_engine_loop.py, on a FUSE file whose reads wait for the test."""
     assert await engine.read(on_disk_fd, 0, BIG) == _pattern(BIG)
     details = _details(engine)
     assert details["buffered_submits"] == 0
-    assert details["reaper_reaps"] == 1, details
-    assert details["reaper_wakeups"] >= 1
+    assert details["inline_reaps"] + details["reaper_reaps"] == 1, details
 
 
 @pytest.mark.trio
@@ -345,7 +348,10 @@ async def test_without_start_a_waiting_operation_blocks_in_io_getevents(
     try:
         with _open(engine, path, os.O_RDONLY) as fd:
             assert await engine.read(fd, 0, BIG) == _pattern(BIG)
-        assert _details(engine)["blocking_waits"] >= 1
+        details = _details(engine)
+        # No reaper runs: reaped right after the submit (a fast disk), else waited for.
+        assert details["reaper_reaps"] == 0, details
+        assert details["inline_reaps"] == 1 or details["blocking_waits"] >= 1, details
     finally:
         await engine.aclose()
 

@@ -204,6 +204,11 @@ async def _loop_runs_while_read_is_parked(engine: Engine, fd: int, gate: Gate) -
             nursery.cancel_scope.cancel()
     assert ticks_at["end"] - ticks_at["start"] >= HEARTBEATS
     assert bytes(data[0]) == pattern(0, READ_SIZE)
+    if Capability.KERNEL_ASYNC in engine.capabilities:
+        # A read the daemon held cannot have completed inside the submitting call: the
+        # reaper, woken by the kernel, reaped it.
+        details = engine.statistics().details
+        assert details["reaper_reaps"] >= 1 and details["reaper_wakeups"] >= 1, details
 
 
 class _Opener(threading.Thread):
