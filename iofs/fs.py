@@ -844,8 +844,8 @@ class Filesystem(pyfuse3.Operations):
         if not self.as_root:
             return False
         node = self.inodes.get_even_removed(inode)
-        if node.fd < 0 or node.is_symlink:
-            return False
+        if node.removed_stat is not None or node.is_symlink:
+            return False  # released: no name and no open file left to write through
         path = node.proc_path
         st = os.stat(path)
         mode = st.st_mode
