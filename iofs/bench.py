@@ -606,10 +606,7 @@ class _Runner:
         finally:
             if process.poll() is None:
                 stop_fio(process)
-        if process.returncode != 0:
-            text = (out / f"{stem}.log").read_text(errors="replace").strip()
-            reason = (text.splitlines() or ["no message"])[-1]
-            raise IofsError(f"fio {stem} failed (status {process.returncode}): {reason}")
+        check_fio(process, out, stem)
 
 
 def fio_command(
@@ -624,6 +621,14 @@ def fio_command(
         f"--directory={directory}",
         str(job.absolute()),
     ]
+
+
+def check_fio(process: subprocess.Popen[bytes], out: Path, stem: str) -> None:
+    """`IofsError` with the last line fio logged (OUT/STEM.log) if it exited non-zero."""
+    if process.returncode != 0:
+        text = (out / f"{stem}.log").read_text(errors="replace").strip()
+        reason = (text.splitlines() or ["no message"])[-1]
+        raise IofsError(f"fio {stem} failed (status {process.returncode}): {reason}")
 
 
 def stop_fio(process: subprocess.Popen[bytes]) -> None:

@@ -42,6 +42,7 @@ from .backends import EngineUnavailable, engine_class
 from .bench import (
     Workspace,
     check_filesystems,
+    check_fio,
     drop_caches,
     fio_command,
     log_errors,
@@ -244,10 +245,7 @@ def _finish(process: subprocess.Popen[bytes], out: Path, stem: str, timeout: flo
     finally:
         if process.poll() is None:
             stop_fio(process)
-    if process.returncode != 0:
-        text = (out / f"{stem}.log").read_text(errors="replace").strip()
-        reason = (text.splitlines() or ["no message"])[-1]
-        raise IofsError(f"fio {stem} failed (status {process.returncode}): {reason}")
+    check_fio(process, out, stem)
 
 
 def _image_size(job: JobFile) -> int:
