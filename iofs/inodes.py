@@ -25,7 +25,12 @@ The mount's root, and nodes that could not be found again once their last known 
 is gone (a removed directory, a hard link whose remembered name was removed, in the
 name-based fallback), are pinned: their descriptors are never let go.
 
-Inodes are keyed by the backing ``(st_dev, st_ino)``: hard links share one inode. Once
+Inodes are keyed by the backing ``(st_dev, st_ino)``: hard links share one inode. Its
+number (the FUSE node id, which pyfuse3 also reports as ``st_ino``) is derived from that
+key, not counted up: the kernel forgets inodes it evicts (memory pressure,
+``drop_caches``) and looks them up again later, and a counted number would change each
+time, so that two stats of one file, or of two names of one hard-linked file, could show
+different ``st_ino`` (see `number_of`). Once
 the last name and the last open file of an inode are gone, `release_if_removed` lets
 go of it and drops its key (the backing filesystem may give the number to a new
 file), as the backing filesystem would: the space is free when unlink(2) or rename(2)
@@ -62,6 +67,15 @@ MIN_FD_BUDGET = 4
 #: cached descriptors gain little; the rest of the limit is left for open files.
 MAX_DEFAULT_FD_BUDGET = 65536
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+#: Inode numbers: the backing st_ino in the low 56 bits, the backing device's index (in
+#: the order met, the backing root's device first, as 0) in the 7 bits above them...
+DEVICE_SHIFT = 56
+MAX_DEVICES = 1 << 7
+#: ...and, from bit 63 up, spare numbers counted up for the inodes that cannot have
+#: theirs: the number is already taken (the backing filesystem gave a removed file's
+#: number to a new file before the kernel forgot the old inode; the root's number is 1),
+#: or the backing st_ino or the device does not fit.
+SPARE_NUMBERS = 1 << 63
 
 
 def default_fd_budget(limit: int) -> int:
@@ -202,7 +216,13 @@ class InodeTable:
         )
         self._by_id: dict[int, Inode] = {self.root.id: self.root}
         self._by_key: dict[InodeKey, Inode] = {self.root.key: self.root}
-        self._next_id = pyfuse3.ROOT_INODE + 1
+        #: Index of each backing device in inode numbers (see `DEVICE_SHIFT`).
+        self._devices: dict[int, int] = {st.st_dev: 0}
+        self._next_spare = SPARE_NUMBERS
+        #: The spare number each backing inode that got one keeps until it is removed,
+        #: so that its number too stays the same after the kernel forgets it (few: see
+        #: `number_of`).
+        self._spares: dict[InodeKey, int] = {}
         self.budget = budget
         #: Held descriptors that may be let go, least recently used first.
         self.lru: OrderedDict[Inode, None] = OrderedDict()
@@ -396,9 +416,8 @@ class InodeTable:
             else:
                 os.close(fd)
             return known
-        inode = Inode(self._next_id, key_of(st), stat.S_IFMT(st.st_mode), self)
+        inode = Inode(self.number_of(key_of(st)), key_of(st), stat.S_IFMT(st.st_mode), self)
         self.seen(inode, parent, name)
-        self._next_id += 1
         self._by_id[inode.id] = inode
         self._by_key[inode.key] = inode
         self.most_known = max(self.most_known, len(self._by_id))
@@ -406,6 +425,32 @@ class InodeTable:
         if inode.parent is None and not self.file_handles:
             self.pin(inode)  # found through "..": no name known to find it again by
         return inode
+
+    def number_of(self, key: InodeKey) -> int:
+        """The number for a new inode of the backing *key*: the same each time the key
+        comes back after the kernel forgot it, so that ``st_ino`` through the mount is
+        stable for as long as the backing file lives, as on the backing filesystem.
+
+        A number is never that of another inode the kernel may still know: a taken one
+        (or one that does not fit) gives way to a spare number (`SPARE_NUMBERS`), which
+        the backing inode keeps until it is removed through the mount.
+        """
+        spare = self._spares.get(key)
+        if spare is not None and spare not in self._by_id:
+            return spare
+        dev, ino = key
+        index = self._devices.get(dev)
+        if index is None and len(self._devices) < MAX_DEVICES:
+            index = self._devices[dev] = len(self._devices)
+        if spare is None and index is not None and 0 < ino < 1 << DEVICE_SHIFT:
+            number = index << DEVICE_SHIFT | ino
+            if number not in self._by_id:  # the root's number, 1, is always there
+                return number
+        while self._next_spare in self._by_id:
+            self._next_spare += 1
+        spare = self._spares[key] = self._next_spare
+        self._next_spare += 1
+        return spare
 
     def seen(self, inode: Inode, parent: Inode, name: bytes) -> None:
         """*inode* is (now) *name* in *parent* (a dot entry says nothing of the kind)."""
@@ -487,6 +532,7 @@ class InodeTable:
         inode.removed_stat = st
         if self._by_key.get(inode.key) is inode:
             del self._by_key[inode.key]
+            self._spares.pop(inode.key, None)  # the number may be the backing's for a new file
         self._close(inode)
 
     def close(self) -> None:
