@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Run every command the documentation shows, so that the docs cannot silently rot.
 
-What is a command. In README.md and vagrant/README.md (or the files named), every fenced
-block whose info string is ``sh``, ``bash``, ``shell`` or ``console``:
+What is a command. In README.md, docs/*.md and vagrant/README.md (or the files named),
+every fenced block whose info string is ``sh``, ``bash``, ``shell`` or ``console``:
 
 - ``sh``/``bash``/``shell``: each line is a command, except blank lines and ``#`` comment
   lines; lines that bash reads as one command (after a trailing ``\\``, inside a loop,
@@ -13,7 +13,8 @@ block whose info string is ``sh``, ``bash``, ``shell`` or ``console``:
 
 Other fences (``text``, none, ``python``...) are never run: they show captured output.
 
-How they run. The blocks of one file run in document order, each as one bash script from
+How they run. The files run in that order (docs/*.md alphabetically), the blocks of a
+file in document order, each as one bash script from
 the repository root, as the user running this script (the docs assume root). Blocks
 under the same heading share one scratch state: what a block mounts stays mounted for
 the next block of its section. Each command must exit 0 (or as annotated); the first one
@@ -70,7 +71,8 @@ from iofs import mounttable
 from iofs.mount import runtime_dir, unescaped_mountpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_FILES = ("README.md", "vagrant/README.md")
+#: The documentation checked by default, in this order (patterns are globbed, sorted).
+DEFAULT_FILES = ("README.md", "docs/*.md", "vagrant/README.md")
 #: The working directory the docs use; replaced by the scratch directory when run.
 DOCS_DIR = "/tmp/iofs-demo"
 COMMAND_FENCES = frozenset({"sh", "bash", "shell", "console"})
@@ -617,6 +619,11 @@ def check(
     return results
 
 
+def default_paths() -> list[Path]:
+    """The files of DEFAULT_FILES that exist, patterns expanded in sorted order."""
+    return [path for pattern in DEFAULT_FILES for path in sorted(ROOT.glob(pattern))]
+
+
 def _shown(path: Path) -> str:
     path = path.absolute()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
@@ -657,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run every command in the documentation (see the module docstring)."
     )
     parser.add_argument(
-        "files", nargs="*", type=Path, help=f"markdown files (default: {', '.join(DEFAULT_FILES)})"
+        "files", nargs="*", type=Path, help=f"markdown files (default: {' '.join(DEFAULT_FILES)})"
     )
     parser.add_argument("--slow", action="store_true", help="also run blocks marked slow")
     parser.add_argument(
@@ -673,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every transcript")
     args = parser.parse_args(argv)
-    paths = args.files or [ROOT / name for name in DEFAULT_FILES if (ROOT / name).exists()]
+    paths = args.files or default_paths()
     try:
         if args.list:
             for path in paths:
