@@ -78,7 +78,8 @@ _STATISTICS_REUSE = 0.1
 # Flags the kernel may pass to open/create that must not reach the backing open():
 # the kernel has already resolved creation and the final path component, O_NOFOLLOW
 # would refuse the /proc/self/fd magic link, and the backing fd is always buffered
-# (see README: O_DIRECT on the mount bypasses the FUSE page cache, not the backing one).
+# (see docs/architecture.md: O_DIRECT on the mount bypasses the FUSE page cache, not
+# the backing one).
 _DROPPED_OPEN_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW | os.O_DIRECT
 _PRIVILEGE_BITS = stat.S_ISUID | stat.S_ISGID
 

@@ -1,9 +1,9 @@
 """Which processes map files of a mount shared: a scan of ``/proc/*/maps``.
 
 The daemon asks before it switches into a setting whose opens get FOPEN_DIRECT_IO on
-a transport that cannot negotiate FUSE_DIRECT_IO_ALLOW_MMAP (see the README's
-"Shared mmap and cache=none"): a mapping made before such a switch would go on
-serving the page cache while reads and writes bypass it.
+a transport that cannot negotiate FUSE_DIRECT_IO_ALLOW_MMAP (see "Mapped files and
+cache=none" in docs/modes-and-engines.md): a mapping made before such a switch would go
+on serving the page cache while reads and writes bypass it.
 
 A line of ``/proc/PID/maps`` names the device (``major:minor`` in hex) and inode of
 the mapped file, and its fourth permission character is ``s`` for every MAP_SHARED

@@ -8,7 +8,7 @@ how late the trio event loop wakes a sleeping task: the loop lag (defined once, 
 
 `Recorder.snapshot` freezes everything into a `Snapshot`: plain data, with an exact JSON
 form (`Snapshot.to_json` / `Snapshot.from_json`) that ``iofs stats --json`` prints and
-README's statistics reference describes field by field. `diff` turns two snapshots into
+docs/statistics.md's reference describes field by field. `diff` turns two snapshots into
 an `Interval` of rates and interval latency percentiles, the basis of ``iofs top``.
 Rendering lives in `iofs.render`; nothing here does I/O except `Recorder.snapshot`,
 which reads the process's own counters.
@@ -362,7 +362,7 @@ class Snapshot:
         return sum(op.in_flight for op in self.operations.values())
 
     def to_json(self, *, indent: int | None = 2) -> str:
-        """The snapshot as JSON; README's statistics reference describes every field.
+        """The snapshot as JSON; docs/statistics.md describes every field.
 
         Histograms carry their raw buckets and, for reading, computed percentiles in
         microseconds (``percentiles_us``), which `from_json` ignores. With *indent*

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What each file I/O technique does when the data is not in memory, shown with system calls.
 
-The README's "Three I/O techniques" section explains event-based, non-blocking and
+docs/io-techniques.md explains event-based, non-blocking and
 asynchronous I/O from first principles; this script shows each claim on a real file:
 
 - event-based: poll() calls a regular file ready although nothing of it is cached, and

@@ -3,8 +3,8 @@
 
 Usage: ``.venv/bin/python scripts/stats_fields.py FIELD... -- SOURCE...``
 
-A FIELD is a dotted path into the ``iofs stats --json`` document (README: "Statistics
-reference"), e.g. ``loop_lag.percentiles_us.p99``, ``operations.create.count`` or
+A FIELD is a dotted path into the ``iofs stats --json`` document (docs/statistics.md:
+"Statistics reference"), e.g. ``loop_lag.percentiles_us.p99``, ``operations.create.count`` or
 ``engines.0.details.nowait_hits`` (a number picks a list item). A SOURCE is a mounted
 iofs (its live snapshot) or a snapshot file, such as the ``stats-after.json`` that
 ``iofs bench`` keeps for every run. Each line starts with the source (for a bench run,

@@ -2,9 +2,11 @@
 
 - The extractor, without running anything: prompts, annotations, skip reasons, output
   patterns, the bash script a block becomes.
-- The statistics reference in README.md names every field of a real snapshot.
-- The docs check itself on README.md and vagrant/README.md: the fast blocks in the
-  default run (~40 s), every block (with the documented shortened runtimes) under
+- The statistics reference in docs/statistics.md names every field of a real snapshot.
+- Every relative link between README.md, docs/*.md and vagrant/README.md leads to a file
+  that exists, and every ``#anchor`` to a heading of it.
+- The docs check itself on README.md, docs/*.md and vagrant/README.md: the fast blocks
+  in the default run (~40 s), every block (with the documented shortened runtimes) under
   ``-m slow`` (~2.5 min); and every block of vagrant/README.md must be annotated, since
   none of it runs outside the VM.
 """
@@ -34,6 +36,7 @@ from .conftest import FUSE_UNAVAILABLE, ROOT
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "check_docs.py"
 README = REPO / "README.md"
+STATISTICS = REPO / "docs" / "statistics.md"
 VAGRANT_README = REPO / "vagrant" / "README.md"
 
 
@@ -220,14 +223,27 @@ def test_a_block_runs_and_reports_each_status(tmp_path: Path) -> None:
         scratch.remove()
 
 
-def test_the_readme_parses_and_every_skip_says_why() -> None:
-    blocks = docs.extract(README.read_text(), "README.md")
+def test_the_default_files_are_the_readme_then_docs_then_vagrant() -> None:
+    names = [str(path.relative_to(REPO)) for path in docs.default_paths()]
+    assert names[0] == "README.md"
+    assert "docs/statistics.md" in names and "docs/troubleshooting.md" in names
+    assert names[1:-1] == sorted(names[1:-1])
+    assert names[-1] == "vagrant/README.md" or not VAGRANT_README.exists()
+
+
+def test_the_docs_parse_and_every_skip_says_why() -> None:
+    blocks = [
+        block
+        for path in docs.default_paths()
+        for block in docs.extract(path.read_text(), str(path.relative_to(REPO)))
+    ]
     assert len(blocks) >= 20
+    assert any(block.path == "README.md" and not block.skip for block in blocks)
     for block in blocks:
         if block.skip is not None:
             assert len(block.skip) > 10, f"{block.where}: a skip reason says why"
     # Every experiment of the cookbook has a command block, and every bench command in
-    # the README is shortened or skipped for the fast run.
+    # the docs is shortened or skipped for the fast run.
     sections = {block.section for block in blocks}
     assert sum(section.startswith("Experiment ") for section in sections) >= 5
     for block in blocks:
@@ -253,6 +269,72 @@ def test_every_vagrant_readme_block_is_annotated() -> None:
         "add <!-- docs-check: skip: needs the Vagrant VM --> (or another annotation) "
         f"before the blocks at {', '.join(unannotated)}"
     )
+
+
+# -- links between the documents ----------------------------------------------------------
+_LINK = re.compile(r"\[[^\]]*\]\((?P<target>[^)\s]+)\)")
+
+
+def _outside_code(text: str) -> list[str]:
+    """The lines of a markdown document that are not inside a fenced code block."""
+    lines, fence = [], ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if fence:
+            if stripped.startswith(fence):
+                fence = ""
+            continue
+        if stripped.startswith(("```", "~~~")):
+            fence = stripped[:3]
+            continue
+        lines.append(line)
+    return lines
+
+
+def heading_anchor(title: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to -."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", title).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    found: set[str] = set()
+    for line in _outside_code(path.read_text()):
+        match = re.match(r"^#{1,6}\s+(.+?)\s*#*\s*$", line)
+        if match:
+            anchor = base = heading_anchor(match[1])
+            number = 0
+            while anchor in found:  # GitHub numbers repeated headings
+                number += 1
+                anchor = f"{base}-{number}"
+            found.add(anchor)
+    return found
+
+
+def test_heading_anchors_as_github_makes_them() -> None:
+    assert heading_anchor("Statistics reference (`iofs stats --json`, format `x/1`)") == (
+        "statistics-reference-iofs-stats---json-format-x1"
+    )
+    assert heading_anchor("Experiment 2: O_DIRECT, or not") == "experiment-2-o_direct-or-not"
+    assert heading_anchor('A dead mount: "Transport endpoint"') == "a-dead-mount-transport-endpoint"
+
+
+def test_every_link_between_the_documents_resolves() -> None:
+    broken = []
+    for path in docs.default_paths():
+        for line in _outside_code(path.read_text()):
+            for match in _LINK.finditer(re.sub(r"`[^`]*`", "", line)):
+                target = match["target"]
+                if re.match(r"^[a-z]+:", target):
+                    continue  # https:, mailto:
+                file_part, _, anchor = target.partition("#")
+                linked = (path.parent / file_part).resolve() if file_part else path
+                where = f"{path.relative_to(REPO)}: {target}"
+                if not linked.exists():
+                    broken.append(f"{where}: no such file")
+                elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                    broken.append(f"{where}: no such heading")
+    assert not broken, "\n".join(broken)
 
 
 # -- the statistics reference ------------------------------------------------------------
@@ -301,9 +383,9 @@ def snapshots(tmp_path: Path) -> Iterator[list[dict[str, Any]]]:
 
 
 def test_the_statistics_reference_names_every_field(snapshots: list[dict[str, Any]]) -> None:
-    text = README.read_text()
-    start = text.index("### Statistics reference")
-    section = text[start : text.index("\n## ", start)]
+    text = STATISTICS.read_text()
+    start = text.index("## Statistics reference")
+    section = text[start : text.index("\n## ", start + 1)]
     documented = set()
     for code in re.findall(r"`([^`]+)`", section):
         for part in re.split(r"[.\s,]+", code):
@@ -312,7 +394,7 @@ def test_the_statistics_reference_names_every_field(snapshots: list[dict[str, An
     for document in snapshots:
         _leaf_names(document, fields)
     missing = sorted(fields - documented)
-    assert not missing, f"fields missing from README's statistics reference: {missing}"
+    assert not missing, f"fields missing from docs/statistics.md's reference: {missing}"
 
 
 # -- the check itself --------------------------------------------------------------------
@@ -334,7 +416,7 @@ needs_root_and_fuse = pytest.mark.skipif(
 
 @needs_root_and_fuse
 def test_documented_commands_fast_blocks() -> None:
-    """README.md and vagrant/README.md, the blocks not marked slow (~40 s here)."""
+    """README.md, docs/*.md and vagrant/README.md, the blocks not marked slow."""
     daemon_files = set(runtime_dir().iterdir())
     result = _run_check(timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -165,7 +165,7 @@ def test_direct_writes_drop_set_id_bits_as_natively_with_one_request_each(
 def test_direct_writes_stay_coherent_with_buffered_opens(mnt: Mount, plain: Path) -> None:
     """A buffered reader with the old pages cached sees an O_DIRECT write, as natively;
     private mappings of a direct file work; shared ones need FUSE_DIRECT_IO_ALLOW_MMAP,
-    which the pyfuse3 transport cannot negotiate (see README)."""
+    which the pyfuse3 transport cannot negotiate (see docs/architecture.md)."""
     outcomes = []
     for root in (mnt.mountpoint, plain):
         path = root / "shared"

@@ -2,7 +2,7 @@
 
 ``tests/data/snapshot.json`` is `switched_snapshot()` written by `Snapshot.to_json`; after
 a deliberate change of the JSON layout, rewrite it with ``python -m tests.test_render``
-(and update README's statistics reference).
+(and update the statistics reference in docs/statistics.md).
 """
 
 from __future__ import annotations
