@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -230,6 +231,59 @@ def test_a_refused_switch_says_why_and_where_the_log_is(dirs: tuple[Path, Path])
         )
         assert "refused mode setting xfs" in log.read_text()
         assert json.loads(os.getxattr(mountpoint, "iofs.mode"))["spec"].startswith("blocking")
+    finally:
+        assert iofs("umount", str(mountpoint)).returncode == 0
+
+
+def _with_4_gib_of_address_space() -> None:
+    """In the child (and the daemon it starts): fail with MemoryError, not take the
+    machine's memory, if a queue depth ever makes something per operation again."""
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+def _limited_iofs(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*IOFS, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=_with_4_gib_of_address_space,
+    )
+
+
+@needs_fuse
+def test_a_queue_depth_of_a_billion_is_refused_before_anything_is_made_for_it(
+    dirs: tuple[Path, Path],  # noqa: F811
+) -> None:
+    """``--queue-depth 1000000000``: a kernel-async engine is refused with the limit at
+    mount and at a live switch (it made a slot per operation first: ~23 GiB, and the
+    switch never answered), while a blocking mount takes it, having nothing to make."""
+    backing, mountpoint = dirs
+    billion = "1000000000"
+    runnable = [name for name in ("io_uring", "aio") if ENGINES[name].probe() is None]
+    if not runnable:
+        pytest.skip("neither io_uring nor aio runs here")
+    for engine in runnable:
+        refused = _limited_iofs(
+            "mount", "--mode", "xfs", "--engine", engine, "--queue-depth", billion,
+            str(backing), str(mountpoint),
+        )  # fmt: skip
+        assert refused.returncode == ExitStatus.UNAVAILABLE, refused.stderr
+        assert refused.stderr.startswith(f"iofs: error: mode xfs: engine '{engine}' cannot run")
+        assert "use a queue depth of at most" in refused.stderr
+        assert find_mount(mountpoint) is None
+    mounted = _limited_iofs("mount", "--queue-depth", billion, str(backing), str(mountpoint))
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        for engine in runnable:
+            switched = _limited_iofs("mode", str(mountpoint), f"xfs,engine={engine}")
+            assert switched.returncode == ExitStatus.UNAVAILABLE, switched.stderr
+            assert switched.stderr.startswith(
+                f"iofs: error: {mountpoint} stays in blocking: engine '{engine}' cannot run here"
+            )
+        (mountpoint / "f").write_bytes(b"still serving")
+        assert (backing / "f").read_bytes() == b"still serving"
     finally:
         assert iofs("umount", str(mountpoint)).returncode == 0
 

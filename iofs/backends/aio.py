@@ -76,6 +76,17 @@ def _setup_failure(exc: OSError, events: int) -> str:
     return f"io_setup failed: {os.strerror(exc.errno or errno.EIO)}"
 
 
+def _free_aio_events() -> int | None:
+    """The events an AIO context may still have (fs.aio-max-nr less fs.aio-nr), or None
+    if they cannot be read (io_setup decides then)."""
+    try:
+        limit = int(Path("/proc/sys/fs/aio-max-nr").read_text())
+        in_use = int(Path("/proc/sys/fs/aio-nr").read_text())
+    except (OSError, ValueError):
+        return None
+    return max(limit - in_use, 0)
+
+
 def _beyond_aio_max_nr(events: int) -> str:
     """Why an AIO context for *events* events does not fit in fs.aio-max-nr, with the
     figures: the limit, what other contexts hold (fs.aio-nr) and what would fit."""
@@ -118,9 +129,14 @@ class AioEngine(CompletionEngine):
     OPCODES = ((0, 0), (1, 0), (2, 0), (3, 0))
 
     def __init__(self, config: EngineConfig | None = None) -> None:
+        # Checked before the core makes a slot per operation in flight: a queue depth
+        # of a billion would take tens of GiB before io_setup could refuse it.
+        depth = (config or EngineConfig()).queue_depth
+        if (free := _free_aio_events()) is not None and depth > free:
+            reason = _beyond_aio_max_nr(depth)
+            raise EngineUnavailable(f"engine {self.name!r} cannot run here: {reason}")
         super().__init__(config)
         aio = self._aio = _binding()
-        depth = self.config.queue_depth
         self._context = aio.io_context_t()
         try:
             aio.io_setup(depth, ctypes.byref(self._context))

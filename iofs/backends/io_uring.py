@@ -108,14 +108,16 @@ class IoUringEngine(CompletionEngine):
     )
 
     def __init__(self, config: EngineConfig | None = None) -> None:
-        super().__init__(config)
-        depth = self.config.queue_depth
+        # Checked before the core makes a slot per operation in flight: a queue depth
+        # of a billion would take tens of GiB before the ring could refuse it.
+        depth = (config or EngineConfig()).queue_depth
         if depth > iouring_abi.MAX_ENTRIES:
             raise EngineUnavailable(
                 f"engine {self.name!r} cannot run here: a ring holds at most "
                 f"{iouring_abi.MAX_ENTRIES} entries (IORING_MAX_ENTRIES): use a queue depth "
                 f"of at most {iouring_abi.MAX_ENTRIES}"
             )
+        super().__init__(config)
         self._ring = iouring_abi.Ring(iouring_abi.next_power_of_two(depth))
         # Bound straight to the ring: no call in between on the hot path.
         self._prepare = self._ring.prepare
