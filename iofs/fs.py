@@ -200,6 +200,41 @@ def _short_repr(args: tuple[object, ...]) -> str:
     return shortened.repr(args)
 
 
+class PassthroughInfo(FileInfo):
+    """An open reply that hands the file to the kernel: FOPEN_PASSTHROUGH with the
+    inode's *backing_id* (the dev transport sends it; see docs/passthrough.md)."""
+
+    backing_id = 0
+
+
+@dataclass(eq=False)
+class Backing:
+    """A backing file registered with the kernel for one inode, shared by all its opens:
+    the kernel refuses two backing files for one inode (EBUSY)."""
+
+    id: int
+    opens: int = 0
+
+
+@dataclass
+class PassthroughCounters:
+    """What the passthrough mode did with opens (the statistics' ``passthrough_*``)."""
+
+    #: Opens handed to the kernel (FOPEN_PASSTHROUGH).
+    opens: int = 0
+    #: Opens in the passthrough mode served by the daemon: the file was open in another
+    #: mode already (the kernel allows one I/O mode per file until its last close).
+    declined_open: int = 0
+    #: ... or it has set-user-ID, set-group-ID or a file capability: passthrough writes
+    #: run with the daemon's credentials and would not drop them.
+    declined_setid: int = 0
+    #: ... or registering the backing file failed (logged once).
+    backing_failures: int = 0
+    #: Opens in another mode handed to the kernel all the same: the file was open in
+    #: passthrough already.
+    kept: int = 0
+
+
 @dataclass(eq=False)
 class OpenDir:
     fd: int  # O_RDONLY | O_DIRECTORY, for listing and fsyncdir
@@ -272,6 +307,11 @@ class Filesystem(pyfuse3.Operations):
         )
         self._dirs: dict[int, OpenDir] = {}
         self._next_dir_handle = 1
+        #: Inode id -> its backing file registered with the kernel (passthrough mode).
+        self._backings: dict[int, Backing] = {}
+        #: Open files handed to the kernel: handle -> their inode's backing.
+        self._passthrough: dict[int, Backing] = {}
+        self.passthrough_counters = PassthroughCounters()
         #: What carries the requests (set at mount): its counters join the statistics.
         self.transport: Transport | None = None
         #: The mount's device (major, minor) and whether others may use it, set once
@@ -314,9 +354,12 @@ class Filesystem(pyfuse3.Operations):
             self._nursery.start_soon(self._drain, old, number, name=f"iofs-drain-{old.name}")
         else:
             self.recorder.switch_began(setting.spec, previous, requested, None)
+        passthrough_before = self.setting.passthrough
         self.setting = setting
         self.recorder.mode_changed(setting.spec)
         log.info("mode switched to %s", setting.describe())
+        if setting.passthrough != passthrough_before:
+            log.info("%s", self.passthrough_note())
 
     def set_faults(self, spec: FaultSpec) -> None:
         """Inject *spec* into data operations from now on (`OFF` stops)."""
@@ -331,6 +374,21 @@ class Filesystem(pyfuse3.Operations):
         await engine.aclose()  # waits for its operations in flight
         self._draining.discard(engine)
         self.recorder.switch_drained(switch, engine.statistics())
+
+    def passthrough_refusal(self, setting: Setting) -> str | None:
+        """Why *setting* cannot be used on this mount (it hands files to the kernel and
+        the transport cannot), or None."""
+        if not setting.passthrough or self.transport is None:
+            return None
+        return self.transport.passthrough_refusal(self.enable_writeback_cache)
+
+    def passthrough_note(self) -> str:
+        """What a switch into or out of the passthrough mode does to files open now."""
+        return (
+            f"passthrough applies to files opened from now on; {len(self._files)} open "
+            f"files ({len(self._passthrough)} of them passed through) keep their path, "
+            "and so does every open of their file until its last close"
+        )
 
     @property
     def direct_io_allow_mmap(self) -> bool:
@@ -402,6 +460,8 @@ class Filesystem(pyfuse3.Operations):
             dir_handle.inode.closed(dir_handle.fd)
         self._files.clear()
         self._dirs.clear()
+        self._passthrough.clear()  # the kernel let go of the backing ids with the mount
+        self._backings.clear()
         self.inodes.close()
 
     # -- helpers ----------------------------------------------------------------------
@@ -524,9 +584,16 @@ class Filesystem(pyfuse3.Operations):
         transport) the kernel refuses a shared mapping made through such a descriptor
         (ENODEV); one made through another descriptor of the file works.
         """
+        backing = self._passthrough_backing(fd, inode)
         self._files[fd] = inode
         inode.opens += 1
         inode.opened(fd)
+        if backing is not None:
+            backing.opens += 1
+            self._passthrough[fd] = backing
+            info = PassthroughInfo(fh=fd, direct_io=False, keep_cache=False)
+            info.backing_id = backing.id
+            return info
         caching = CACHINGS[self.setting.caching]
         writes = flags & os.O_ACCMODE != os.O_RDONLY
         direct_io = caching.direct_io or bool(writes and flags & os.O_DIRECT)
@@ -536,6 +603,56 @@ class Filesystem(pyfuse3.Operations):
             # A daemon without CAP_FSETID needs nothing: its own backing write drops them.
             self._direct_writers[fd] = writer_of(ctx.pid, ctx.gid)
         return FileInfo(fh=fd, direct_io=direct_io, keep_cache=caching.keep_cache)
+
+    def _passthrough_backing(self, fd: int, inode: Inode) -> Backing | None:
+        """The backing to hand the open file *fd* of *inode* to the kernel with, or None
+        to serve it here. Decided per inode: the kernel fails an open (EIO) whose I/O
+        mode conflicts with the file's other opens, so while *inode* is open the mode it
+        was first opened in holds for every open, whatever the setting is now."""
+        counters = self.passthrough_counters
+        backing = self._backings.get(inode.id)
+        if backing is not None:
+            if not self.setting.passthrough:
+                counters.kept += 1
+            counters.opens += 1
+            return backing
+        if not self.setting.passthrough or self.transport is None:
+            return None
+        if inode.opens:
+            counters.declined_open += 1
+            return None
+        if self.as_root and _has_privileges(fd):
+            counters.declined_setid += 1
+            return None
+        try:
+            backing_id = self.transport.open_backing(fd)
+        except OSError as exc:
+            if not counters.backing_failures:
+                log.warning(
+                    "cannot register a backing file with the kernel (%s): files "
+                    "are served by the daemon",
+                    exc.strerror,
+                )
+            counters.backing_failures += 1
+            return None
+        backing = self._backings[inode.id] = Backing(backing_id)
+        counters.opens += 1
+        return backing
+
+    def _release_passthrough(self, fh: int, inode: Inode) -> None:
+        """*fh* is released: at its inode's last passthrough close, unregister the
+        backing file, so that the file's next open may be in any mode."""
+        backing = self._passthrough.pop(fh, None)
+        if backing is None:
+            return
+        backing.opens -= 1
+        if backing.opens == 0:
+            del self._backings[inode.id]
+            if self.transport is not None:
+                try:
+                    self.transport.close_backing(backing.id)
+                except OSError as exc:  # the connection is gone: so is the backing id
+                    log.debug("backing id %d not closed: %s", backing.id, exc.strerror)
 
     def _drop_privileges(self, fd: int, writer: Writer) -> None:
         """Before a write by *writer* to *fd*: clear set-ID bits as the kernel would."""
@@ -557,6 +674,11 @@ class Filesystem(pyfuse3.Operations):
             **self.inodes.counters(),
             "open_files": len(self._files),
             "open_dirs": len(self._dirs),
+            # File data the kernel moves itself: the daemon sees none of its reads and
+            # writes (FUSE passthrough, see docs/passthrough.md).
+            "passthrough_files": len(self._passthrough),
+            "backing_files": len(self._backings),
+            **{f"passthrough_{k}": v for k, v in asdict(self.passthrough_counters).items()},
             "unexpected_errors": self.unexpected_errors,
             "draining_engines": len(self._draining),
             "writeback_cache": int(self.enable_writeback_cache),
@@ -894,6 +1016,7 @@ class Filesystem(pyfuse3.Operations):
         inode = self._files.pop(fh, None)
         self._direct_writers.pop(fh, None)
         if inode is not None:
+            self._release_passthrough(fh, inode)
             self._forget_fd(fh)
             inode.closed(fh)
             # The last close frees an unlinked file: its stat says, even when the inode's
@@ -1039,6 +1162,12 @@ class Filesystem(pyfuse3.Operations):
         except (BadSetting, UnicodeDecodeError) as exc:
             log.warning("refused mode setting %s: %s", reprlib.repr(value), exc)
             raise FUSEError(errno.EINVAL) from None
+        refusal = self.passthrough_refusal(setting)
+        if refusal is not None and setting != self.setting:
+            log.warning("refused mode setting %s: %s", setting.spec, refusal)
+            # The client gets EOPNOTSUPP only: it reads why from iofs.mode.
+            self.refusal = {"spec": setting.spec, "reason": refusal, "at": time.time()}
+            raise FUSEError(errno.EOPNOTSUPP)
         if not self._may_need_refusal(setting):
             self._switch_or_fall_back(setting)  # no await: the switch is atomic on the loop
             return
@@ -1084,6 +1213,8 @@ class Filesystem(pyfuse3.Operations):
                 **asdict(setting),
                 "writeback_cache": self.enable_writeback_cache,
                 "shared_mmap": self.shared_mmap,
+                "open_files": len(self._files),
+                "passthrough_files": len(self._passthrough),
                 "history": [{"mode": spec, "at": at} for spec, at in self.recorder.mode_history],
                 "refused": self.refusal,
                 "log": self.log_file,
@@ -1160,6 +1291,19 @@ class Filesystem(pyfuse3.Operations):
         st = os.fstat(self.inodes[inode].fd)
         groups = pyfuse3.get_sup_groups(ctx.pid) | {ctx.gid}
         return _may_access(st, mode, ctx.uid, groups)
+
+
+def _has_privileges(fd: int) -> bool:
+    """Whether the file open as *fd* has set-user-ID, set-group-ID or a file capability:
+    what a write by an unprivileged caller must drop, and a passthrough write, made
+    with the daemon's credentials, would not."""
+    if os.fstat(fd).st_mode & _PRIVILEGE_BITS:
+        return True
+    try:
+        os.getxattr(fd, b"security.capability")
+    except OSError:
+        return False  # ENODATA, or no xattrs on the backing filesystem at all
+    return True
 
 
 def _may_access(st: os.stat_result, mode: int, uid: int, groups: set[int]) -> bool:

@@ -77,6 +77,10 @@ class Mode:
     mapping: str
     #: What a user should expect to see in `iofs top` and fio.
     expect: str
+    #: Files opened in this mode are handed to the kernel (FUSE passthrough): it reads
+    #: and writes the backing file itself; the engine serves only the opens it cannot
+    #: hand over (see docs/passthrough.md).
+    passthrough: bool = False
 
 
 MODES: dict[str, Mode] = {
@@ -159,6 +163,26 @@ MODES: dict[str, Mode] = {
             + SHARED_MMAP_LIMIT
             + ".",
         ),
+        Mode(
+            "passthrough",
+            engine="blocking",
+            direct=False,
+            metadata="inline",
+            caching="kernel",
+            models="The physical limit of a FUSE data path: FUSE passthrough (Linux 6.9), "
+            "as Android's FUSE and libfuse's passthrough_hp use it.",
+            mapping="On open the daemon registers the backing file with the kernel "
+            "(FUSE_DEV_IOC_BACKING_OPEN) and answers FOPEN_PASSTHROUGH: from then on the "
+            "kernel reads, writes and maps that file itself. Metadata still goes through "
+            "the event loop. Needs --transport dev, root and no --writeback-cache. A live "
+            "switch applies to files opened after it; a file open in another mode keeps "
+            "it for every open until its last close (the kernel allows one I/O mode per "
+            "file), served by the blocking engine.",
+            expect="Native data speed; no reads or writes in the daemon's statistics "
+            "(passthrough_opens and backing_files count what it handed over); opens, "
+            "getattr and lookups as in any mode.",
+            passthrough=True,
+        ),
     )
 }
 
@@ -178,6 +202,8 @@ class Setting:
     direct: bool | None  # None: the engine's own default
     metadata: Metadata
     caching: str
+    #: Files opened now are handed to the kernel (the mode's own, never overridden).
+    passthrough: bool = False
 
     @property
     def spec(self) -> str:
@@ -196,6 +222,9 @@ class Setting:
         direct = {True: "O_DIRECT backing fds", False: "buffered backing fds", None: ""}
         parts = [f"engine {self.engine}", direct[self.direct], f"metadata {self.metadata}"]
         parts.append(f"cache {self.caching}")
+        if self.passthrough:
+            parts.insert(0, "kernel passthrough of file data")
+            parts[1] = f"engine {self.engine} for files it cannot hand over"
         return f"{self.mode} ({', '.join(p for p in parts if p)})"
 
 
@@ -225,6 +254,7 @@ def resolve(
         direct=base.direct,
         metadata=base.metadata,
         caching=base.caching,
+        passthrough=base.passthrough,
     )
     if engine is not None and engine != base.engine:
         setting = replace(setting, engine=engine, direct=None)

@@ -376,6 +376,9 @@ def mount(opts: MountOptions) -> None:
     )
     transport = create_transport(opts.transport, max_background=wanted_background)
     fs.transport = transport
+    refusal = fs.passthrough_refusal(setting)
+    if refusal is not None:
+        raise IofsError(f"mode {setting.mode}: {refusal}", ExitStatus.UNAVAILABLE)
     try:
         with _stderr_captured() as captured:
             try:

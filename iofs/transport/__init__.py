@@ -48,6 +48,17 @@ class Transport(Protocol):
         """Negotiated HANDLE_KILLPRIV_V2: the kernel flags the writes, truncates and opens
         that must drop set-ID bits, and the transport has the filesystem drop them."""
 
+    def passthrough_refusal(self, writeback_cache: bool) -> str | None:
+        """Why this transport cannot hand files to the kernel for FUSE passthrough (the
+        ``passthrough`` mode), in one line; None if it can (or may, before INIT)."""
+
+    def open_backing(self, fd: int) -> int:
+        """Register the open backing file *fd* with the kernel (FUSE_DEV_IOC_BACKING_OPEN):
+        its backing id for an open reply. Raises OSError."""
+
+    def close_backing(self, backing_id: int) -> None:
+        """Unregister a backing id (FUSE_DEV_IOC_BACKING_CLOSE). Raises OSError."""
+
     def mount(self, fs: pyfuse3.Operations, mountpoint: Path, options: set[str]) -> None:
         """Mount *fs* at *mountpoint* (before the daemon forks). Raises MountFailed."""
 

@@ -19,6 +19,10 @@ What INIT negotiates beyond libfuse 3.14 (see `DevTransport.wanted`):
   queue depth, readahead) the kernel lets be in flight at once. The kernel caps it for a
   daemon without CAP_SYS_ADMIN at the fuse module's ``max_user_bgreq``.
 - MAX_PAGES: requests of up to 1 MiB; FOPEN_PARALLEL_DIRECT_WRITES on every open.
+- PASSTHROUGH (Linux 6.9 and later, a daemon with CAP_SYS_ADMIN, no writeback cache):
+  the filesystem may register a backing file (`open_backing`) and answer an open with
+  FOPEN_PASSTHROUGH and its backing id; the kernel then reads and writes that file
+  itself (the ``passthrough`` mode, see docs/passthrough.md).
 
 FALLOCATE reaches `Filesystem.fallocate` (pyfuse3 has no such operation).
 """
@@ -26,6 +30,7 @@ FALLOCATE reaches `Filesystem.fallocate` (pyfuse3 has no such operation).
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import time
@@ -210,6 +215,37 @@ class DevTransport:
     @property
     def kills_privileges(self) -> bool:
         return bool(self.flags & p.HANDLE_KILLPRIV_V2)
+
+    def passthrough_refusal(self, writeback_cache: bool) -> str | None:
+        if writeback_cache or getattr(self.fs, "enable_writeback_cache", False):
+            return (
+                "FUSE passthrough and the writeback cache exclude each other (the kernel "
+                "turns passthrough off): mount without --writeback-cache"
+            )
+        if not _has_sys_admin():
+            return (
+                "FUSE passthrough needs CAP_SYS_ADMIN to register backing files "
+                "(FUSE_DEV_IOC_BACKING_OPEN): mount as root"
+            )
+        release = _kernel_release()
+        if release < (6, 9):
+            version = ".".join(map(str, release))
+            return f"Linux {version} has no FUSE passthrough (6.9 or later has)"
+        if self.initialized and not self.flags & p.PASSTHROUGH:
+            return (
+                "the kernel did not offer FUSE_PASSTHROUGH at INIT (built without "
+                "CONFIG_FUSE_PASSTHROUGH?)"
+            )
+        return None
+
+    def open_backing(self, fd: int) -> int:
+        argument = bytearray(p.BACKING_MAP.pack(fd, 0, 0))
+        backing_id: int = fcntl.ioctl(self.fd, p.FUSE_DEV_IOC_BACKING_OPEN, argument, True)
+        return backing_id
+
+    def close_backing(self, backing_id: int) -> None:
+        argument = bytearray(p.BACKING_ID.pack(backing_id))
+        fcntl.ioctl(self.fd, p.FUSE_DEV_IOC_BACKING_CLOSE, argument, True)
 
     def background_limits(self, wanted: int) -> BackgroundLimits:
         """What INIT asks for: *wanted*, capped at max_user_bgreq for a daemon that is not
@@ -440,6 +476,10 @@ class DevTransport:
             want |= p.EXPORT_SUPPORT
         if getattr(self.fs, "enable_writeback_cache", False):
             want |= p.WRITEBACK_CACHE
+        elif _has_sys_admin():
+            # Always, so that a live switch into the passthrough mode can use it; an
+            # open reply without FOPEN_PASSTHROUGH is served as before.
+            want |= p.PASSTHROUGH
         return want & offered
 
     def _init(self, unique: int, body: memoryview) -> None:
@@ -477,11 +517,14 @@ class DevTransport:
                 MAX_PAGES,
                 0,
                 out_flags >> 32,
-                0,
+                p.MAX_STACK_DEPTH if self.flags & p.PASSTHROUGH else 0,
                 0,
             ),
         )
         self.initialized = True
+        setting = getattr(self.fs, "setting", None)
+        if getattr(setting, "passthrough", False) and not self.flags & p.PASSTHROUGH:
+            log.warning("FUSE passthrough not negotiated: the daemon serves file data")
         names = [name for flag, name in p.CAPABILITY_NAMES.items() if self.flags & flag]
         log.info(
             "FUSE 7.%d on /dev/fuse: %s; max_background %d, max_write %d",
@@ -765,6 +808,10 @@ def _attr_out(attr: EntryAttributes) -> bytes:
 
 def _open_out(info: FileInfo) -> bytes:
     flags = p.FOPEN_PARALLEL_DIRECT_WRITES
+    backing_id: int = getattr(info, "backing_id", 0)
+    if backing_id:
+        # FOPEN_KEEP_CACHE and FOPEN_DIRECT_IO are refused (EIO) or meaningless here.
+        return p.OPEN_OUT.pack(info.fh, flags | p.FOPEN_PASSTHROUGH, backing_id)
     if info.direct_io:
         flags |= p.FOPEN_DIRECT_IO
     if info.keep_cache:
@@ -772,6 +819,28 @@ def _open_out(info: FileInfo) -> bytes:
     if info.nonseekable:
         flags |= p.FOPEN_NONSEEKABLE
     return p.OPEN_OUT.pack(info.fh, flags, 0)
+
+
+def _has_sys_admin() -> bool:
+    """Whether this process has CAP_SYS_ADMIN (bit 21 of its effective set)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> 21 & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
+
+
+def _kernel_release() -> tuple[int, int]:
+    """The running kernel's major and minor version (6.18.44-... -> (6, 18))."""
+    major, _, rest = os.uname().release.partition(".")
+    minor = "".join(c for c in rest.partition(".")[0] if c.isdigit())
+    try:
+        return int(major), int(minor or 0)
+    except ValueError:
+        return 0, 0
 
 
 def _user_limit() -> int:

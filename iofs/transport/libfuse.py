@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +20,18 @@ class Pyfuse3Transport:
 
     def __init__(self) -> None:
         self._mounted = False
+
+    def passthrough_refusal(self, writeback_cache: bool) -> str | None:
+        return (
+            "the pyfuse3 transport cannot use FUSE passthrough (libfuse 3.14 negotiates "
+            "no FUSE_PASSTHROUGH and has no backing-file ioctl): mount with --transport dev"
+        )
+
+    def open_backing(self, fd: int) -> int:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    def close_backing(self, backing_id: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
 
     def mount(self, fs: pyfuse3.Operations, mountpoint: Path, options: set[str]) -> None:
         """Raises RuntimeError; libfuse says why on stderr (see `iofs.mount`)."""

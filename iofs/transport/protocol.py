@@ -159,6 +159,7 @@ CAPABILITY_NAMES: Final = {
     MAX_PAGES: "max_pages",
     HANDLE_KILLPRIV_V2: "handle_killpriv_v2",
     DIRECT_IO_ALLOW_MMAP: "direct_io_allow_mmap",
+    PASSTHROUGH: "passthrough",
 }
 
 # -- other flags --------------------------------------------------------------------------
@@ -178,6 +179,8 @@ FOPEN_DIRECT_IO: Final = 1 << 0
 FOPEN_KEEP_CACHE: Final = 1 << 1
 FOPEN_NONSEEKABLE: Final = 1 << 2
 FOPEN_PARALLEL_DIRECT_WRITES: Final = 1 << 6
+#: Reads and writes of this open file go to the backing file named by backing_id.
+FOPEN_PASSTHROUGH: Final = 1 << 7
 
 WRITE_KILL_SUIDGID: Final = 1 << 2  # fuse_write_in.write_flags
 OPEN_KILL_SUIDGID: Final = 1 << 0  # fuse_open_in/fuse_create_in.open_flags
@@ -229,3 +232,16 @@ ACCESS_IN: Final = struct.Struct("<II")
 INTERRUPT_IN: Final = struct.Struct("<Q")
 FALLOCATE_IN: Final = struct.Struct("<QQQII")  # fh offset length mode padding
 DIRENT: Final = struct.Struct("<QQII")  # ino off namelen type, then the name, 8-aligned
+#: fuse_backing_map: fd flags padding (FUSE_DEV_IOC_BACKING_OPEN's argument)
+BACKING_MAP: Final = struct.Struct("<iIQ")
+BACKING_ID: Final = struct.Struct("<I")  # FUSE_DEV_IOC_BACKING_CLOSE's argument
+
+# -- /dev/fuse ioctls (_IOW(229, nr, size): direction 1 << 30, size << 16) ----------------
+_IOC_WRITE: Final = 1 << 30
+FUSE_DEV_IOC_MAGIC: Final = 229
+#: Register a backing file (CAP_SYS_ADMIN): returns its id for fuse_open_out.backing_id.
+FUSE_DEV_IOC_BACKING_OPEN: Final = _IOC_WRITE | BACKING_MAP.size << 16 | FUSE_DEV_IOC_MAGIC << 8 | 1
+FUSE_DEV_IOC_BACKING_CLOSE: Final = _IOC_WRITE | BACKING_ID.size << 16 | FUSE_DEV_IOC_MAGIC << 8 | 2
+#: How deep filesystems may stack on the mount's backing files: 1, they are on plain
+#: filesystems (not on another FUSE passthrough mount or overlayfs).
+MAX_STACK_DEPTH: Final = 1
