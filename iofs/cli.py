@@ -811,6 +811,8 @@ def _run(args: argparse.Namespace) -> int:
         print(current["description"])
         if not current.get("shared_mmap", True):
             print(f"  note: {SHARED_MMAP_LIMIT}")
+        if current.get("passthrough") or current.get("passthrough_files"):
+            print(f"  note: {_passthrough_now(current)}")
         for entry in current["history"]:
             at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
             print(f"  {at}  {entry['mode']}")
@@ -882,9 +884,25 @@ def _switch_mode(path: Path, spec: str) -> int:
         print(f"iofs: {path}: already in {parse_setting(before).describe()}")
     else:
         print(f"iofs: {path}: switched to {setting.describe()}")
-        if not read_mode(path).get("shared_mmap", True):
+        after = read_mode(path)
+        if not after.get("shared_mmap", True):
             print(f"iofs: note: {SHARED_MMAP_LIMIT}")
+        if setting.passthrough != parse_setting(before).passthrough:
+            print(
+                f"iofs: note: passthrough {'on' if setting.passthrough else 'off'} for files "
+                f"opened from now on; {_passthrough_now(after)}"
+            )
     return 0
+
+
+def _passthrough_now(mode: dict[str, Any]) -> str:
+    """What is passed through to the kernel now, from `iofs.mode`'s counts."""
+    files, passed = mode.get("open_files", 0), mode.get("passthrough_files", 0)
+    return (
+        f"{passed} of the {files} files open now are passed through to the kernel (their "
+        "reads and writes bypass the daemon); a file keeps its path, for every open of "
+        "it, until its last close"
+    )
 
 
 def _faults(mountpoint: Path, spec: str | None) -> int:

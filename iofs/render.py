@@ -9,7 +9,7 @@ in binary units (KiB, MiB, GiB), rates per second.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,6 +229,9 @@ def _summary(snapshot: Snapshot) -> Table:
             _line(*(f"{name.replace('_', ' ')} {value:,}" for name, value in own.items())),
         )
     grid.add_row("transport", _transport_line(snapshot))
+    passthrough = _passthrough_text(snapshot.extra, {})
+    if passthrough is not None:
+        grid.add_row("passthrough", passthrough)
     lag = snapshot.loop_lag
     grid.add_row(
         "loop lag",
@@ -401,6 +404,9 @@ def dashboard(
     engine_line = _engine_line(interval)
     if engine_line is not None:
         parts.append(engine_line)
+    passthrough = _passthrough_text(newer.extra, older.extra if older is not None else {})
+    if passthrough is not None:
+        parts.append(Text.assemble(("passthrough ", "bold"), passthrough))
     if interval.faults is not None:
         parts.append(_faults_line(interval.faults))
     if len(newer.engines) > 1:
@@ -435,6 +441,25 @@ def _transport_dashboard_line(newer: Snapshot, older: Snapshot | None) -> Text:
     if "transport_in_flight" in extra:
         parts.append(f"in flight {extra['transport_in_flight']:,}")
     return _line(*parts)
+
+
+def _passthrough_text(extra: Mapping[str, int], before: Mapping[str, int]) -> Text | None:
+    """``3 files open passed through · 2 backing files · 5 opens handed over ...``: what
+    the daemon does not see (FUSE passthrough), or None if it never passed a file."""
+    if not extra.get("passthrough_opens") and not extra.get("passthrough_files"):
+        return None
+    opens = extra.get("passthrough_opens", 0) - before.get("passthrough_opens", 0)
+    declined = sum(
+        extra.get(k, 0) - before.get(k, 0)
+        for k in extra
+        if k.startswith("passthrough_declined_") or k == "passthrough_backing_failures"
+    )
+    return _line(
+        f"{extra.get('passthrough_files', 0):,} open files passed through to the kernel",
+        f"{extra.get('backing_files', 0):,} backing files",
+        f"{opens:,} opens handed over, {declined:,} served by the daemon",
+        "[dim]their reads and writes bypass the daemon and are not counted here[/]",
+    )
 
 
 def _faults_line(faults: FaultInterval) -> Text:

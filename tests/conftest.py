@@ -20,7 +20,7 @@ from iofs.errors import IofsError
 from iofs.fs import STATISTICS_XATTR
 from iofs.modes import DEFAULT_MODE, MODES
 from iofs.mount import MountOptions, find_mount, start_daemon, stop_daemon
-from iofs.transport import TRANSPORT_ENV, TRANSPORT_NAMES, default_transport
+from iofs.transport import TRANSPORT_ENV, TRANSPORT_NAMES, create_transport, default_transport
 
 ROOT = os.geteuid() == 0
 
@@ -290,17 +290,23 @@ def mount_factory(mount_engine: str, mount_transport: str | None) -> Iterator[Mo
 ALL_MODES = sorted(MODES)
 
 
-def mode_runs(mode: str) -> str | None:
-    """Why *mode* cannot be mounted here (its engine's probe), or None."""
+def mode_runs(mode: str, transport: str | None = None) -> str | None:
+    """Why *mode* cannot be mounted here over *transport* (None: the run's default): its
+    engine's probe, or for the passthrough mode the transport's refusal; or None."""
     engine = MODES[mode].engine
-    return ENGINES[engine].probe()
+    reason = ENGINES[engine].probe()
+    if reason is None and MODES[mode].passthrough:
+        reason = create_transport(transport or default_transport()).passthrough_refusal(False)
+    return reason
 
 
 @pytest.fixture(params=ALL_MODES)
-def mode_mount(request: pytest.FixtureRequest, mount_factory: MountFactory) -> Mount:
+def mode_mount(
+    request: pytest.FixtureRequest, mount_factory: MountFactory, mount_transport: str | None
+) -> Mount:
     """One iofs mount in each mode as defined (``mount_factory(engine=None, mode=M)``)."""
     mode: str = request.param
-    reason = mode_runs(mode)
+    reason = mode_runs(mode, mount_transport)
     if reason is not None:
         pytest.skip(f"mode {mode} cannot run here: {reason}")
     return mount_factory(engine=None, mode=mode)
