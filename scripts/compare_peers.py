@@ -62,6 +62,8 @@ def targets(peers: Path | None, modes: list[str]) -> dict[str, list[str] | None]
     if peers is not None:
         if (peers / "passthrough_hp").exists():
             found["hp-nopt"] = [str(peers / "passthrough_hp"), "--foreground", "--nopassthrough"]
+            if "passthrough" in modes:  # FUSE passthrough: the reference for iofs's mode
+                found["hp-passthrough"] = [str(peers / "passthrough_hp"), "--foreground"]
         example = peers / "passthroughfs_fixed.py"
         if example.exists() and (peers / "venv" / "bin" / "python").exists():
             found["pyfuse3-example"] = [
@@ -70,7 +72,9 @@ def targets(peers: Path | None, modes: list[str]) -> dict[str, list[str] | None]
                 "--allow-other",
             ]
     for mode in modes:
-        found[f"iofs-{mode}"] = [str(IOFS), "mount", "--foreground", "--mode", mode]
+        # Only the dev transport can pass files through.
+        transport = ["--transport", "dev"] if mode == "passthrough" else []
+        found[f"iofs-{mode}"] = [str(IOFS), "mount", "--foreground", "--mode", mode, *transport]
     return found
 
 
@@ -189,13 +193,15 @@ def table(results: list[dict[str, object]], labels: list[str], jobs: list[str]) 
                 cells.append("-")
                 continue
             text = f"{value / 1000:.1f}k" if value >= 10000 else f"{value:.0f}"
-            reference = medians.get((base, job))
+            own_base = "hp-passthrough" if label == "iofs-passthrough" else base
+            reference = medians.get((own_base if own_base in labels else base, job))
             if label.startswith("iofs") and reference:
                 text += f" ({value / reference:.2f}x)"
             cells.append(text)
         lines.append(f"| {job} | " + " | ".join(cells) + " |")
     lines.append(
-        f"\nMedians; MiB/s for the 1m jobs, IOPS otherwise; iofs's ratio to {base} in the same run."
+        f"\nMedians; MiB/s for the 1m jobs, IOPS otherwise; iofs's ratio to {base} in the same run"
+        + (" (iofs-passthrough's to hp-passthrough)." if "hp-passthrough" in labels else ".")
     )
     return "\n".join(lines)
 

@@ -357,6 +357,7 @@ def page() -> Iterator[mmap.mmap]:
 @needs_fuse
 def test_faults_in_every_mode(mode_mount: Mount, page: mmap.mmap) -> None:
     """Reads, writes and fsyncs fail as specified, in each mode and across a switch."""
+    skip_if_passed_through(mode_mount)
     mnt = mode_mount
     original = os.urandom(16 * PAGE)
     (mnt.backing / "f").write_bytes(original)
@@ -630,10 +631,16 @@ def test_mount_faults_option_and_the_faults_command(capsys: pytest.CaptureFixtur
         shutil.rmtree(base, ignore_errors=True)
 
 
+def skip_if_passed_through(mnt: Mount) -> None:
+    if json.loads(os.getxattr(mnt.mountpoint, MODE_XATTR))["passthrough"]:
+        pytest.skip("passthrough: file data never reaches the daemon, so no fault is injected")
+
+
 # -- fio -------------------------------------------------------------------------------------
 @needs_fuse
 @pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
 def test_fio_sees_the_injected_errors_and_the_daemon_survives(mode_mount: Mount) -> None:
+    skip_if_passed_through(mode_mount)
     mnt = mode_mount
     # fio lays a missing file out with writes and gives up on an error: lay it out first.
     (mnt.backing / "faulty.0.0").write_bytes(os.urandom(2 << 20))
