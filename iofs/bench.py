@@ -80,6 +80,7 @@ from .report import (
     Results,
 )
 from .results import render_results, results_directory, write_json
+from .transport import passthrough_unavailable
 
 # Names soak.py and cli.py still import from here (they are being changed elsewhere):
 # re-exported until they import the modules by concern.
@@ -196,6 +197,9 @@ def check_paths(
             engine_class(setting.engine)
         except EngineUnavailable as exc:
             skipped.append((f"mode {setting.spec}", str(exc)))
+            continue
+        if setting.passthrough and (reason := passthrough_unavailable()) is not None:
+            skipped.append((f"mode {setting.spec}", reason))
             continue
         if setting.spec not in paths:
             paths.append(setting.spec)

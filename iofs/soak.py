@@ -72,6 +72,7 @@ from .errors import ExitStatus, IofsError
 from .modes import MODES
 from .mount import MountOptions, find_mount, is_disconnected, start_daemon, stop_daemon
 from .report import format_count, parse_fio
+from .transport import passthrough_unavailable
 from .workloads import CheckFailed, Journal, MappedWriter, MetadataChurn
 
 #: Default length of the load, in seconds.
@@ -530,7 +531,10 @@ def runnable_modes() -> tuple[list[str], list[tuple[str, str]]]:
         except EngineUnavailable as exc:
             skipped.append((name, str(exc)))
         else:
-            modes.append(name)
+            if mode.passthrough and (reason := passthrough_unavailable()) is not None:
+                skipped.append((name, reason))
+            else:
+                modes.append(name)
     return modes, skipped
 
 

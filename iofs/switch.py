@@ -72,6 +72,7 @@ from .timeline import (
     Request,
     settle_time,
 )
+from .transport import passthrough_unavailable
 
 #: The job `iofs switch` runs when none is named.
 DEFAULT_JOB = "rand-read-4k-direct-qd16"
@@ -137,6 +138,8 @@ def switch_plan(
     for phase in phases:
         try:
             engine_class(phase.setting.engine)
+            if phase.setting.passthrough and (reason := passthrough_unavailable()) is not None:
+                raise EngineUnavailable(reason)
         except EngineUnavailable as exc:
             if not skip_unavailable:
                 raise IofsError(

@@ -95,6 +95,12 @@ def default_transport() -> str:
 TRANSPORT_NAMES = ("pyfuse3", "dev")
 
 
+def passthrough_unavailable(name: str | None = None) -> str | None:
+    """Why the passthrough mode cannot be mounted over transport *name* (None: the
+    default one) here, in one line; None if it can (as far as is known before INIT)."""
+    return create_transport(name or default_transport()).passthrough_refusal(False)
+
+
 def create_transport(name: str, *, max_background: int | None = None) -> Transport:
     """A transport by name (one of `TRANSPORT_NAMES`); raises KeyError for others."""
     if name == "pyfuse3":
