@@ -23,13 +23,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
-from iofs.fs import MODE_XATTR
+from iofs.fs import MODE_XATTR, PassthroughInfo
+from iofs.modes import parse_setting
 from iofs.transport import create_transport
+from iofs.transport import protocol as p
+from iofs.transport.dev import _open_out
 
 from . import test_posix
 from .conftest import ROOT, Mount, MountFactory, finish_mount, mode_runs, scratch_dir, start_mount
 from .test_differential import run_machine
+from .test_transport import Harness, _init_body
 
 REASON = mode_runs("passthrough", "dev")
 pytestmark = [
@@ -426,3 +431,76 @@ def test_refused_with_the_writeback_cache(tmp_path: Path) -> None:
     assert result.returncode == 6
     assert "writeback cache" in result.stderr and result.stderr.count("\n") == 1
     assert not os.path.ismount(tmp_path / "m")
+
+
+# -- the protocol, in process ----------------------------------------------------------------------
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "file").write_bytes(b"content")
+    h = Harness(tmp_path / "root", tmp_path / "replies")
+    h.transport.fs.transport = h.transport
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def _run(harness: Harness, *raws: bytes) -> list[tuple[int, int, bytes]]:
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            harness.transport._nursery = nursery
+            for raw in raws:
+                await harness.send(raw)
+
+    trio.run(main)
+    return harness.replies()
+
+
+@pytest.mark.skipif(not ROOT, reason="the dev transport asks for passthrough only with root")
+@pytest.mark.parametrize("writeback", [False, True], ids=["page-cache", "writeback-cache"])
+def test_init_asks_for_passthrough_with_a_stack_depth_of_one(
+    harness: Harness, writeback: bool
+) -> None:
+    """Asked for in every mode (a switch may need it later), never with the writeback
+    cache, which the kernel does not combine with it."""
+    harness.fs.enable_writeback_cache = writeback
+    raw, _ = harness.request(p.INIT, _init_body(0xFFFFFFFF & ~p.INIT_EXT, 0xFFFFFFFF))
+    [(_, error, payload)] = _run(harness, raw)
+    assert error == 0
+    fields = p.INIT_OUT.unpack(payload)
+    negotiated = fields[3] | fields[10] << 32
+    assert bool(negotiated & p.PASSTHROUGH) is not writeback
+    assert fields[11] == (0 if writeback else p.MAX_STACK_DEPTH)
+    assert bool(harness.transport.passthrough_refusal(False)) is writeback
+
+
+def _open(harness: Harness, flags: int = os.O_RDWR) -> bytes:
+    lookup, _ = harness.request(p.LOOKUP, b"file\0")
+    [(_, error, entry)] = _run(harness, lookup)
+    assert error == 0
+    nodeid = p.ENTRY_OUT.unpack_from(entry)[0]
+    raw, _ = harness.request(p.OPEN, p.OPEN_IN.pack(flags, 0), nodeid=nodeid)
+    [(_, error, payload)] = _run(harness, raw)
+    assert error == 0
+    return payload
+
+
+def test_an_open_the_kernel_cannot_take_over_is_served_by_the_daemon(harness: Harness) -> None:
+    """Registering the backing file fails (here: the transport's descriptor is no
+    /dev/fuse): the open is answered without FOPEN_PASSTHROUGH, counted, and works."""
+    harness.fs.setting = parse_setting("passthrough")
+    _, open_flags, backing_id = p.OPEN_OUT.unpack(_open(harness))
+    assert not open_flags & p.FOPEN_PASSTHROUGH and backing_id == 0
+    counters = harness.fs.counters()
+    assert counters["passthrough_backing_failures"] == 1
+    assert (counters["passthrough_opens"], counters["backing_files"]) == (0, 0)
+
+
+def test_a_passthrough_open_reply_carries_the_backing_id_and_no_cache_flags() -> None:
+    info = PassthroughInfo(fh=7, direct_io=True, keep_cache=True)
+    info.backing_id = 3
+    fh, flags, backing_id = p.OPEN_OUT.unpack(_open_out(info))
+    assert (fh, backing_id) == (7, 3)
+    assert flags & p.FOPEN_PASSTHROUGH
+    assert not flags & (p.FOPEN_KEEP_CACHE | p.FOPEN_DIRECT_IO)
