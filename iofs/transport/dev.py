@@ -239,13 +239,19 @@ class DevTransport:
         return None
 
     def open_backing(self, fd: int) -> int:
+        self._check_connected()
         argument = bytearray(p.BACKING_MAP.pack(fd, 0, 0))
         backing_id: int = fcntl.ioctl(self.fd, p.FUSE_DEV_IOC_BACKING_OPEN, argument, True)
         return backing_id
 
     def close_backing(self, backing_id: int) -> None:
+        self._check_connected()
         argument = bytearray(p.BACKING_ID.pack(backing_id))
         fcntl.ioctl(self.fd, p.FUSE_DEV_IOC_BACKING_CLOSE, argument, True)
+
+    def _check_connected(self) -> None:
+        if self.fd < 0:
+            raise OSError(errno.EBADF, "the FUSE connection is closed")
 
     def background_limits(self, wanted: int) -> BackgroundLimits:
         """What INIT asks for: *wanted*, capped at max_user_bgreq for a daemon that is not
