@@ -24,6 +24,7 @@ from iofs.fs import MODE_XATTR, STATISTICS_XATTR
 from iofs.metadata import MetadataQueue
 from iofs.modes import MODES, BadSetting, parse_setting, resolve
 from iofs.stats import MODE_HISTORY
+from iofs.transport import passthrough_unavailable
 
 from .acknowledged import RECORD, record
 from .conftest import Mount, MountFactory, needs_fuse, needs_root
@@ -34,7 +35,13 @@ pytestmark = needs_fuse
 def runnable_settings() -> list[str]:
     """Every mode, plus xfs over Linux AIO, whose engines run on this machine."""
     specs = [*MODES, "xfs,engine=aio", "blocking,direct=on", "btrfs,cache=none"]
-    return [s for s in specs if ENGINES[parse_setting(s).engine].probe() is None]
+    return [
+        s
+        for s in specs
+        if ENGINES[parse_setting(s).engine].probe() is None
+        # the passthrough mode only where the mounts' transport can pass files through
+        and not (parse_setting(s).passthrough and passthrough_unavailable())
+    ]
 
 
 def current_mode(mnt: Mount) -> dict[str, object]:
