@@ -170,7 +170,7 @@ MODES: dict[str, Mode] = {
             metadata="inline",
             caching="kernel",
             models="The physical limit of a FUSE data path: FUSE passthrough (Linux 6.9), "
-            "as Android's FUSE and libfuse's passthrough_hp use it.",
+            "as libfuse's passthrough_hp uses it.",
             mapping="On open the daemon registers the backing file with the kernel "
             "(FUSE_DEV_IOC_BACKING_OPEN) and answers FOPEN_PASSTHROUGH: from then on the "
             "kernel reads, writes and maps that file itself. Metadata still goes through "
@@ -223,8 +223,7 @@ class Setting:
         parts = [f"engine {self.engine}", direct[self.direct], f"metadata {self.metadata}"]
         parts.append(f"cache {self.caching}")
         if self.passthrough:
-            parts.insert(0, "kernel passthrough of file data")
-            parts[1] = f"engine {self.engine} for files it cannot hand over"
+            parts[0] = f"engine {self.engine} for files not passed through to the kernel"
         return f"{self.mode} ({', '.join(p for p in parts if p)})"
 
 

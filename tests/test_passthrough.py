@@ -372,9 +372,10 @@ def test_iofs_mode_says_switches_apply_to_files_opened_after(mount_factory: Moun
             check=True,
         )
     lines = result.stdout.splitlines()
-    assert lines[0].endswith("switched to " + "passthrough (kernel passthrough of file data, "
-                             "engine blocking for files it cannot hand over, buffered backing "
-                             "fds, metadata inline, cache kernel)")  # fmt: skip
+    assert lines[0].endswith(
+        "switched to passthrough (engine blocking for files not passed through to the "
+        "kernel, buffered backing fds, metadata inline, cache kernel)"
+    )
     assert "passthrough on for files opened from now on" in lines[1]
     assert "0 of the 1 files open now are passed through" in lines[1]
     shown = subprocess.run(
