@@ -73,6 +73,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _more_than_zero(text: str) -> float:
+    value = _positive_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -152,6 +159,92 @@ _DEBUG_HELP = "debug logging, and a traceback with any error"
 def _add_debug(parser: argparse.ArgumentParser) -> None:
     """``--debug`` after the command too (``iofs mount --debug ...``)."""
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+
+
+def _add_engine_bench(engines: argparse.ArgumentParser) -> None:
+    """``iofs engines --bench`` and its options (those of the former
+    scripts/bench_engines.py)."""
+    from .engine_bench import WORKLOADS
+
+    engines.add_argument(
+        "--bench", action="store_true", help="measure the engines (see the description)"
+    )
+    bench = engines.add_argument_group("with --bench")
+    bench.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("/var/tmp"),
+        help="where the scratch data file is made, on the disk to measure",
+    )
+    bench.add_argument("--results", type=Path, default=Path("results"), help="where runs are kept")
+    bench.add_argument(
+        "--size-mib",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="data file size in MiB (default 1024, so that a fast engine's cold run stays "
+        "mostly cold: 256 ended fully cached; 16 with --quick)",
+    )
+    bench.add_argument(
+        "--seconds",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="duration of each run (default 1.2; 0.3 with --quick)",
+    )
+    bench.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="rounds of every workload and engine (default 3; 1 with --quick)",
+    )
+    bench.add_argument(
+        "--pick",
+        choices=("median", "best"),
+        default="median",
+        help="which round to show, by ops/s (default: median; all are kept)",
+    )
+    bench.add_argument(
+        "--engines",
+        metavar="NAME,...",
+        help="only these engines (default: every registered one that can run here)",
+    )
+    bench.add_argument(
+        "--workloads",
+        metavar="KEY,...",
+        help=f"only these workloads (default: all: {', '.join(w.key for w in WORKLOADS)})",
+    )
+    bench.add_argument(
+        "--queue-depth", type=_positive_int, default=EngineConfig.queue_depth, metavar="N"
+    )
+    bench.add_argument("--workers", type=_positive_int, default=EngineConfig.workers, metavar="N")
+    bench.add_argument(
+        "--heartbeat-ms",
+        type=_more_than_zero,
+        default=1.0,
+        metavar="MS",
+        help="the heartbeat's sleep (default 1)",
+    )
+    bench.add_argument("--seed", type=int, default=1, help="seed of the random offsets")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 16 MiB file, 0.3 s per run, 1 round (unless set explicitly)",
+    )
+    bench.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="if fadvise(DONTNEED) leaves the file cached, drop the whole page cache "
+        "(root; affects everyone on the machine)",
+    )
+    bench.add_argument("--keep", action="store_true", help="keep the scratch data file")
+    bench.add_argument(
+        "--render",
+        type=Path,
+        metavar="RUN_DIR",
+        help="print the tables of an earlier run from its results.json; measure nothing",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -540,10 +633,15 @@ def _parser() -> argparse.ArgumentParser:
 
     engines = commands.add_parser(
         "engines",
-        help="list the I/O engines and whether they run here",
+        help="list the I/O engines and whether they run here; --bench measures them",
         description="List the I/O engines, whether each runs on this machine (and if not, "
-        "why), and their capabilities.",
+        "why), and their capabilities. With --bench, measure every engine that can run "
+        "here outside FUSE, side by side: hot, cold and O_DIRECT 4 KiB random reads, 1 MiB "
+        "sequential reads, 4 KiB writes with fdatasync; throughput, latency and the loop "
+        "lag of a heartbeat task. Keeps results.json, environment.json and summary.txt in "
+        "a <time>-engines directory under --results.",
     )
+    _add_engine_bench(engines)
     _add_debug(engines)
     modes = commands.add_parser(
         "modes",
@@ -793,6 +891,13 @@ def _run(args: argparse.Namespace) -> int:
         render_directory(args.directory)
         return 0
     if args.command == "engines":
+        if args.render is not None:
+            from .engine_bench_results import render_run
+
+            render_run(args.render)
+            return 0
+        if args.bench:
+            return _engine_bench(args)
         for name, cls in sorted(ENGINES.items()):
             reason = cls.probe()
             status = "available" if reason is None else f"unavailable: {reason}"
@@ -839,6 +944,33 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "log":
         return _log(args.mountpoint, args.follow)
     raise AssertionError(args.command)
+
+
+def _engine_bench(args: argparse.Namespace) -> int:
+    """``iofs engines --bench``: measure every engine outside FUSE (`iofs.engine_bench`)."""
+    from .engine_bench import MiB, Settings
+    from .engine_bench_results import run_engine_bench
+
+    settings = Settings(
+        seconds=args.seconds or (0.3 if args.quick else 1.2),
+        rounds=args.rounds or (1 if args.quick else 3),
+        pick=args.pick,
+        file_size=(args.size_mib or (16 if args.quick else 1024)) * MiB,
+        queue_depth=args.queue_depth,
+        workers=args.workers,
+        heartbeat_ms=args.heartbeat_ms,
+        seed=args.seed,
+        quick=args.quick,
+        drop_caches_allowed=args.drop_caches,
+    )
+    return run_engine_bench(
+        settings,
+        engines=args.engines,
+        workloads=args.workloads,
+        directory=args.dir,
+        results_parent=args.results,
+        keep=args.keep,
+    )
 
 
 def _console() -> rich.console.Console:

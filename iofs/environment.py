@@ -16,8 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pyfuse3
-
+from . import mounttable
 from .backends import ENGINES
 
 CACHE_DROPS = {
@@ -67,13 +66,33 @@ def _cpu_model() -> str:
 
 
 def filesystem_of(path: Path) -> dict[str, str]:
-    """Type, device and mount options of the filesystem holding *path* (findmnt)."""
-    fields = first_line(
-        ["findmnt", "--noheadings", "--output", "FSTYPE,SOURCE,OPTIONS", "--target", str(path)]
-    ).split()
+    """Type, source, mount point and options of the filesystem holding *path*, from the
+    kernel's mount table (`iofs.mounttable`)."""
     info = {"path": str(path)}
-    info.update(zip(("type", "source", "options"), fields, strict=False))
+    entry = mounttable.containing(path)
+    if entry is not None:
+        info.update(
+            type=entry.fstype,
+            source=entry.source,
+            mountpoint=entry.mountpoint,
+            options=entry.options,
+        )
     return info
+
+
+def block_device_of(source: str) -> dict[str, str]:
+    """Queue settings of the block device *source* (or of its parent disk), if it is one."""
+    if not source.startswith("/dev/"):
+        return {}
+    node = Path("/sys/class/block") / Path(os.path.realpath(source)).name
+    for queue in (node / "queue", node.resolve().parent / "queue"):
+        if queue.is_dir():
+            found = {}
+            for name in ("rotational", "scheduler", "logical_block_size", "nr_requests"):
+                with contextlib.suppress(OSError):
+                    found[name] = (queue / name).read_text().strip()
+            return found
+    return {}
 
 
 def machine(command: Sequence[str]) -> dict[str, Any]:
@@ -93,7 +112,7 @@ def machine(command: Sequence[str]) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "iofs": _version("iofs"),
         "iofs_commit": _commit(),
-        "pyfuse3": pyfuse3.__version__,
+        "pyfuse3": _version("pyfuse3"),
         "trio": _version("trio"),
         "engines": {name: cls.probe() or "available" for name, cls in sorted(ENGINES.items())},
     }

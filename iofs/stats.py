@@ -24,7 +24,7 @@ import json
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from fractions import Fraction
 from time import perf_counter_ns
@@ -88,6 +88,12 @@ def _rank(q: float, count: int) -> int:
     if not 0 < q <= 100:
         raise ValueError(f"percentile must be in (0, 100]: {q}")
     return max(1, math.ceil(Fraction(str(q)) * count / 100))
+
+
+def nearest_rank(ordered: Sequence[int], q: float) -> int:
+    """Percentile *q* (0 < q <= 100) of the ascending *ordered* values, exactly: the
+    nearest rank, as `Histogram.percentile` counts it (0 if there are none)."""
+    return ordered[_rank(q, len(ordered)) - 1] if ordered else 0
 
 
 def _percentile(buckets: Iterable[tuple[int, int]], count: int, maximum: int, q: float) -> int:

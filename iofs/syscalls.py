@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
 from typing import Final, Literal
 
@@ -138,3 +139,38 @@ def open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
     if fd < 0:
         _raise_errno("open_by_handle_at")
     return fd
+
+
+_mmap = _libc.mmap
+_mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int64,
+]
+_mmap.restype = ctypes.c_void_p
+_munmap = _libc.munmap
+_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_mincore = _libc.mincore
+_mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def cached_fraction(fd: int, size: int) -> float | None:
+    """Share of the first *size* bytes of *fd* in the page cache (mincore(2) over a
+    shared read-only mapping), or None if that cannot be told."""
+    if size <= 0:
+        return None
+    address = _mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if address in (None, _MAP_FAILED):
+        return None
+    try:
+        pages = -(-size // mmap.PAGESIZE)
+        vector = (ctypes.c_ubyte * pages)()
+        if _mincore(address, size, vector) != 0:
+            return None
+        return sum(1 for byte in bytes(vector) if byte & 1) / pages
+    finally:
+        _munmap(address, size)

@@ -33,7 +33,7 @@ kernel time: 19 µs before, 12 µs now):
   reaches `EARLY_SUBMIT` SQEs is submitted at once rather than at the end of the tick:
   the disk starts on those while the loop still handles the rest of the completions
   that just came in, instead of idling until all 16 are ready. Measured with
-  ``scripts/bench_engines.py`` (5 rounds, side by side): O_DIRECT 4 KiB reads at c=16
+  ``iofs engines --bench`` (5 rounds, side by side): O_DIRECT 4 KiB reads at c=16
   went from 1.39-1.57x the blocking engine to 1.78-2.11x (chunks of 4; 8 did the same,
   2 and 1 less: each system call has its cost); cold buffered c=16 is noisier
   (1.42-1.60x before, 1.26-2.14x after). The loop's heartbeat lag rises a little with

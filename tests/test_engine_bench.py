@@ -1,4 +1,4 @@
-"""``scripts/bench_engines.py --quick``, run for real into a temporary results directory.
+"""``iofs engines --bench --quick``, run for real into a temporary results directory.
 
 Checks what the run keeps and that every engine that can run here served every
 workload; not the timings, which depend on the machine.
@@ -6,34 +6,21 @@ workload; not the timings, which depend on the machine.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from iofs.backends import ENGINES
+from iofs.engine_bench import WORKLOADS
+from iofs.engine_bench_results import TARGETS, Target, evaluate_targets
+from iofs.errors import ExitStatus
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_engines.py"
+IOFS = [sys.executable, "-m", "iofs"]
 RUNNABLE = sorted(name for name, cls in ENGINES.items() if cls.probe() is None)
-
-
-def _load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_engines", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while defining
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return _load_script()
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +28,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     scratch = tmp_path_factory.mktemp("bench-engines")
     results = scratch / "results"
     command = [
-        sys.executable,
-        str(SCRIPT),
+        *IOFS,
+        "engines",
+        "--bench",
         "--quick",
         "--dir",
         str(scratch),
@@ -61,16 +49,14 @@ def _results(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def test_quick_run_keeps_results_for_every_engine_and_workload(
-    run_dir: Path, bench: ModuleType
-) -> None:
+def test_quick_run_keeps_results_for_every_engine_and_workload(run_dir: Path) -> None:
     assert {p.name for p in run_dir.iterdir()} == {
         "results.json",
         "environment.json",
         "summary.txt",
     }
     results = _results(run_dir)
-    workloads = [w.key for w in bench.WORKLOADS]
+    workloads = [w.key for w in WORKLOADS]
     assert [w["key"] for w in results["workloads"]] == workloads
     assert sorted(results["engines"]) == sorted(ENGINES)
     served = {(r["workload"], r["engine"]) for r in results["runs"] if r["error"] is None}
@@ -81,32 +67,32 @@ def test_quick_run_keeps_results_for_every_engine_and_workload(
     summary = (run_dir / "summary.txt").read_text()
     for name in RUNNABLE:
         assert name in summary
-    for workload in bench.WORKLOADS:
+    for workload in WORKLOADS:
         assert workload.title in summary
     assert "Targets" in summary
-    assert {v["target"] for v in results["targets"]} == {t.text for t in bench.TARGETS}
+    assert {v["target"] for v in results["targets"]} == {t.text for t in TARGETS}
 
 
 def test_environment_says_where_and_how_it_ran(run_dir: Path) -> None:
     env = json.loads((run_dir / "environment.json").read_text())
-    assert "--quick" in env["command"] and str(SCRIPT) in env["command"]
+    assert "--quick" in env["command"] and env["command"].startswith("iofs engines --bench")
     for key in ("kernel", "cpu", "cpus", "python", "trio", "iofs_commit"):
         assert env[key]
     assert env["filesystem"]["type"]
 
 
 def test_summary_is_rendered_again_from_results_alone(run_dir: Path) -> None:
-    command = [sys.executable, str(SCRIPT), "--render", str(run_dir)]
+    command = [*IOFS, "engines", "--render", str(run_dir)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout == (run_dir / "summary.txt").read_text()
 
 
-def test_targets_are_judged_from_the_data(run_dir: Path, bench: ModuleType) -> None:
-    results = _results(run_dir)
+def test_targets_are_judged_from_the_data(run_dir: Path) -> None:
+    results: Any = _results(run_dir)
     engine = RUNNABLE[0]
-    target = bench.Target
-    verdicts = bench.evaluate_targets(
+    target = Target
+    verdicts = evaluate_targets(
         results,
         [
             target("met", "hot-4k-c1", engine, engine, "throughput", 1.0),
@@ -117,3 +103,23 @@ def test_targets_are_judged_from_the_data(run_dir: Path, bench: ModuleType) -> N
     )
     assert [v["status"] for v in verdicts] == ["PASS", "FAIL", "PASS", "SKIP"]
     assert "not registered" in verdicts[3]["detail"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "status", "says"),
+    [
+        (["--bench", "--engines", "blocking,warp"], ExitStatus.USAGE, "unknown engine: warp"),
+        (["--bench", "--workloads", "hot-9k"], ExitStatus.USAGE, "unknown workload: hot-9k"),
+        (["--render", "/nonexistent"], ExitStatus.BAD_PATH, "no results.json"),
+        (["--bench", "--rounds", "0"], ExitStatus.USAGE, "must be at least 1"),
+    ],
+)
+def test_bad_requests_are_one_line_and_a_status(
+    tmp_path: Path, arguments: list[str], status: int, says: str
+) -> None:
+    command = [*IOFS, "engines", *arguments, "--dir", str(tmp_path), "--results", str(tmp_path)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == status, run.stderr
+    assert says in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir()), "nothing is made for a refused request"
