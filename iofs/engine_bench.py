@@ -45,10 +45,9 @@ import dataclasses
 import os
 import random
 import resource
-import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
@@ -58,8 +57,6 @@ from rich.console import Console
 
 from . import looplag
 from .backends import (
-    ENGINES,
-    Capability,
     Engine,
     EngineConfig,
     EngineStatistics,
@@ -564,45 +561,3 @@ def environment(directory: Path, command: Sequence[str]) -> dict[str, Any]:
         "block_device": block_device_of(filesystem.get("source", "")),
         "io_uring_disabled": io_uring_disabled,
     }
-
-
-# -- the whole run ----------------------------------------------------------------------
-
-
-def engine_infos(names: Sequence[str]) -> dict[str, EngineInfo]:
-    infos = {}
-    for name in names:
-        cls = ENGINES[name]
-        reason = cls.probe()
-        infos[name] = EngineInfo(
-            capabilities=[f.name or "" for f in Capability if f in cls.capabilities],
-            summary=cls.summary,
-            available=reason is None,
-            reason=reason,
-        )
-    return infos
-
-
-def choose_baseline(infos: dict[str, EngineInfo]) -> str | None:
-    """The reference engine: the first available one doing its I/O on the loop thread."""
-    for name, info in infos.items():
-        flags = set(info["capabilities"])
-        if (
-            info["available"]
-            and "BLOCKS_LOOP" in flags
-            and not flags & {"THREADED", "KERNEL_ASYNC"}
-        ):
-            return name
-    return None
-
-
-@contextlib.contextmanager
-def scratch_file(directory: Path, size: int, keep: bool, console: Console) -> Iterator[Path]:
-    path = create_data_file(directory, size)
-    try:
-        yield path
-    finally:
-        if keep:
-            console.print(f"kept the data file {path}")
-        else:
-            shutil.rmtree(path.parent, ignore_errors=True)

@@ -5,13 +5,15 @@ rendered as tables (pure functions of ``results.json``), kept on disk, and the c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import math
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -22,21 +24,20 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .backends import ENGINES
+from .backends import ENGINES, Capability
 from .engine_bench import (
     SCHEMA,
     SUMMARY_WIDTH,
     WORKLOADS,
+    EngineInfo,
     EngineResults,
     MiB,
     RunRecord,
     Settings,
     TargetVerdict,
-    choose_baseline,
-    engine_infos,
+    create_data_file,
     environment,
     measure,
-    scratch_file,
 )
 from .errors import ExitStatus, IofsError
 from .results import results_directory, write_json
@@ -281,6 +282,45 @@ def summary_text(results: EngineResults) -> str:
 
 
 # -- the command ------------------------------------------------------------------------
+
+
+def engine_infos(names: Sequence[str]) -> dict[str, EngineInfo]:
+    infos = {}
+    for name in names:
+        cls = ENGINES[name]
+        reason = cls.probe()
+        infos[name] = EngineInfo(
+            capabilities=[f.name or "" for f in Capability if f in cls.capabilities],
+            summary=cls.summary,
+            available=reason is None,
+            reason=reason,
+        )
+    return infos
+
+
+def choose_baseline(infos: dict[str, EngineInfo]) -> str | None:
+    """The reference engine: the first available one doing its I/O on the loop thread."""
+    for name, info in infos.items():
+        flags = set(info["capabilities"])
+        if (
+            info["available"]
+            and "BLOCKS_LOOP" in flags
+            and not flags & {"THREADED", "KERNEL_ASYNC"}
+        ):
+            return name
+    return None
+
+
+@contextlib.contextmanager
+def scratch_file(directory: Path, size: int, keep: bool, console: Console) -> Iterator[Path]:
+    path = create_data_file(directory, size)
+    try:
+        yield path
+    finally:
+        if keep:
+            console.print(f"kept the data file {path}")
+        else:
+            shutil.rmtree(path.parent, ignore_errors=True)
 
 
 def select(requested: str | None, known: Sequence[str], what: str) -> list[str]:
