@@ -16,8 +16,8 @@ from .noise import (
     means_differ,
     ratio_differs,
 )
-from .render import format_ns
-from .report import NATIVE, DaemonFigures, Figures, Results, format_count, format_ratio
+from .report import NATIVE, DaemonFigures, Figures, Results
+from .units import format_count, format_ns, format_ratio
 
 RunKey = tuple[str, str, str]  # (filesystem, path, job)
 

@@ -8,7 +8,6 @@ in binary units (KiB, MiB, GiB), rates per second.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,64 +30,12 @@ from .stats import (
     Snapshot,
     diff,
 )
+from .units import format_bytes, format_clock, format_duration, format_ns, format_rate
 
 #: Mode switches the dashboard shows (the latest ones).
 DASHBOARD_MODES = 4
 
 _MiB = 1 << 20
-
-
-# -- units ---------------------------------------------------------------------------------
-def _significant(value: float) -> str:
-    """Three significant digits for a value in [1, 1000)."""
-    if value < 10:
-        return f"{value:.2f}"
-    if value < 100:
-        return f"{value:.1f}"
-    return f"{value:.0f}"
-
-
-def format_ns(ns: float) -> str:
-    """A duration in nanoseconds, in the unit that keeps it between 1 and 1000."""
-    if ns < 1_000:
-        return f"{ns:.0f}ns"
-    for unit, scale in (("µs", 1e3), ("ms", 1e6)):
-        if ns < scale * 999.5:  # 999.7 µs is "1.00ms", not "1000µs"
-            return _significant(ns / scale) + unit
-    return _significant(ns / 1e9) + "s" if ns < 999.5e9 else f"{ns / 1e9:,.0f}s"
-
-
-def format_bytes(count: float) -> str:
-    """A byte count in binary units: ``512 B``, ``4.00 KiB``, ``1.50 GiB``."""
-    if count < 1024:
-        return f"{count:.0f} B"
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        count /= 1024
-        if count < 999.5:
-            return f"{_significant(count)} {unit}"
-    return f"{count / 1024:,.1f} PiB"
-
-
-def format_duration(seconds: float) -> str:
-    """An uptime: ``42.0s``, ``12:03`` (minutes), ``1:02:03``, ``3d 01:02:03``."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    days, rest = divmod(whole, 86_400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    clock = f"{hours}:{minutes:02}:{secs:02}" if hours or days else f"{minutes}:{secs:02}"
-    return f"{days}d {clock}" if days else clock
-
-
-def format_rate(per_second: float) -> str:
-    """A rate: whole numbers with thousands separators, one decimal below 10."""
-    return f"{per_second:.1f}" if 0 < per_second < 10 else f"{per_second:,.0f}"
-
-
-def format_clock(at: float, *, date: bool = False) -> str:
-    """A wall-clock time (Unix seconds) in local time."""
-    return time.strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S", time.localtime(at))
 
 
 def _latencies(histogram: HistogramSnapshot, quantiles: Iterable[float]) -> list[str]:

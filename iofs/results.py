@@ -19,13 +19,12 @@ from .findings import findings as demo_findings
 from .report import (
     Results,
     Run,
-    chart_svg,
     daemon_figures,
-    html_page,
     parse_fio,
     summary_renderables,
     summary_text,
 )
+from .report_chart import chart_svg, html_page
 from .stats import Snapshot
 
 #: Summaries are rendered this wide into summary.txt.

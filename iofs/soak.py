@@ -71,8 +71,9 @@ from .control import SwitchRefused, read_mode, read_statistics, set_mode
 from .errors import ExitStatus, IofsError
 from .modes import MODES
 from .mount import MountOptions, find_mount, is_disconnected, start_daemon, stop_daemon
-from .report import format_count, parse_fio
+from .report import parse_fio
 from .transport import passthrough_unavailable
+from .units import format_count
 from .workloads import CheckFailed, Journal, MappedWriter, MetadataChurn
 
 #: Default length of the load, in seconds.

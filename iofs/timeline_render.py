@@ -18,9 +18,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .noise import MIN_CPU_RATIO, MIN_LATENCY_RATIO, ratio_differs, samples_differ
-from .render import format_ns
-from .report import PATH_COLOURS, SPARE_COLOURS, format_count, format_ratio
+from .report import PATH_COLOURS, SPARE_COLOURS
 from .timeline import PhaseFigures, Point, SwitchCost, Timeline
+from .units import format_count, format_ns, format_ratio
 
 
 # -- words --------------------------------------------------------------------------------------

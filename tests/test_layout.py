@@ -24,8 +24,6 @@ STILL_TO_SPLIT = frozenset(
         "iofs.cli",
         "iofs.fs",
         "iofs.mount",
-        "iofs.render",
-        "iofs.report",
         "iofs.soak",
         "iofs.stats",
         "iofs.transport.dev",

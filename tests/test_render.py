@@ -14,15 +14,7 @@ from pathlib import Path
 from rich.console import Console, RenderableType
 
 from iofs.backends.base import EngineStatistics
-from iofs.render import (
-    dashboard,
-    format_bytes,
-    format_clock,
-    format_duration,
-    format_ns,
-    format_rate,
-    stats_table,
-)
+from iofs.render import dashboard, stats_table
 from iofs.stats import (
     DATA_OPERATIONS,
     Histogram,
@@ -31,6 +23,7 @@ from iofs.stats import (
     ProcessSnapshot,
     Snapshot,
 )
+from iofs.units import format_bytes, format_clock, format_duration, format_ns, format_rate
 
 FIXTURE = Path(__file__).parent / "data" / "snapshot.json"
 T0 = 1_700_000_000.0  # wall clock when the recorder started

@@ -15,15 +15,14 @@ from iofs.report import (
     Figures,
     Results,
     Run,
-    chart_svg,
     daemon_figures,
-    format_count,
-    html_page,
     parse_fio,
     summary_tables,
     summary_text,
 )
+from iofs.report_chart import chart_svg, html_page
 from iofs.stats import ProcessSnapshot, Recorder
+from iofs.units import format_count
 
 
 def figures(section: str, iops: float, p99_us: float, direction: str = "read") -> Figures:

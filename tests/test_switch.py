@@ -19,8 +19,6 @@ import pytest
 
 from iofs.backends.base import EngineStatistics
 from iofs.errors import ExitStatus
-from iofs.render import format_ns
-from iofs.report import format_count
 from iofs.schedule import parse_schedule
 from iofs.stats import ProcessSnapshot, Recorder, Snapshot, SwitchRecord
 from iofs.switch import Sampler
@@ -37,6 +35,7 @@ from iofs.timeline import (
     switch_costs,
 )
 from iofs.timeline_render import findings
+from iofs.units import format_count, format_ns
 
 from .conftest import needs_fuse, scratch_dir
 from .test_bench import left_behind, needs_fio
