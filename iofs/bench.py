@@ -60,6 +60,7 @@ from rich.progress import (
 from . import loopfs
 from .backends import ENGINES, EngineConfig, EngineUnavailable, engine_class
 from .control import read_statistics
+from .daemon import start_daemon, stop_daemon
 from .environment import environment, filesystem_of, first_line
 from .errors import ExitStatus, IofsError
 from .fiojobs import (
@@ -72,9 +73,10 @@ from .fiojobs import (
     prepare_text,
     with_overrides,
 )
+from .live_mounts import find_mount
 from .loopfs import LoopFilesystem, interrupts_deferred
 from .modes import MODES, BadSetting, Setting, parse_setting, resolve
-from .mount import MountOptions, find_mount, start_daemon, stop_daemon
+from .mount import MountOptions
 from .report import (
     NATIVE,
     Results,

@@ -1,35 +1,56 @@
-"""Command line: ``iofs mount``, ``umount``, ``mode``, ``modes``, ``engines``, ``bench``.
+"""Command line: parses ``iofs COMMAND ...`` and dispatches through `COMMANDS` to the
+function in `iofs.cli_commands` that runs the command.
+
+Mounts: ``mount``, ``umount``. A live mount (any path inside it): ``mode`` (show or
+switch), ``faults`` (fault injection), ``stats`` (a snapshot), ``top`` (a dashboard),
+``log`` (the daemon's log). What can run here: ``engines`` (``--bench`` measures them),
+``modes``. Measurements: ``bench`` (fio, natively and through iofs), ``demo``, ``switch``
+(switching under load), ``soak`` (long self-checking run), ``report`` (render a run's
+results again).
 
 Every failure is one line on stderr and an exit status that says what kind it is
 (`ExitStatus`: 1 failed, 2 bad usage, 3 bad path, 4 mount conflict, 5 bad setting,
 6 unavailable here, 7 not permitted, 130 interrupted). ``--debug`` adds tracebacks.
+
+Why this module is long: it is the whole command-line grammar in one place, every
+option of every command with its help text (argparse); what the commands do is in
+`iofs.cli_commands`. Nothing here loads pyfuse3: client commands stay light.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import textwrap
-import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-import rich.console
-
-from . import __version__
-from .backends import ENGINES, Capability, EngineConfig
+from . import __version__, cli_commands
+from .backends import ENGINES, EngineConfig
+from .cli_commands import EXISTING
 from .durations import parse_duration
 from .errors import ExitStatus, IofsError
-from .modes import CACHINGS, DEFAULT_MODE, MODES, SHARED_MMAP_LIMIT, resolve
-from .transport import TRANSPORT_NAMES, default_transport
+from .modes import CACHINGS, DEFAULT_MODE, MODES
 
-if TYPE_CHECKING:
-    from .stats import Snapshot
+
+class _TransportNames:
+    """The choices of ``--transport``, looked up when an argument is checked or help is
+    shown: `iofs.transport` loads pyfuse3, which every other command does without."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    @staticmethod
+    def _names() -> Sequence[str]:
+        from .transport import TRANSPORT_NAMES
+
+        return TRANSPORT_NAMES
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -129,16 +150,12 @@ def _fio_size(text: str) -> str:
     return text
 
 
-#: Filesystems a bench or demo can run on an existing mount of instead of a loop image.
-_EXISTING = ("xfs", "btrfs")
-
-
 #: The help of the PATH that control commands take.
 _IN_MOUNT = "the mountpoint, or any path inside the mount (as for df)"
 
 
 def _add_existing(parser: argparse.ArgumentParser) -> None:
-    for kind in _EXISTING:
+    for kind in EXISTING:
         parser.add_argument(
             f"--{kind}",
             type=Path,
@@ -147,10 +164,6 @@ def _add_existing(parser: argparse.ArgumentParser) -> None:
             help=f"run the {kind} target in a fresh directory under DIR, a mounted {kind} "
             "filesystem (e.g. a real disk), instead of on a loop image",
         )
-
-
-def _existing(args: argparse.Namespace) -> dict[str, Path]:
-    return {kind: getattr(args, kind) for kind in _EXISTING if getattr(args, kind) is not None}
 
 
 _DEBUG_HELP = "debug logging, and a traceback with any error"
@@ -400,8 +413,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     mount.add_argument(
         "--transport",
-        choices=TRANSPORT_NAMES,
-        default=default_transport(),
+        choices=_TransportNames(),
+        default=None,
+        metavar="NAME",
         help="how FUSE requests reach iofs: pyfuse3 (libfuse 3) or dev (iofs reads "
         "/dev/fuse itself and negotiates HANDLE_KILLPRIV_V2, DIRECT_IO_ALLOW_MMAP, "
         "max_background, 1 MiB requests); default $IOFS_TRANSPORT or pyfuse3",
@@ -750,7 +764,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        return COMMANDS[args.command](args)
     except IofsError as exc:
         print(f"iofs: error: {exc}", file=sys.stderr)
         return exc.status
@@ -773,422 +787,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitStatus.FAILED
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "mount":
-        from .mount import MountOptions, mount
-
-        if args.mode in MODES and args.cache in (None, *CACHINGS):
-            caching = args.cache or MODES[args.mode].caching
-            # Only dev negotiates FUSE_DIRECT_IO_ALLOW_MMAP (SHARED_MMAP_LIMIT).
-            if CACHINGS[caching].direct_io and args.transport == "pyfuse3":
-                print(f"iofs: note: {SHARED_MMAP_LIMIT}", file=sys.stderr)
-        mount(
-            MountOptions(
-                backing=args.backing,
-                mountpoint=args.mountpoint,
-                mode=args.mode,
-                engine=args.engine,
-                caching=args.cache,
-                engine_config=EngineConfig(
-                    direct=args.direct, queue_depth=args.queue_depth, workers=args.workers
-                ),
-                fuse_options=frozenset(o for group in args.fuse_options for o in group),
-                foreground=args.foreground,
-                debug=args.debug,
-                attr_timeout=args.attr_timeout,
-                entry_timeout=args.entry_timeout,
-                log_file=args.log,
-                stats_log=args.stats_log.absolute() if args.stats_log else None,
-                stats_interval=args.stats_interval,
-                statistics=args.statistics,
-                writeback_cache=args.writeback_cache,
-                allow_fallback=args.allow_fallback,
-                faults=args.faults,
-                fd_budget=args.fd_budget,
-                file_handles=args.file_handles,
-                max_background=args.max_background,
-                transport=args.transport,
-            )
-        )
-        return 0
-    if args.command == "umount":
-        from .mount import unmount
-
-        print(f"iofs: {unmount(args.mountpoint, lazy=args.lazy)}")
-        return 0
-    if args.command == "bench":
-        from .bench import bench_plan, run_and_render
-
-        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
-        jobs: list[str | Path] | None = None
-        if args.jobs is not None or args.job is not None:
-            jobs = [*(args.jobs or []), *(args.job or [])]
-        plan = bench_plan(
-            targets=args.targets,
-            modes=args.modes,
-            jobs=jobs,
-            engine=args.engine,
-            runtime=args.runtime,
-            size=args.size,
-            full=args.full,
-            results=args.results,
-            directory=args.dir,
-            existing=_existing(args),
-            drop_caches=args.drop_caches,
-        )
-        return run_and_render(plan)
-    if args.command == "demo":
-        from .demo import DEMO_RUNTIME, demo_plan, run_demo, switch_demo_plan
-
-        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
-        runtime = args.runtime or DEMO_RUNTIME
-        plan = demo_plan(
-            runtime=runtime,
-            results=args.results,
-            directory=args.dir,
-            existing=_existing(args),
-        )
-        return run_demo(plan, switch_demo_plan(runtime=runtime, directory=args.dir))
-    if args.command == "switch":
-        from .switch import DEFAULT_JOB, run_switch, switch_plan
-        from .switch_report import render_switch, verification_failed
-
-        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
-        schedule = switch_plan(
-            args.schedule,
-            job=args.job or DEFAULT_JOB,
-            target=args.target,
-            size=args.size,
-            results=args.results,
-            directory=args.dir,
-            existing=_existing(args),
-            drop_caches=args.drop_caches,
-            settle=args.settle,
-        )
-        out = run_switch(schedule)
-        render_switch(out)
-        return ExitStatus.FAILED if verification_failed(out) else ExitStatus.OK
-    if args.command == "soak":
-        from .soak import SoakOptions, render_report, run_soak
-
-        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
-        report = run_soak(
-            SoakOptions(
-                duration=args.duration,
-                switch_interval=args.switch_interval,
-                directory=args.dir,
-                results=args.results,
-                seed=args.seed,
-            )
-        )
-        print(render_report(report), end="")
-        if report.interrupted:
-            raise KeyboardInterrupt
-        return ExitStatus.OK if report.passed else ExitStatus.FAILED
-    if args.command == "report":
-        from .switch_report import render_directory
-
-        render_directory(args.directory)
-        return 0
-    if args.command == "engines":
-        if args.render is not None:
-            from .engine_bench_results import render_run
-
-            render_run(args.render)
-            return 0
-        if args.bench:
-            return _engine_bench(args)
-        for name, cls in sorted(ENGINES.items()):
-            reason = cls.probe()
-            status = "available" if reason is None else f"unavailable: {reason}"
-            flags = "|".join(flag.name or "" for flag in Capability if flag in cls.capabilities)
-            print(f"{name:9} {status}\n          {cls.summary}\n          capabilities: {flags}")
-        return 0
-    if args.command == "modes":
-        print(_modes_text())
-        return 0
-    if args.command == "mode":
-        from .control import read_mode
-
-        if args.setting is not None:
-            return _switch_mode(args.mountpoint, args.setting)
-        current = read_mode(args.mountpoint)
-        print(current["description"])
-        if not current.get("shared_mmap", True):
-            print(f"  note: {SHARED_MMAP_LIMIT}")
-        if current.get("passthrough") or current.get("passthrough_files"):
-            print(f"  note: {_passthrough_now(current)}")
-        for entry in current["history"]:
-            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["at"]))
-            print(f"  {at}  {entry['mode']}")
-        return 0
-    if args.command == "faults":
-        return _faults(args.mountpoint, args.spec)
-    if args.command == "stats":
-        from .control import read_statistics
-        from .render import stats_table
-
-        snapshot = read_statistics(args.mountpoint)
-        if args.json:
-            print(snapshot.to_json())
-        else:
-            console = _console()
-            _print(console, stats_table(snapshot, width=_table_width(console)))
-        return 0
-    if args.command == "top":
-        if args.json:
-            return _top_json(args.mountpoint, args.interval, args.count)
-        if args.batch or not sys.stdout.isatty():
-            return _top_batch(args.mountpoint, args.interval, args.count)
-        return _top(args.mountpoint, args.interval, args.count)
-    if args.command == "log":
-        return _log(args.mountpoint, args.follow)
-    raise AssertionError(args.command)
-
-
-def _engine_bench(args: argparse.Namespace) -> int:
-    """``iofs engines --bench``: measure every engine outside FUSE (`iofs.engine_bench`)."""
-    from .engine_bench import MiB, Settings
-    from .engine_bench_results import run_engine_bench
-
-    settings = Settings(
-        seconds=args.seconds or (0.3 if args.quick else 1.2),
-        rounds=args.rounds or (1 if args.quick else 3),
-        pick=args.pick,
-        file_size=(args.size_mib or (16 if args.quick else 1024)) * MiB,
-        queue_depth=args.queue_depth,
-        workers=args.workers,
-        heartbeat_ms=args.heartbeat_ms,
-        seed=args.seed,
-        quick=args.quick,
-        drop_caches_allowed=args.drop_caches,
-    )
-    return run_engine_bench(
-        settings,
-        engines=args.engines,
-        workloads=args.workloads,
-        directory=args.dir,
-        results_parent=args.results,
-        keep=args.keep,
-    )
-
-
-def _console() -> rich.console.Console:
-    """Where stats and top print: in a pipe as wide as the content (nothing is cut or
-    wrapped), unless COLUMNS says how wide; on a terminal, the terminal's width."""
-    if sys.stdout.isatty() or "COLUMNS" in os.environ:
-        return rich.console.Console()
-    return rich.console.Console(width=_UNLIMITED)
-
-
-#: The console width of a pipe without COLUMNS: wider than any table iofs prints.
-_UNLIMITED = 1000
-
-
-def _print(console: rich.console.Console, renderable: rich.console.RenderableType) -> None:
-    """Print; off a terminal without the spaces rich pads each line with."""
-    if console.is_terminal:
-        console.print(renderable)
-        return
-    with console.capture() as captured:
-        console.print(renderable)
-    print("\n".join(line.rstrip() for line in captured.get().splitlines()), flush=True)
-
-
-def _table_width(console: rich.console.Console) -> int | None:
-    """The width tables must fit (dropping columns), or None: every column."""
-    return None if console.width >= _UNLIMITED else console.width
-
-
-def _switch_mode(path: Path, spec: str) -> int:
-    """`iofs mode PATH SETTING`: switch, or say that the mount is in that mode already."""
-    from .control import read_mode, set_mode
-    from .modes import BadSetting, parse_setting
-
-    before = str(read_mode(path)["spec"])
-    try:
-        unchanged = parse_setting(spec) == parse_setting(before)
-    except BadSetting:
-        unchanged = False  # set_mode says what is wrong with it
-    # With --allow-fallback the daemon may stand in the engine it already uses.
-    setting = None if unchanged else set_mode(path, spec)
-    if setting is None or setting.spec == before:
-        print(f"iofs: {path}: already in {parse_setting(before).describe()}")
-    else:
-        print(f"iofs: {path}: switched to {setting.describe()}")
-        after = read_mode(path)
-        if not after.get("shared_mmap", True):
-            print(f"iofs: note: {SHARED_MMAP_LIMIT}")
-        if setting.passthrough != parse_setting(before).passthrough:
-            print(
-                f"iofs: note: passthrough {'on' if setting.passthrough else 'off'} for files "
-                f"opened from now on; {_passthrough_now(after)}"
-            )
-    return 0
-
-
-def _passthrough_now(mode: dict[str, Any]) -> str:
-    """What is passed through to the kernel now, from `iofs.mode`'s counts."""
-    files, passed = mode.get("open_files", 0), mode.get("passthrough_files", 0)
-    return (
-        f"{passed} of the {files} files open now are passed through to the kernel (their "
-        "reads and writes bypass the daemon); a file keeps its path, for every open of "
-        "it, until its last close"
-    )
-
-
-def _faults(mountpoint: Path, spec: str | None) -> int:
-    """`iofs faults`: set the spec if given, then say what is injected and what it did."""
-    from .control import read_faults, set_faults
-
-    if spec is not None:
-        set_faults(mountpoint, spec)
-    current = read_faults(mountpoint)
-    seed = "" if current["seed"] is None else f" (seed {current['seed']})"
-    if spec is not None:
-        if current["spec"] == "off":
-            print(f"iofs: {mountpoint}: fault injection off")
-        else:
-            print(f"iofs: {mountpoint}: {current['description']}{seed}")
-        return 0
-    if current["spec"] == "off":
-        print(current["description"])
-    else:
-        print(f"{current['spec']}{seed}: {current['description']}")
-    for op, counters in current["operations"].items():
-        print(
-            f"  {op:6} {counters['matched']:>12,} matched {counters['errors']:>12,} failed "
-            f"{counters['delays']:>12,} delayed"
-        )
-    return 0
-
-
-def _top(mountpoint: Path, interval: float, count: int | None) -> int:
-    """Refresh the dashboard in place every *interval* seconds until Ctrl-C (or *count*)."""
-    import rich.live
-
-    from .control import live_mountpoint, read_statistics
-    from .render import dashboard
-
-    console = rich.console.Console()
-    older = None
-    mountpoint = live_mountpoint(mountpoint)
-    newer = read_statistics(mountpoint, checked=True)
-    refreshes = 0
-    live = rich.live.Live(
-        dashboard(newer, width=console.width), console=console, auto_refresh=False, screen=False
-    )
-    with live:
-        try:
-            while count is None or refreshes < count:
-                time.sleep(interval)
-                older, newer = newer, read_statistics(mountpoint, checked=True)
-                live.update(dashboard(newer, older, width=console.width), refresh=True)
-                refreshes += 1
-        except KeyboardInterrupt:
-            pass
-    print()  # the dashboard's last line ends without a newline
-    return 0
-
-
-def _snapshots(mountpoint: Path, interval: float, count: int | None) -> Iterator[Snapshot]:
-    """The mount's first snapshot at once, then one every *interval* (*count* more at
-    most), as `top -b` and `iostat 1 3` report; ends quietly on Ctrl-C."""
-    from .control import live_mountpoint, read_statistics
-
-    # Found once: each poll is then a single read of the statistics, counted apart
-    # from the workload's requests by the daemon.
-    mountpoint = live_mountpoint(mountpoint)
-    yield read_statistics(mountpoint, checked=True)
-    refreshes = 0
-    next_at = time.monotonic()
-    try:
-        while count is None or refreshes < count:
-            next_at += interval  # no drift: a slow read does not push every later one
-            time.sleep(max(0.0, next_at - time.monotonic()))
-            yield read_statistics(mountpoint, checked=True)
-            refreshes += 1
-    except KeyboardInterrupt:
-        pass
-
-
-def _top_batch(mountpoint: Path, interval: float, count: int | None) -> int:
-    """``iofs top --batch``: one frame per interval, each after a blank line."""
-    from .render import dashboard
-
-    console = _console()
-    older = None
-    for index, newer in enumerate(_snapshots(mountpoint, interval, count)):
-        if index:
-            print()
-        _print(console, dashboard(newer, older, width=_table_width(console)))
-        older = newer
-    return 0
-
-
-def _top_json(mountpoint: Path, interval: float, count: int | None) -> int:
-    """``iofs top --json``: one JSON line per interval (see `render.interval_json`)."""
-    from .render import interval_json
-    from .stats import diff
-
-    older = None
-    for newer in _snapshots(mountpoint, interval, count):
-        print(json.dumps(interval_json(diff(newer, older))), flush=True)
-        older = newer
-    return 0
-
-
-def _log(path: Path, follow: bool) -> int:
-    """``iofs log``: print the daemon's log; with *follow*, what is added until the mount
-    goes away (or Ctrl-C)."""
-    from .control import daemon_log
-    from .mount import find_mount
-
-    mountpoint, log_path = daemon_log(path)
-    try:
-        with open(log_path, "rb") as log_file:
-            while True:
-                chunk = log_file.read(1 << 16)
-                if chunk:
-                    sys.stdout.buffer.write(chunk)
-                    continue
-                sys.stdout.buffer.flush()
-                if not follow or find_mount(mountpoint) is None:
-                    return 0
-                time.sleep(0.2)  # as tail -f: poll for more
-    except FileNotFoundError:
-        if follow:
-            return 0  # the mount went away, and its log with it
-        raise IofsError(f"{log_path}: No such file or directory", ExitStatus.BAD_PATH) from None
-    except KeyboardInterrupt:
-        return 0
-
-
-def _modes_text() -> str:
-    """`iofs modes`: every mode with what it models, how, and what to expect."""
-
-    def paragraph(label: str, text: str) -> str:
-        return textwrap.fill(
-            text, width=88, initial_indent=f"  {label:8} ", subsequent_indent=" " * 11
-        )
-
-    blocks = []
-    for mode in MODES.values():
-        setting = resolve(mode.name)
-        blocks.append(
-            "\n".join(
-                [
-                    setting.describe(),
-                    paragraph("models", mode.models),
-                    paragraph("how", mode.mapping),
-                    paragraph("expect", mode.expect),
-                ]
-            )
-        )
-    caching = "\n".join(paragraph(c.name, c.description) for c in CACHINGS.values())
-    blocks.append("Kernel caching (the cache= part of a setting, or mount --cache):\n" + caching)
-    blocks.append(
-        "Switch a live mount with 'iofs mode MOUNTPOINT NAME[,engine=E][,direct=on|off]"
-        "[,cache=kernel|none]'."
-    )
-    return "\n\n".join(blocks)
+#: Every command, and the function in `iofs.cli_commands` that runs it.
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "mount": cli_commands.mount_command,
+    "umount": cli_commands.umount_command,
+    "bench": cli_commands.bench_command,
+    "demo": cli_commands.demo_command,
+    "switch": cli_commands.switch_command,
+    "soak": cli_commands.soak_command,
+    "report": cli_commands.report_command,
+    "engines": cli_commands.engines_command,
+    "modes": cli_commands.modes_command,
+    "mode": cli_commands.mode_command,
+    "faults": cli_commands.faults_command,
+    "stats": cli_commands.stats_command,
+    "top": cli_commands.top_command,
+    "log": cli_commands.log_command,
+}

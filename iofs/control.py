@@ -1,15 +1,12 @@
-"""The client side of the control interface: xattrs on the root of a live mount.
+"""The client side of the control protocol (`iofs.control_protocol`): xattrs on the root
+of a live mount.
 
 ``iofs mode``, ``iofs stats`` and ``iofs top`` read and write them; so can anyone with
 ``getfattr -n iofs.statistics --only-values MOUNTPOINT`` or
 ``setfattr -n iofs.mode -v xfs MOUNTPOINT``. ``iofs faults`` reads and sets
 ``iofs.faults`` (``setfattr -n iofs.faults -v eio=0.01 MOUNTPOINT``). Every command
-takes any path inside the mount, as df does.
-
-On a read-only mount (``-o ro``) the kernel refuses every setxattr before the daemon
-sees it, so a setting is sent as a read of the attribute named ``NAME=VALUE``
-(``getfattr -n iofs.mode=uncached MOUNTPOINT``): it does the same checks and answers
-an empty value.
+takes any path inside the mount, as df does. This side loads nothing of the daemon
+(no pyfuse3).
 """
 
 from __future__ import annotations
@@ -18,14 +15,21 @@ import errno
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from .backends import EngineUnavailable, engine_class
+from .control_protocol import (
+    FAULTS_XATTR,
+    MODE_XATTR,
+    STATISTICS_XATTR,
+    XATTR_NAME_MAX,
+    FaultsValue,
+    ModeValue,
+    read_only_request,
+)
 from .errors import ExitStatus, IofsError
 from .faults import BadFaults, FaultSpec, parse_faults
-from .fs import CONTROL_SEPARATOR, FAULTS_XATTR, MODE_XATTR, STATISTICS_XATTR
-from .modes import BadSetting, Setting, parse_setting
-from .mount import (
+from .live_mounts import (
     containing_mount,
     default_log_path,
     find_mount,
@@ -33,10 +37,8 @@ from .mount import (
     mount_owner,
     read_state,
 )
+from .modes import BadSetting, Setting, parse_setting
 from .stats import Snapshot
-
-#: The longest xattr name the kernel passes on (XATTR_NAME_MAX).
-XATTR_NAME_MAX = 255
 
 
 class SwitchRefused(IofsError):
@@ -74,19 +76,18 @@ def _read_refused(path: Path, what: str, exc: OSError) -> IofsError:
     return IofsError(f"cannot read {what} of {path}: {exc.strerror}", ExitStatus.PERMISSION)
 
 
-def _read(mountpoint: Path, name: bytes) -> dict[str, Any]:
+def _read(mountpoint: Path, name: bytes) -> object:
     path = _checked_mountpoint(mountpoint)
     try:
         value = os.getxattr(path, name)
     except OSError as exc:
         raise _read_refused(path, name.decode(), exc) from None
-    data: dict[str, Any] = json.loads(value)
-    return data
+    return json.loads(value)
 
 
-def read_mode(mountpoint: Path) -> dict[str, Any]:
+def read_mode(mountpoint: Path) -> ModeValue:
     """The mount's current setting, its description and the history of switches."""
-    return _read(mountpoint, MODE_XATTR)
+    return cast(ModeValue, _read(mountpoint, MODE_XATTR))
 
 
 def read_statistics(mountpoint: Path, *, checked: bool = False) -> Snapshot:
@@ -114,7 +115,7 @@ def set_mode(mountpoint: Path, spec: str) -> Setting:
     try:
         _write(path, MODE_XATTR, setting.spec, "switch its mode")
     except OSError as exc:
-        if exc.errno == errno.EBUSY:  # files are mapped shared: Filesystem._refuse_if_mapped
+        if exc.errno == errno.EBUSY:  # files are mapped shared: Filesystem.refuse_if_mapped
             raise SwitchRefused(_refusal(path, setting), ExitStatus.FAILED) from None
         if exc.errno != errno.EOPNOTSUPP:
             raise
@@ -127,8 +128,8 @@ def _refusal(path: Path, setting: Setting) -> str:
     """Why the daemon refused to switch to *setting* (EOPNOTSUPP, or EBUSY while files
     are mapped shared), as it recorded it."""
     current = read_mode(path)
-    refused = current.get("refused") or {}
-    if refused.get("spec") == setting.spec:
+    refused = current.get("refused")
+    if refused is not None and refused.get("spec") == setting.spec:
         reason = str(refused["reason"])
     else:  # a daemon from before "refused" was recorded: say what this side knows
         try:
@@ -141,9 +142,9 @@ def _refusal(path: Path, setting: Setting) -> str:
     return f"{path} stays in {current['spec']}: {reason} ({where})"
 
 
-def read_faults(mountpoint: Path) -> dict[str, Any]:
+def read_faults(mountpoint: Path) -> FaultsValue:
     """The mount's fault-injection setting: spec, description, seed, counters per op."""
-    return _read(mountpoint, FAULTS_XATTR)
+    return cast(FaultsValue, _read(mountpoint, FAULTS_XATTR))
 
 
 def set_faults(mountpoint: Path, spec: str) -> FaultSpec:
@@ -167,8 +168,8 @@ def _write(path: Path, name: bytes, value: str, what: str) -> None:
             if exc.errno != errno.EROFS:
                 raise
             # A read-only mount refuses every setxattr in the VFS, before the daemon
-            # sees it; a getxattr of "NAME=VALUE" still reaches it (see fs.py).
-            request = name + CONTROL_SEPARATOR + value.encode()
+            # sees it; a getxattr of "NAME=VALUE" still reaches it (`iofs.control_protocol`).
+            request = read_only_request(name, value.encode())
             if len(request) > XATTR_NAME_MAX:
                 raise IofsError(
                     f"{path} is mounted read-only: a setting is at most "

@@ -13,15 +13,12 @@ import faulthandler
 import json
 import logging
 import os
-import re
 import resource
 import signal
 import stat
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,14 +39,20 @@ from .errors import ExitStatus, IofsError
 from .faults import BadFaults, parse_faults
 from .fs import Filesystem
 from .inodes import default_fd_budget
+from .live_mounts import (
+    FSTYPE,
+    default_log_path,
+    find_mount,
+    is_disconnected,
+    read_state,
+    state_path,
+    unmount,
+)
 from .mappings import parse_device
 from .modes import DEFAULT_MODE, BadSetting, Setting, resolve
-from .mounttable import MountEntry
 from .transport import TRANSPORT_NAMES, MountFailed, Transport, create_transport, default_transport
 
 log = logging.getLogger(__name__)
-
-FSTYPE = "fuse.iofs"
 
 
 @dataclass(frozen=True)
@@ -91,114 +94,6 @@ class MountOptions:
     transport: str = field(default_factory=default_transport)
 
 
-# -- where a mount's state lives -------------------------------------------------------
-def runtime_dir() -> Path:
-    """Per-user directory for daemon state files and background logs."""
-    if os.geteuid() == 0:
-        base = Path("/run/iofs")
-    elif "XDG_RUNTIME_DIR" in os.environ:
-        base = Path(os.environ["XDG_RUNTIME_DIR"]) / "iofs"
-    else:
-        base = Path(f"/tmp/iofs-{os.geteuid()}")
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return base
-
-
-def escaped_mountpoint(mountpoint: Path) -> str:
-    """*mountpoint* as a readable file name, the way ``systemd-escape --path`` does it:
-    ``/srv/my mnt`` -> ``srv-my\\x20mnt``. Slashes become ``-``; a byte that is not a
-    letter, digit, ``_``, ``.`` or ``:`` (and a leading ``.``) becomes ``\\xNN``, so two
-    mountpoints never share a name (`unescaped_mountpoint` undoes it)."""
-    raw = os.fsencode(mountpoint).strip(b"/")
-    if not raw:
-        return "-"
-    out = []
-    for index, byte in enumerate(raw):
-        char = chr(byte)
-        if char == "/":
-            out.append("-")
-        elif char.isascii() and (char.isalnum() or char in "_:" or (char == "." and index)):
-            out.append(char)
-        else:
-            out.append(f"\\x{byte:02x}")
-    return "".join(out)
-
-
-def unescaped_mountpoint(name: str) -> Path:
-    """The mountpoint a state or log file name (without its suffix) was made from."""
-    if name == "-":
-        return Path("/")
-    raw = re.sub(
-        rb"\\x([0-9a-f]{2})|-",
-        lambda m: bytes([int(m[1], 16)]) if m[1] else b"/",
-        name.encode(),
-    )
-    return Path(os.fsdecode(b"/" + raw))
-
-
-def state_path(mountpoint: Path) -> Path:
-    """Where the daemon serving *mountpoint* keeps its pid and settings (JSON)."""
-    return runtime_dir() / (escaped_mountpoint(mountpoint) + ".json")
-
-
-def default_log_path(mountpoint: Path) -> Path:
-    return state_path(mountpoint).with_suffix(".log")
-
-
-def read_state(mountpoint: Path) -> dict[str, object] | None:
-    try:
-        state: dict[str, object] = json.loads(state_path(mountpoint).read_text())
-    except (OSError, ValueError):
-        return None
-    return state
-
-
-def find_mount(mountpoint: Path) -> MountEntry | None:
-    return mounttable.find(mountpoint)
-
-
-def mount_owner(entry: MountEntry) -> int | None:
-    """The uid of the user who made a FUSE mount (its ``user_id=`` option), or None."""
-    for option in entry.options.split(","):
-        if option.startswith("user_id="):
-            return int(option.removeprefix("user_id="))
-    return None
-
-
-def containing_mount(path: Path) -> Path:
-    """The mountpoint of the iofs mount that *path* lies in: any path inside a mount
-    names it, as for df. IofsError if *path* does not exist (BAD_PATH) or lies in no
-    iofs mount (MOUNT_CONFLICT). A path in a mount whose daemon died is found too."""
-    try:
-        os.stat(path)
-    except OSError as exc:
-        # ENOTCONN: a dead mount; EACCES: a FUSE mount without allow_other, closed to
-        # all but its owner. Both are found in the table below; the caller says more.
-        if exc.errno not in (errno.ENOTCONN, errno.EACCES):
-            raise IofsError(f"{path}: {exc.strerror}", ExitStatus.BAD_PATH) from None
-    real = Path(os.path.realpath(path))
-    best = mounttable.containing(real)
-    if best is not None and best.fstype == FSTYPE:
-        return Path(best.mountpoint)
-    if best is not None and Path(best.mountpoint) == real:
-        raise IofsError(
-            f"{real} is not an iofs mount (it is {best.fstype})", ExitStatus.MOUNT_CONFLICT
-        )
-    raise IofsError(f"{path} is not in an iofs mount", ExitStatus.MOUNT_CONFLICT)
-
-
-def is_disconnected(mountpoint: Path) -> bool:
-    """True if *mountpoint* is a FUSE mount whose daemon has gone (ENOTCONN)."""
-    try:
-        # statfs, not stat: the kernel answers stat from its attribute cache for up to
-        # --attr-timeout after the daemon died, but always sends STATFS to the daemon.
-        os.statvfs(mountpoint)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
-
-
-# -- mounting --------------------------------------------------------------------------
 def _check_paths(backing: Path, mountpoint: Path) -> tuple[Path, Path]:
     _clean_up_dead_mount(mountpoint)
     for what, path in (("backing directory", backing), ("mountpoint", mountpoint)):
@@ -673,171 +568,3 @@ def _daemonize(log_file: Path | None) -> Callable[[], None]:
         os.close(write_end)
 
     return ready
-
-
-# -- unmounting ------------------------------------------------------------------------
-def unmount(mountpoint: Path, lazy: bool = False, timeout: float = 10.0) -> str:
-    """Unmount an iofs mount, also when its daemon has died. Returns what was done.
-
-    Waits up to *timeout* seconds for the daemon to exit. A busy mount is refused, or
-    with *lazy* detached at once: its daemon serves the files still open on it and
-    exits after the last close, which nobody waits for.
-    """
-    mountpoint = containing_mount(mountpoint)
-    entry = find_mount(mountpoint)
-    owner = mount_owner(entry) if entry is not None else None
-    if owner not in (None, os.getuid()) and os.geteuid() != 0:
-        # fusermount3 would say "entry for ... not found" or suggest --lazy: say it plainly.
-        raise IofsError(
-            f"only root or the user who mounted {mountpoint} (uid {owner}) may unmount it",
-            ExitStatus.PERMISSION,
-        )
-    dead = is_disconnected(mountpoint)
-    # Read before unmounting: a daemon removes its state file on the way out, and
-    # `iofs umount` must still know which process to wait for.
-    state = read_state(mountpoint)
-    # A dead mount can only be detached. --lazy tries a normal unmount first, to know
-    # whether the daemon exits now or only once the mount's users let go of it.
-    result = _fusermount(mountpoint, detach=dead)
-    busy = lazy and not dead and result.returncode != 0
-    if busy:
-        result = _fusermount(mountpoint, detach=True)
-    if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
-        raise IofsError(
-            f"cannot unmount {mountpoint}: {reason} (try --lazy)", ExitStatus.MOUNT_CONFLICT
-        )
-    if busy:
-        # The daemon goes on serving the files still open on the detached mount; it
-        # exits, and removes its state file, when the kernel lets go after the last close.
-        return f"detached {mountpoint}: its daemon exits once the files open on it are closed"
-    if state is not None:
-        _wait_for_daemon(state, timeout)
-        if read_state(mountpoint) == state:  # a killed daemon could not remove it
-            with contextlib.suppress(OSError):
-                state_path(mountpoint).unlink()
-    if dead:
-        log = (state or {}).get("log")
-        kept = f"; its log: {log}" if log else ""  # the daemon never removed it
-        return f"cleaned up {mountpoint} (its daemon had died{kept})"
-    return f"unmounted {mountpoint}"
-
-
-def _fusermount(mountpoint: Path, detach: bool) -> subprocess.CompletedProcess[str]:
-    command = ["fusermount3", "-u", *(["-z"] if detach else []), str(mountpoint)]
-    try:
-        return subprocess.run(command, capture_output=True, text=True, check=False)
-    except FileNotFoundError:
-        raise IofsError(
-            "fusermount3 not found: install the fuse3 package", ExitStatus.UNAVAILABLE
-        ) from None
-
-
-def _daemon_process(state: dict[str, object]) -> psutil.Process | None:
-    pid, started = state.get("pid"), state.get("started")
-    if not isinstance(pid, int) or not isinstance(started, float):
-        return None
-    try:
-        process = psutil.Process(pid)
-        if abs(process.create_time() - started) > 0.01:
-            return None  # the pid has been reused
-    except psutil.Error:
-        return None
-    return process
-
-
-def _wait_for_daemon(state: dict[str, object], timeout: float) -> None:
-    process = _daemon_process(state)
-    if process is None:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
-            return
-        time.sleep(0.02)
-    log.warning("daemon %d still running %.0f s after unmount", process.pid, timeout)
-
-
-def start_daemon(
-    opts: MountOptions,
-    program: Sequence[str] = (sys.executable, "-m", "iofs"),
-    timeout: float = 20.0,
-) -> subprocess.Popen[bytes]:
-    """Start ``iofs mount --foreground`` as a child; return once the kernel shows the mount.
-
-    *program* is what runs ``iofs`` (tests substitute a daemon with an injected fault).
-    The caller owns the child: `stop_daemon` unmounts and reaps it.
-    """
-    command = [*program, "mount", "--foreground", "--mode", opts.mode]
-    if opts.engine is not None:
-        command += ["--engine", opts.engine]
-    if opts.caching is not None:
-        command += ["--cache", opts.caching]
-    config = opts.engine_config
-    if config.direct is not None:
-        command.append("--direct" if config.direct else "--no-direct")
-    command += ["--queue-depth", str(config.queue_depth), "--workers", str(config.workers)]
-    for option in sorted(opts.fuse_options):
-        command += ["-o", option]
-    command += ["--attr-timeout", str(opts.attr_timeout)]
-    command += ["--entry-timeout", str(opts.entry_timeout)]
-    if opts.debug:
-        command.append("--debug")
-    if opts.log_file is not None:
-        command += ["--log", str(opts.log_file)]
-    if not opts.statistics:
-        command.append("--no-statistics")
-    if opts.writeback_cache:
-        command.append("--writeback-cache")
-    if opts.allow_fallback:
-        command.append("--allow-fallback")
-    if opts.faults != "off":
-        command.append(f"--faults={opts.faults}")  # '=': a spec may start with '-'
-    if opts.fd_budget is not None:
-        command += ["--fd-budget", str(opts.fd_budget)]
-    if not opts.file_handles:
-        command.append("--no-file-handles")
-    if opts.max_background is not None:
-        command += ["--max-background", str(opts.max_background)]
-    command += ["--transport", opts.transport]
-    if opts.stats_log is not None:
-        command += ["--stats-log", str(opts.stats_log)]
-        command += ["--stats-interval", str(opts.stats_interval)]
-    command += [str(opts.backing), str(opts.mountpoint)]
-    mountpoint = Path(os.path.realpath(opts.mountpoint))
-    daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + timeout
-        while find_mount(mountpoint) is None:
-            if daemon.poll() is not None:
-                raise IofsError(f"iofs mount exited with status {daemon.returncode}")
-            if time.monotonic() > deadline:
-                raise IofsError(f"{mountpoint} not mounted after {timeout:.0f} s")
-            time.sleep(0.01)
-    except BaseException:
-        stop_daemon(daemon, mountpoint)
-        raise
-    return daemon
-
-
-@contextlib.contextmanager
-def mounted(opts: MountOptions) -> Iterator[subprocess.Popen[bytes]]:
-    """An iofs daemon serving *opts.mountpoint* for the block, always stopped after it."""
-    daemon = start_daemon(opts)
-    try:
-        yield daemon
-    finally:
-        stop_daemon(daemon, Path(os.path.realpath(opts.mountpoint)))
-
-
-def stop_daemon(daemon: subprocess.Popen[bytes], mountpoint: Path) -> None:
-    """Unmount *mountpoint* and reap *daemon*, escalating until both are done."""
-    if daemon.poll() is None:
-        daemon.send_signal(signal.SIGTERM)  # unmounts cleanly, see _serve
-        try:
-            daemon.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-    if find_mount(mountpoint) is not None:
-        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)

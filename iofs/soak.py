@@ -68,9 +68,11 @@ from rich.console import Console
 from .backends import EngineUnavailable, engine_class
 from .bench import environment, fio_command, log_errors, results_directory, stop_fio, with_overrides
 from .control import SwitchRefused, read_mode, read_statistics, set_mode
+from .daemon import start_daemon, stop_daemon
 from .errors import ExitStatus, IofsError
+from .live_mounts import find_mount, is_disconnected
 from .modes import MODES
-from .mount import MountOptions, find_mount, is_disconnected, start_daemon, stop_daemon
+from .mount import MountOptions
 from .report import parse_fio
 from .transport import passthrough_unavailable
 from .units import format_count

@@ -51,11 +51,11 @@ from .bench import (
     target_workspace,
 )
 from .control import read_statistics, set_mode
+from .daemon import stop_daemon
 from .environment import environment
 from .errors import ExitStatus, IofsError
 from .fiojobs import JobFile, load_job, parse_size, with_overrides
 from .loopfs import interrupts_deferred
-from .mount import stop_daemon
 from .results import results_directory, write_json
 from .schedule import BadSchedule, Phase, boundaries, parse_schedule
 from .stats import Snapshot

@@ -40,7 +40,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from iofs.control import read_statistics
-from iofs.mount import MountOptions, find_mount, start_daemon, stop_daemon
+from iofs.daemon import start_daemon, stop_daemon
+from iofs.live_mounts import find_mount
+from iofs.mount import MountOptions
 
 TOP_DIRS = 100
 SUB_DIRS = 10

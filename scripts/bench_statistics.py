@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from iofs.mount import MountOptions, start_daemon, stop_daemon
+from iofs.daemon import start_daemon, stop_daemon
+from iofs.mount import MountOptions
 
 
 def fio(directory: Path, runtime: float, iodepth: int, output: Path) -> float:

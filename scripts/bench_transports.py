@@ -29,7 +29,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from iofs.mount import MountOptions, start_daemon, stop_daemon
+from iofs.daemon import start_daemon, stop_daemon
+from iofs.mount import MountOptions
 
 JOBS = {
     "randwrite-4k-qd16-direct": ["--rw=randwrite"],

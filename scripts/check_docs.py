@@ -68,7 +68,7 @@ from pathlib import Path
 from types import FrameType
 
 from iofs import mounttable
-from iofs.mount import runtime_dir, unescaped_mountpoint
+from iofs.live_mounts import runtime_dir, unescaped_mountpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The documentation checked by default, in this order (patterns are globbed, sorted).

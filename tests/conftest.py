@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from iofs.backends import ENGINES, EngineConfig
+from iofs.daemon import start_daemon, stop_daemon
 from iofs.errors import IofsError
 from iofs.fs import STATISTICS_XATTR
+from iofs.live_mounts import find_mount
 from iofs.modes import DEFAULT_MODE, MODES
-from iofs.mount import MountOptions, find_mount, start_daemon, stop_daemon
+from iofs.mount import MountOptions
 from iofs.transport import TRANSPORT_ENV, TRANSPORT_NAMES, create_transport, default_transport
 
 ROOT = os.geteuid() == 0

@@ -20,8 +20,8 @@ import pytest
 from iofs import mounttable
 from iofs.backends import ENGINES
 from iofs.errors import ExitStatus
+from iofs.live_mounts import default_log_path, find_mount, is_disconnected, read_state, state_path
 from iofs.modes import MODES
-from iofs.mount import default_log_path, find_mount, is_disconnected, read_state, state_path
 from iofs.transport import default_transport
 
 from .conftest import Mount, MountFactory, needs_fuse, needs_root, scratch_dir

@@ -25,8 +25,8 @@ import pytest
 
 from iofs.errors import ExitStatus
 from iofs.fs import MODE_XATTR
+from iofs.live_mounts import default_log_path, find_mount, is_disconnected, read_state, state_path
 from iofs.modes import CACHINGS, MODES, SHARED_MMAP_LIMIT
-from iofs.mount import default_log_path, find_mount, is_disconnected, read_state, state_path
 from iofs.mounttable import entries as mounts
 from iofs.transport import default_transport
 

@@ -28,8 +28,8 @@ import pytest
 
 from iofs.backends import ENGINES, EngineConfig, create_engine
 from iofs.fs import Filesystem
+from iofs.live_mounts import runtime_dir, unescaped_mountpoint
 from iofs.modes import resolve
-from iofs.mount import runtime_dir, unescaped_mountpoint
 
 from .conftest import FUSE_UNAVAILABLE, ROOT
 

@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from iofs.backends import ENGINES, Buffer, Capability, Engine, EngineConfig, create_engine, running
-from iofs.mount import find_mount
+from iofs.live_mounts import find_mount
 
 from .conftest import FUSE_UNAVAILABLE, read_if_present
 from .gate_daemon import pattern

@@ -3,11 +3,16 @@ that it needs a reason without giving one (issue 13)."""
 
 from __future__ import annotations
 
+import argparse
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from iofs import cli
 
 PACKAGE = Path(__file__).resolve().parent.parent / "iofs"
 #: A module longer than this says at the top of its docstring why it is long.
@@ -21,9 +26,7 @@ REASON = "Why this module is long:"
 STILL_TO_SPLIT = frozenset(
     {
         "iofs.bench",
-        "iofs.cli",
         "iofs.fs",
-        "iofs.mount",
         "iofs.soak",
         "iofs.stats",
         "iofs.transport.dev",
@@ -186,3 +189,62 @@ def test_long_modules_say_why() -> None:
     )
     done = sorted(STILL_TO_SPLIT - set(unexplained))
     assert done == [], f"no longer long or now explained, take out of STILL_TO_SPLIT: {done}"
+
+
+#: The commands that only talk to a live mount (or its state files): they are clients.
+CLIENT_COMMANDS = (
+    ["stats"],
+    ["stats", "--json"],
+    ["mode"],
+    ["mode", "xfs"],
+    ["faults"],
+    ["faults", "eio=1"],
+    ["top", "--batch", "--count", "1"],
+    ["top", "--json", "--count", "1"],
+    ["log"],
+    ["umount"],
+)
+
+
+def test_client_commands_do_not_load_pyfuse3(tmp_path: Path) -> None:
+    """The control protocol's client side (`iofs.control`, the client commands of
+    `iofs.cli`) loads nothing of the daemon: each command runs to its error on a
+    directory that is no mount, in a fresh interpreter that then has no pyfuse3."""
+    program = (
+        "import sys\n"
+        "import iofs.cli, iofs.control, iofs.control_protocol\n"
+        f"for command in {list(CLIENT_COMMANDS)!r}:\n"
+        "    head, *rest = command\n"
+        f"    status = iofs.cli.main([head, {str(tmp_path)!r}, *rest])\n"
+        "    assert status != 0, command\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyfuse3'))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "[]\n", f"the client path loaded {run.stdout.strip()}"
+    # Each failed with its one line (the directory is not an iofs mount).
+    assert len(run.stderr.strip().splitlines()) == len(CLIENT_COMMANDS), run.stderr
+
+
+def test_the_daemon_side_does_load_pyfuse3() -> None:
+    """The check above can fail: the same probe sees pyfuse3 once the daemon is loaded."""
+    program = "import sys, iofs.fs\nprint('pyfuse3' in sys.modules)\n"
+    run = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert run.stdout == "True\n"
+
+
+def test_every_command_is_dispatched_and_named() -> None:
+    """`iofs.cli.COMMANDS` has a function for every command the parser knows, and the
+    module's docstring (the map of the command line) names each one."""
+    (subparsers,) = (
+        action
+        for action in cli._parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    assert sorted(subparsers.choices) == sorted(cli.COMMANDS)
+    unnamed = [name for name in cli.COMMANDS if f"``{name}``" not in (cli.__doc__ or "")]
+    assert unnamed == [], f"iofs.cli's docstring does not name: {unnamed}"

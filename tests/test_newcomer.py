@@ -25,7 +25,7 @@ from iofs.backends import ENGINES
 from iofs.cli import _parser
 from iofs.durations import parse_duration
 from iofs.errors import ExitStatus
-from iofs.mount import (
+from iofs.live_mounts import (
     default_log_path,
     escaped_mountpoint,
     find_mount,

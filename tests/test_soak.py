@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from iofs.durations import parse_duration
-from iofs.mount import read_state
+from iofs.live_mounts import read_state
 from iofs.mounttable import entries as mounts
 from iofs.soak import (
     RSS_GROWTH_LIMIT,

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from iofs import mounttable, syscalls
 from iofs.backends import EngineConfig, create_engine
 from iofs.fs import Filesystem
-from iofs.mount import find_mount, is_disconnected
+from iofs.live_mounts import find_mount, is_disconnected
 from iofs.transport import devmount
 from iofs.transport import protocol as p
 from iofs.transport.dev import DevTransport
