@@ -1,7 +1,8 @@
 """An iofs daemon as a child process, for the harnesses (``iofs bench``, ``soak``,
 ``switch``, the scripts) and the tests: `start_daemon` runs ``iofs mount --foreground``
 and returns once the kernel shows the mount; `stop_daemon` unmounts and reaps it;
-`mounted` does both around a block.
+`mounted` does both around a block. `stop_peer_daemon` stops a FUSE daemon that is not
+iofs (the comparison scripts' peers).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import IofsError
 from .live_mounts import find_mount
@@ -101,5 +103,22 @@ def stop_daemon(daemon: subprocess.Popen[bytes], mountpoint: Path) -> None:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
+    if find_mount(mountpoint) is not None:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
+
+
+def stop_peer_daemon(
+    daemon: subprocess.Popen[Any], mountpoint: Path, timeout: float = 30.0
+) -> None:
+    """Unmount *mountpoint* and reap *daemon*, a FUSE daemon that exits once unmounted;
+    killed if it lingers past *timeout*, and the mount detached if it stays."""
+    mountpoint = Path(os.path.realpath(mountpoint))  # as the mount table has it
+    if find_mount(mountpoint) is not None:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+    try:
+        daemon.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
     if find_mount(mountpoint) is not None:
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)

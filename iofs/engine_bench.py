@@ -59,12 +59,11 @@ from . import looplag
 from .backends import (
     Engine,
     EngineConfig,
-    EngineStatistics,
     create_engine,
     running,
 )
 from .environment import block_device_of, filesystem_of, first_line, machine
-from .stats import nearest_rank
+from .stats import engine_to_json, nearest_rank
 from .syscalls import cached_fraction
 
 KiB = 1024
@@ -269,14 +268,6 @@ class Offsets:
         return index * self._block
 
 
-def statistics_dict(stats: EngineStatistics) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        f.name: getattr(stats, f.name) for f in dataclasses.fields(stats) if f.name != "details"
-    }
-    data["details"] = dict(stats.details)
-    return data
-
-
 def describe(exc: BaseException) -> str:
     """One line for an exception (the first leaf of an exception group)."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -451,7 +442,7 @@ async def run_once(
                             heartbeat,
                         )
                     finally:
-                        stats = statistics_dict(engine.statistics())
+                        stats = engine_to_json(engine.statistics())
                         engine.forget(fd)
         except Exception as exc:  # an engine's failure (or hang) is data here
             error = describe(exc)

@@ -402,9 +402,7 @@ class Snapshot:
                 }
                 for name, op in sorted(self.operations.items())
             },
-            "engines": [
-                {**asdict(engine), "details": dict(engine.details)} for engine in self.engines
-            ],
+            "engines": [engine_to_json(engine) for engine in self.engines],
             "loop_lag": _histogram_to_json(self.loop_lag),
             "extra": dict(self.extra),
             "transport": self.transport,
@@ -556,6 +554,11 @@ def _switch_from_json(document: dict[str, Any]) -> SwitchRecord:
 
 
 _ENGINE_FIELDS = frozenset(f.name for f in fields(EngineStatistics))
+
+
+def engine_to_json(engine: EngineStatistics) -> dict[str, Any]:
+    """An engine's statistics as JSON data (`Snapshot`, the engine benchmark)."""
+    return {**asdict(engine), "details": dict(engine.details)}
 
 
 def _engine_from_json(document: dict[str, Any]) -> EngineStatistics:

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from iofs.control import read_statistics
-from iofs.daemon import start_daemon, stop_daemon
+from iofs.daemon import start_daemon, stop_daemon, stop_peer_daemon
 from iofs.live_mounts import find_mount
 from iofs.mount import MountOptions
 
@@ -205,22 +205,10 @@ def start_peer(program: list[str], backing: Path, mountpoint: Path) -> subproces
     deadline = time.monotonic() + 20
     while find_mount(mountpoint) is None:
         if daemon.poll() is not None or time.monotonic() > deadline:
-            stop_peer(daemon, mountpoint)
+            stop_peer_daemon(daemon, mountpoint)
             raise RuntimeError(f"{program[-1]} did not mount {mountpoint}")
         time.sleep(0.01)
     return daemon
-
-
-def stop_peer(daemon: subprocess.Popen[bytes], mountpoint: Path) -> None:
-    if find_mount(mountpoint) is not None:
-        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
-    try:
-        daemon.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        daemon.wait()
-    if find_mount(mountpoint) is not None:
-        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
 
 
 def run_target(
@@ -265,7 +253,7 @@ def run_target(
         run.failure = f"{type(exc).__name__}: {exc}"
     finally:
         if target == "passthrough_hp":
-            stop_peer(daemon, mountpoint)
+            stop_peer_daemon(daemon, mountpoint)
         else:
             stop_daemon(daemon, mountpoint)
     return run

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from iofs.daemon import stop_peer_daemon
+
 ROOT = Path(__file__).resolve().parent.parent
 IOFS = ROOT / ".venv" / "bin" / "iofs"
 SIZE, RUNTIME = "128M", 4
@@ -160,12 +162,7 @@ def run_target(
                 shutil.rmtree(sub, ignore_errors=True)
     finally:
         if daemon is not None:
-            subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
-            try:
-                daemon.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_peer_daemon(daemon, mountpoint, timeout=20)
     return results
 
 

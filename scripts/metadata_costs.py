@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from iofs.daemon import stop_peer_daemon
+
 ROOT = Path(__file__).resolve().parent.parent
 IOFS = ROOT / ".venv" / "bin" / "iofs"
 #: System calls that move FUSE requests rather than serve them.
@@ -130,12 +132,7 @@ def measure(label: str, command: list[str], count: int, work: Path) -> dict[str,
             }
         return result
     finally:
-        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
-        try:
-            daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        stop_peer_daemon(daemon, mountpoint, timeout=20)
 
 
 def _cell(costs: dict[str, float]) -> str:

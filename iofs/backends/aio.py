@@ -50,7 +50,7 @@ from types import ModuleType
 
 import trio
 
-from .base import Capability, EngineConfig, EngineUnavailable
+from .base import Capability, EngineConfig, EngineUnavailable, sync_file
 from .completion import WRITE, CompletionCounters, CompletionEngine, SubmitRefused
 from .seccomp import seccomp_filtered
 
@@ -280,8 +280,5 @@ class AioEngine(CompletionEngine):
             self._fsync_fallbacks += 1
             self._fallbacks += 1
             self._submitted()
-            if datasync:
-                os.fdatasync(fd)
-            else:
-                os.fsync(fd)
+            sync_file(fd, datasync)
             self._completed()

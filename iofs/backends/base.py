@@ -129,6 +129,14 @@ class EngineStatistics:
     details: Mapping[str, int] = field(default_factory=dict)
 
 
+def sync_file(fd: int, datasync: bool) -> None:
+    """fdatasync(2) if *datasync*, else fsync(2), of *fd*, in the calling thread."""
+    if datasync:
+        os.fdatasync(fd)
+    else:
+        os.fsync(fd)
+
+
 class EngineUnavailable(Exception):
     """The engine cannot run on this machine; the message says why, in one line."""
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .base import Buffer, Capability, Engine
+from .base import Buffer, Capability, Engine, sync_file
 
 
 class BlockingEngine(Engine):
@@ -36,8 +36,5 @@ class BlockingEngine(Engine):
 
     async def _fsync(self, fd: int, datasync: bool) -> None:
         self._submitted()
-        if datasync:
-            os.fdatasync(fd)
-        else:
-            os.fsync(fd)
+        sync_file(fd, datasync)
         self._completed()

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import trio
 
-from .base import Buffer, Capability, Engine, EngineConfig
+from .base import Buffer, Capability, Engine, EngineConfig, sync_file
 
 T = TypeVar("T")
 
@@ -52,7 +52,7 @@ class ThreadsEngine(Engine):
         return await self._in_thread(lambda: os.pwrite(fd, data, offset))
 
     async def _fsync(self, fd: int, datasync: bool) -> None:
-        await self._in_thread(lambda: os.fdatasync(fd) if datasync else os.fsync(fd))
+        await self._in_thread(lambda: sync_file(fd, datasync))
 
     def _extra_statistics(self) -> dict[str, int]:
         return {
