@@ -5,7 +5,14 @@ handles in the inode table; in a mode with a metadata queue, updates are applied
 queue's task in arrival order. Data operations (read, write, fsync) go through the
 current I/O engine. The mode can be switched while mounted: operations in flight finish
 on the old engine, which is then drained and closed. Errors cross into FUSE in one
-place, the `_handler` decorator.
+place, the `_handler` decorator. The control xattrs on the root are served by
+`iofs.control_server`; this module only routes them there.
+
+Why this module is long: it is one class, `Filesystem`, with every operation of
+`pyfuse3.Operations` (about forty) and the few helpers they share, next to the one
+error boundary they all pass through; split across files, an operation and the helper
+or lock it relies on would be apart. The engines, the inode table, the metadata queue,
+fault injection, statistics and the control protocol live in their own modules.
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import json
 import logging
 import os
 import reprlib
@@ -42,38 +48,21 @@ from pyfuse3 import (
 )
 
 from . import syscalls
-from .backends import Buffer, Engine, EngineUnavailable, create_engine, fallback_engine
+from .backends import Buffer, Engine, create_engine
+from .backends.base import sync_file
 from .connection import KERNEL_CONGESTION_THRESHOLD, KERNEL_MAX_BACKGROUND, BackgroundLimits
-from .faults import OFF, BadFaults, FaultInjector, FaultSpec, parse_faults
+from .control_protocol import CONTROL_XATTRS, Refusal, write_in_read
+from .control_server import ControlServer
+from .faults import OFF, FaultInjector, FaultSpec
 from .inodes import MAX_DEFAULT_FD_BUDGET, Inode, InodeTable, key_of, proc_path
 from .mappings import shared_mappings
 from .metadata import MetadataQueue
-from .modes import CACHINGS, MAX_SPEC, BadSetting, Setting, parse_setting
+from .modes import CACHINGS, Setting
 from .privileges import Writer, bits_to_drop, writer_of
 from .stats import QuietRecorder, Recorder, Snapshot
 from .transport import Transport, readdir_reply
 
 log = logging.getLogger(__name__)
-
-#: Read-only xattr on the mount root that returns the statistics as JSON. It is not
-#: listed by listxattr, so it does not show up in copies or comparisons.
-STATISTICS_XATTR = b"iofs.statistics"
-#: Control xattr on the mount root: reads as the current mode setting (JSON); writing a
-#: setting (``NAME[,engine=E][,direct=on|off][,cache=kernel|none]``) switches to it.
-#: Only the mount's owner and root may write it. Not listed either.
-MODE_XATTR = b"iofs.mode"
-#: Control xattr on the mount root: reads as the fault-injection setting (JSON); writing
-#: a fault spec (see `iofs.faults`, ``off`` to stop) sets it. Owner and root only.
-FAULTS_XATTR = b"iofs.faults"
-CONTROL_XATTRS = frozenset({STATISTICS_XATTR, MODE_XATTR, FAULTS_XATTR})
-#: Reading ``iofs.mode=SETTING`` or ``iofs.faults=SPEC`` writes it: the way to control a
-#: read-only mount, whose VFS refuses every setxattr before the daemon sees it.
-CONTROL_SEPARATOR = b"="
-#: The most an xattr value may hold (Linux's XATTR_SIZE_MAX).
-XATTR_SIZE_MAX = 65536
-#: Seconds within which a process's second read of the statistics gets the first one's
-#: text (see `Filesystem._statistics_for`).
-_STATISTICS_REUSE = 0.1
 
 # Flags the kernel may pass to open/create that must not reach the backing open():
 # the kernel has already resolved creation and the final path component, O_NOFOLLOW
@@ -268,7 +257,7 @@ class Filesystem(pyfuse3.Operations):
         #: A switch to a mode whose engine cannot run here uses the closest one that can.
         self.allow_fallback = allow_fallback
         #: The last switch refused (spec, reason, time), for `iofs mode` to say why.
-        self.refusal: dict[str, object] | None = None
+        self.refusal: Refusal | None = None
         #: Where the daemon logs (set by `iofs.mount`), for messages that point there.
         self.log_file: str | None = None
         #: Read by pyfuse3 when the kernel's INIT arrives: fixed for the mount's life.
@@ -294,7 +283,8 @@ class Filesystem(pyfuse3.Operations):
             self.set_faults(faults)
         self._draining: set[Engine] = set()  # old engines finishing their operations
         self._nursery: trio.Nursery | None = None
-        self._statistics_cache: dict[int, tuple[float, bytes]] = {}  # pid -> (when, JSON)
+        #: The control xattrs on the root: `iofs.control_protocol`, served there.
+        self.control = ControlServer(self)
         self.as_root = os.geteuid() == 0
         self.unexpected_errors = 0
         self._files: dict[int, Inode] = {}  # backing fd (also the handle) -> inode
@@ -397,16 +387,31 @@ class Filesystem(pyfuse3.Operations):
         return self.transport is not None and self.transport.direct_io_allows_mmap
 
     @property
+    def open_files(self) -> int:
+        """Files open on the mount now (for ``iofs.mode``)."""
+        return len(self._files)
+
+    @property
+    def passthrough_files(self) -> int:
+        """Of those, the ones handed to the kernel (FUSE passthrough)."""
+        return len(self._passthrough)
+
+    @property
     def shared_mmap(self) -> bool:
         """Whether files opened now may be mapped MAP_SHARED (see `SHARED_MMAP_LIMIT`)."""
         return self.direct_io_allow_mmap or not CACHINGS[self.setting.caching].direct_io
 
-    def _may_need_refusal(self, setting: Setting) -> bool:
+    @property
+    def switching(self) -> trio.Lock:
+        """Held through a switch that scans for shared mappings first: one at a time."""
+        return self._switching
+
+    def may_need_refusal(self, setting: Setting) -> bool:
         """Whether a switch to *setting* leaves files unable to be mapped shared."""
         entering = CACHINGS[setting.caching].direct_io and self.shared_mmap
         return entering and not self.direct_io_allow_mmap and self.device is not None
 
-    async def _refuse_if_mapped(self, setting: Setting) -> None:
+    async def refuse_if_mapped(self, setting: Setting) -> None:
         """Refuse (EBUSY) a switch into direct_io opens while a file is mapped shared.
 
         Without FUSE_DIRECT_IO_ALLOW_MMAP, a shared mapping of a file opened after the
@@ -415,7 +420,7 @@ class Filesystem(pyfuse3.Operations):
         thread: reading a process's maps waits for its page faults, which may be
         waiting for this daemon.
         """
-        if not self._may_need_refusal(setting) or self.device is None:
+        if not self.may_need_refusal(setting) or self.device is None:
             return
         scan = await trio.to_thread.run_sync(shared_mappings, self.device)
         if scan.mappings:
@@ -1096,11 +1101,7 @@ class Filesystem(pyfuse3.Operations):
 
     @_handler
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
-        fd = self._dir(fh).fd
-        if datasync:
-            os.fdatasync(fd)
-        else:
-            os.fsync(fd)
+        sync_file(self._dir(fh).fd, datasync)
 
     @_handler
     async def statfs(self, ctx: RequestContext) -> StatvfsData:
@@ -1128,7 +1129,7 @@ class Filesystem(pyfuse3.Operations):
 
     @_recorded_as("control")
     async def _control_write(self, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
-        await self._control(name, value, ctx)
+        await self.control.write(name, value, ctx.uid)
 
     @_recorded_as("setxattr")
     async def _setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes) -> None:
@@ -1138,123 +1139,9 @@ class Filesystem(pyfuse3.Operations):
     async def _set_backing_xattr(self, inode: InodeT, name: XAttrNameT, value: bytes) -> None:
         os.setxattr(self.inodes[inode].proc_path, name, value)
 
-    async def _control(self, name: XAttrNameT, value: bytes, ctx: RequestContext) -> None:
-        """A write to a control xattr: switch the mode or set fault injection, or refuse
-        without changing a thing."""
-        if name == STATISTICS_XATTR:
-            raise FUSEError(errno.EPERM)  # the statistics are read-only
-        if ctx.uid not in (0, self.owner):
-            what = "switch the mode" if name == MODE_XATTR else "set fault injection"
-            log.warning("uid %d may not %s (only %d and root)", ctx.uid, what, self.owner)
-            raise FUSEError(errno.EPERM)
-        if name == FAULTS_XATTR:
-            try:
-                spec = parse_faults(value.decode())  # UTF-8: delay=5µs is a spec
-            except (BadFaults, UnicodeDecodeError) as exc:
-                log.warning("refused fault spec %s: %s", reprlib.repr(value), exc)
-                raise FUSEError(errno.EINVAL) from None
-            self.set_faults(spec)
-            return
-        try:
-            if len(value) > MAX_SPEC:
-                raise BadSetting("oversized")
-            setting = parse_setting(value.decode("ascii"))
-        except (BadSetting, UnicodeDecodeError) as exc:
-            log.warning("refused mode setting %s: %s", reprlib.repr(value), exc)
-            raise FUSEError(errno.EINVAL) from None
-        refusal = self.passthrough_refusal(setting)
-        if refusal is not None and setting != self.setting:
-            log.warning("refused mode setting %s: %s", setting.spec, refusal)
-            # The client gets EOPNOTSUPP only: it reads why from iofs.mode.
-            self.refusal = {"spec": setting.spec, "reason": refusal, "at": time.time()}
-            raise FUSEError(errno.EOPNOTSUPP)
-        if not self._may_need_refusal(setting):
-            self._switch_or_fall_back(setting)  # no await: the switch is atomic on the loop
-            return
-        async with self._switching:
-            await self._refuse_if_mapped(setting)
-            self._switch_or_fall_back(setting)
-
-    def _switch_or_fall_back(self, setting: Setting) -> None:
-        wanted, tried = setting.spec, []
-        while True:
-            try:
-                self.switch(setting)
-                return
-            except EngineUnavailable as exc:
-                tried.append(setting.engine)
-                failure = str(exc).removeprefix(f"engine {setting.engine!r} cannot run here: ")
-                fallback = (
-                    fallback_engine(setting.engine, failure, tried) if self.allow_fallback else None
-                )
-                if fallback is None:
-                    log.warning("refused mode setting %s: %s", wanted, exc)
-                    # The client gets EOPNOTSUPP only: it reads why from iofs.mode.
-                    self.refusal = {"spec": wanted, "reason": str(exc), "at": time.time()}
-                    raise FUSEError(errno.EOPNOTSUPP) from None
-            engine, reason = fallback
-            log.warning("engine %s cannot run here (%s): using %s", setting.engine, reason, engine)
-            setting = replace(setting, engine=engine)
-
-    def _control_value(self, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        root = os.fstat(self.inodes[pyfuse3.ROOT_INODE].fd)
-        groups = pyfuse3.get_sup_groups(ctx.pid) | {ctx.gid}
-        if not _may_access(root, os.R_OK, ctx.uid, groups):
-            raise FUSEError(errno.EACCES)  # readable by whoever may list the root
-        if name == STATISTICS_XATTR:
-            return self._statistics_for(ctx.pid)
-        if name == FAULTS_XATTR:
-            return self._faults_value()
-        setting = self.setting
-        return json.dumps(
-            {
-                "spec": setting.spec,
-                "description": setting.describe(),
-                **asdict(setting),
-                "writeback_cache": self.enable_writeback_cache,
-                "shared_mmap": self.shared_mmap,
-                "open_files": len(self._files),
-                "passthrough_files": len(self._passthrough),
-                "history": [{"mode": spec, "at": at} for spec, at in self.recorder.mode_history],
-                "refused": self.refusal,
-                "log": self.log_file,
-            }
-        ).encode()
-
-    def _faults_value(self) -> bytes:
-        faults = self.faults.statistics()
-        return json.dumps(
-            {
-                "spec": faults.spec,
-                "description": self.faults.spec.describe(),
-                "seed": faults.seed,
-                "operations": {op: asdict(c) for op, c in faults.operations.items()},
-            }
-        ).encode()
-
-    def _statistics_for(self, pid: int) -> bytes:
-        """The statistics JSON; a second read by *pid* right after gets the same text.
-
-        Readers ask twice: getfattr for the size and then the value, Python with a small
-        buffer and then a large one. A fresh snapshot the second time would be longer
-        and not fit (ERANGE), so the first answer is kept for one more read by the same
-        process, for a moment.
-        """
-        now = time.monotonic()
-        cached = self._statistics_cache.pop(pid, None)
-        if cached is not None and now - cached[0] < _STATISTICS_REUSE:
-            return cached[1]
-        value = self.statistics().to_json_within(XATTR_SIZE_MAX).encode()
-        self._statistics_cache = {
-            p: c for p, c in self._statistics_cache.items() if now - c[0] < _STATISTICS_REUSE
-        }
-        self._statistics_cache[pid] = (now, value)
-        return value
-
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        control, separator, _ = name.partition(CONTROL_SEPARATOR)
         if inode == pyfuse3.ROOT_INODE and (
-            name in CONTROL_XATTRS or (separator and control in (MODE_XATTR, FAULTS_XATTR))
+            name in CONTROL_XATTRS or write_in_read(name) is not None
         ):
             # Counted apart from the workload's getxattrs: `iofs top` polls this way.
             return await self._control_read(name, ctx)
@@ -1262,14 +1149,18 @@ class Filesystem(pyfuse3.Operations):
 
     @_recorded_as("control")
     async def _control_read(self, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        if name in CONTROL_XATTRS:
-            return self._control_value(name, ctx)
-        # "iofs.mode=SETTING": a write on a read-only mount (see CONTROL_SEPARATOR).
+        request = write_in_read(name)
+        if request is None:
+            root = os.fstat(self.inodes[pyfuse3.ROOT_INODE].fd)
+            groups = pyfuse3.get_sup_groups(ctx.pid) | {ctx.gid}
+            if not _may_access(root, os.R_OK, ctx.uid, groups):
+                raise FUSEError(errno.EACCES)  # readable by whoever may list the root
+            return self.control.read(name, ctx.pid)
+        # "iofs.mode=SETTING": a write on a read-only mount (see iofs.control_protocol).
         # Most readers ask twice (the size, then the value): the same setting again
         # changes nothing (see switch); the same faults restart their counters, which
         # the second read does at once.
-        control, _, value = name.partition(CONTROL_SEPARATOR)
-        await self._control(XAttrNameT(control), value, ctx)
+        await self.control.write(*request, ctx.uid)
         return b""
 
     @_recorded_as("getxattr")

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from iofs.backends import ENGINES, EngineConfig
+from iofs.control_protocol import STATISTICS_XATTR
 from iofs.daemon import start_daemon, stop_daemon
 from iofs.errors import IofsError
-from iofs.fs import STATISTICS_XATTR
 from iofs.live_mounts import find_mount
 from iofs.modes import DEFAULT_MODE, MODES
 from iofs.mount import MountOptions

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from iofs.connection import KERNEL_MAX_BACKGROUND
-from iofs.fs import FAULTS_XATTR
+from iofs.control_protocol import FAULTS_XATTR
 
 from .conftest import Mount, MountFactory, mode_runs, needs_fuse, needs_root
 from .test_security import NOBODY, as_user

@@ -23,8 +23,8 @@ from subprocess import Popen
 import psutil
 import pytest
 
+from iofs.control_protocol import MODE_XATTR
 from iofs.errors import ExitStatus
-from iofs.fs import MODE_XATTR
 from iofs.live_mounts import default_log_path, find_mount, is_disconnected, read_state, state_path
 from iofs.modes import CACHINGS, MODES, SHARED_MMAP_LIMIT
 from iofs.mounttable import entries as mounts

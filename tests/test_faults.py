@@ -27,6 +27,7 @@ from rich.console import Console, RenderableType
 
 from iofs import control
 from iofs.cli import main
+from iofs.control_protocol import FAULTS_XATTR, MODE_XATTR
 from iofs.daemon import mounted
 from iofs.errors import ExitStatus, IofsError
 from iofs.faults import (
@@ -38,7 +39,6 @@ from iofs.faults import (
     FaultSpec,
     parse_faults,
 )
-from iofs.fs import FAULTS_XATTR, MODE_XATTR
 from iofs.mount import MountOptions
 from iofs.render import dashboard, stats_table
 from iofs.stats import Snapshot, diff

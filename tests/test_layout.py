@@ -26,7 +26,6 @@ REASON = "Why this module is long:"
 STILL_TO_SPLIT = frozenset(
     {
         "iofs.bench",
-        "iofs.fs",
         "iofs.soak",
         "iofs.stats",
         "iofs.transport.dev",

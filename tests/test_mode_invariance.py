@@ -36,7 +36,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iofs.fs import MODE_XATTR
+from iofs.control_protocol import MODE_XATTR
 from iofs.mappings import parse_device, shared_mappings
 from iofs.modes import CACHINGS, MODES, parse_setting
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iofs.backends import ENGINES
-from iofs.fs import MODE_XATTR, STATISTICS_XATTR
+from iofs.control_protocol import MODE_XATTR, STATISTICS_XATTR
 from iofs.metadata import MetadataQueue
 from iofs.modes import MODES, BadSetting, parse_setting, resolve
 from iofs.stats import MODE_HISTORY

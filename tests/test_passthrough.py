@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from iofs.fs import MODE_XATTR, PassthroughInfo
+from iofs.control_protocol import MODE_XATTR
+from iofs.fs import PassthroughInfo
 from iofs.modes import parse_setting
 from iofs.transport import create_transport
 from iofs.transport import protocol as p

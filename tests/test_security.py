@@ -53,7 +53,8 @@ from pyfuse3 import FUSEError, RequestContext
 
 from iofs import mounttable
 from iofs.backends import EngineConfig, create_engine
-from iofs.fs import FAULTS_XATTR, MODE_XATTR, STATISTICS_XATTR, Filesystem
+from iofs.control_protocol import FAULTS_XATTR, MODE_XATTR, STATISTICS_XATTR
+from iofs.fs import Filesystem
 
 from .conftest import (
     ALL_MODES,
