@@ -1,6 +1,21 @@
 """I/O engines, registered by name in one place.
 
-Adding an engine is adding one module and one line to `ENGINES`.
+Adding an engine is adding one module and one line to `ENGINES`. The package holds
+three kinds of module, named for what they are:
+
+- the engines, one a module named after the engine: ``blocking.py``, ``threads.py``,
+  ``nowait.py``, ``aio.py``, ``io_uring.py``; and what they are written against,
+  ``base.py`` (`Engine`, `EngineConfig`, `Capability`, `EngineStatistics`, O_DIRECT
+  twins);
+- the core the kernel-async engines share, ``completion.py`` (slots, batching, the
+  reaper, short reads; aio and io_uring supply only prepare, commit and get-events);
+- what engines use but is no engine: ``iouring_abi.py`` (the io_uring ring's system
+  calls and memory layout, also used by the FUSE-over-io_uring transport),
+  ``addresses.py`` (buffer addresses handed to the kernel), ``seccomp.py`` (whether a
+  filter explains a refused system call, for a probe's reason).
+
+Every engine's ``probe()`` says why it cannot run here (None: it can); `probe` below
+remembers one that passed.
 """
 
 from __future__ import annotations
