@@ -1,7 +1,7 @@
 """``iofs bench``: fio jobs natively and through iofs in each mode, side by side.
 
-A bench is a plan of runs, each one fio job file on one *filesystem* through one
-*path*:
+A bench is a plan of runs (`iofs.bench_plan`), each one fio job file on one
+*filesystem* through one *path*:
 
 - filesystems: ``dir`` (a fresh directory on the filesystem of ``--dir``, by default
   the system's temporary directory) and ``xfs`` / ``btrfs`` (fresh loop-device images,
@@ -38,12 +38,11 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,201 +57,32 @@ from rich.progress import (
 )
 
 from . import loopfs
-from .backends import ENGINES, EngineConfig, EngineUnavailable, engine_class
+from .backends import EngineConfig
+from .bench_plan import Plan, PlannedRun, mount_setting
 from .control import read_statistics
 from .daemon import start_daemon, stop_daemon
 from .environment import environment, filesystem_of, first_line
 from .errors import ExitStatus, IofsError
 from .fiojobs import (
     FIO_SIZE,
-    JobFile,
-    builtin_jobs,
     estimate_seconds,
-    load_job,
     parse_size,
     prepare_text,
-    with_overrides,
 )
+from .harness import check_fio, fio_command, log_errors, stop_fio
 from .live_mounts import find_mount
 from .loopfs import LoopFilesystem, interrupts_deferred
-from .modes import MODES, BadSetting, Setting, parse_setting, resolve
 from .mount import MountOptions
 from .report import (
-    NATIVE,
     Results,
 )
 from .results import render_results, results_directory, write_json
-from .transport import passthrough_unavailable
-
-# Names soak.py and cli.py still import from here (they are being changed elsewhere):
-# re-exported until they import the modules by concern.
-__all__ = [
-    "environment",
-    "fio_command",
-    "log_errors",
-    "parse_size",
-    "results_directory",
-    "stop_fio",
-    "with_overrides",
-]
-
-#: The filesystems a bench can run on.
-FILESYSTEMS = ("dir", *loopfs.KINDS)
-
-#: The jobs `iofs bench` runs when none are named.
-DEFAULT_JOBS = ("rand-read-4k", "rand-write-4k", "seq-write-1m", "metadata", "mixed")
-
-#: Seconds each time-based built-in job runs unless ``--runtime`` says otherwise.
-DEFAULT_RUNTIME = 3.0
-
-#: Built-in jobs `--full` leaves out (quick.fio is the old three-job comparison).
-NOT_IN_FULL = frozenset({"quick"})
 
 #: Extents are counted when a run leaves at most this many files.
 MAX_EXTENT_FILES = 20
 
 #: Estimated seconds a run spends outside fio's runtime (mount, lay-out, cache drop).
 _OVERHEAD = {True: 2.5, False: 1.0}  # by "through iofs"
-
-
-# -- the plan ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PlannedRun:
-    filesystem: str
-    path: str  # NATIVE or a mode setting spec
-    job: str
-
-    @property
-    def id(self) -> str:
-        """A directory name for the run, unique within a plan."""
-        slug = re.sub(r"[^A-Za-z0-9.-]+", "_", self.path)
-        return f"{self.filesystem}-{slug}-{self.job}"
-
-    @property
-    def through_iofs(self) -> bool:
-        return self.path != NATIVE
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything a bench will do, decided and checked before anything runs."""
-
-    kind: str  # "bench" or "demo": names the results directory
-    runs: tuple[PlannedRun, ...]
-    #: The job files, exactly as they will run.
-    jobs: Mapping[str, JobFile]
-    #: (what, why) for each filesystem or mode left out.
-    skipped: tuple[tuple[str, str], ...] = ()
-    #: Where the results directory is made.
-    results: Path = Path("results")
-    #: Where scratch directories, mountpoints and loop images are made.
-    directory: Path | None = None
-    #: Filesystems run in a fresh directory under an existing mount of that type (e.g.
-    #: ``{"xfs": Path("/scratch/xfs")}``) instead of on a loop image.
-    existing: Mapping[str, Path] = field(default_factory=dict)
-    drop_caches: bool = True
-    #: Extra settings to record in plan.json (runtime, size, command line).
-    settings: Mapping[str, Any] = field(default_factory=dict)
-
-
-def matrix(
-    filesystems: Sequence[str], paths: Sequence[str], jobs: Sequence[str]
-) -> tuple[PlannedRun, ...]:
-    """Every job on every filesystem through every path: filesystem, then job, then path,
-    so that the runs one comparison rests on are close together in time."""
-    return tuple(PlannedRun(fs, path, job) for fs in filesystems for job in jobs for path in paths)
-
-
-def mount_setting(spec: str, engine: str | None = None) -> Setting:
-    """The setting *spec* names, with *engine* (if given) overriding its engine.
-
-    Raises `IofsError` for names that do not exist (a usage mistake), not for engines
-    that cannot run here (see `check_paths`).
-    """
-    try:
-        setting = parse_setting(spec)
-        if engine is not None:
-            setting = resolve(setting.mode, engine=engine, caching=setting.caching)
-    except BadSetting as exc:
-        raise IofsError(str(exc), ExitStatus.BAD_SETTING) from None
-    return setting
-
-
-def check_paths(
-    specs: Sequence[str], engine: str | None = None
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """The paths that can run here (settings normalised), and (what, why) for the others."""
-    paths: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    if engine is not None and engine not in ENGINES:
-        raise IofsError(
-            f"unknown engine {engine!r} (known: {', '.join(sorted(ENGINES))})",
-            ExitStatus.BAD_SETTING,
-        )
-    for spec in specs:
-        if spec == NATIVE:
-            if NATIVE not in paths:
-                paths.append(NATIVE)
-            continue
-        setting = mount_setting(spec, engine)
-        try:
-            engine_class(setting.engine)
-        except EngineUnavailable as exc:
-            skipped.append((f"mode {setting.spec}", str(exc)))
-            continue
-        if setting.passthrough and (reason := passthrough_unavailable()) is not None:
-            skipped.append((f"mode {setting.spec}", reason))
-            continue
-        if setting.spec not in paths:
-            paths.append(setting.spec)
-    return paths, skipped
-
-
-def check_existing(existing: Mapping[str, Path]) -> None:
-    """Raise `IofsError` unless each directory is on a mounted filesystem of its kind."""
-    for kind, directory in existing.items():
-        if kind not in loopfs.KINDS:
-            raise IofsError(
-                f"unknown filesystem {kind!r} (known: {', '.join(loopfs.KINDS)})",
-                ExitStatus.BAD_SETTING,
-            )
-        if not directory.is_dir():
-            raise IofsError(f"--{kind} {directory}: not a directory", ExitStatus.BAD_PATH)
-        found = filesystem_of(directory).get("type", "unknown")
-        if found != kind:
-            raise IofsError(
-                f"--{kind} {directory}: on a {found} filesystem, not {kind}", ExitStatus.BAD_PATH
-            )
-
-
-def check_filesystems(
-    names: Sequence[str], existing: Mapping[str, Path] | None = None
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """The filesystems that can be made here, and (what, why) for the others.
-
-    A filesystem in *existing* (checked with `check_existing`) needs no loop image.
-    """
-    existing = existing or {}
-    check_existing(existing)
-    available: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    for name in dict.fromkeys(names):
-        if name not in FILESYSTEMS:
-            raise IofsError(
-                f"unknown target {name!r} (known: {', '.join(FILESYSTEMS)})",
-                ExitStatus.BAD_SETTING,
-            )
-        reason = None if name == "dir" or name in existing else loopfs.unavailable(name)
-        if reason is None:
-            available.append(name)
-        else:
-            skipped.append((f"target {name}", reason))
-    return available, skipped
-
-
-def default_modes() -> list[str]:
-    """native and every mode (those whose engine cannot run are skipped later)."""
-    return [NATIVE, *MODES]
 
 
 # -- caches ------------------------------------------------------------------------------
@@ -367,17 +197,6 @@ def _extents(directory: Path) -> dict[str, int]:
         if match:
             counts[str(path.relative_to(directory))] = int(match.group(1))
     return counts
-
-
-def log_errors(log: Path) -> int:
-    """Errors and tracebacks in a daemon log (anything unexpected is logged loudly)."""
-    if not log.is_file():
-        return 0
-    return sum(
-        1
-        for line in log.read_text(errors="replace").splitlines()
-        if " ERROR " in line or line.startswith("Traceback")
-    )
 
 
 class _Runner:
@@ -615,39 +434,6 @@ class _Runner:
         check_fio(process, out, stem)
 
 
-def fio_command(
-    fio: str, job: Path, directory: Path, output: Path, extra: Sequence[str] = ()
-) -> list[str]:
-    """fio running *job* on files in *directory*, its JSON report written to *output*."""
-    return [
-        fio,
-        *extra,
-        "--output-format=json",
-        f"--output={output.absolute()}",
-        f"--directory={directory}",
-        str(job.absolute()),
-    ]
-
-
-def check_fio(process: subprocess.Popen[bytes], out: Path, stem: str) -> None:
-    """`IofsError` with the last line fio logged (OUT/STEM.log) if it exited non-zero."""
-    if process.returncode != 0:
-        text = (out / f"{stem}.log").read_text(errors="replace").strip()
-        reason = (text.splitlines() or ["no message"])[-1]
-        raise IofsError(f"fio {stem} failed (status {process.returncode}): {reason}")
-
-
-def stop_fio(process: subprocess.Popen[bytes]) -> None:
-    """Stop fio (SIGINT lets it end its jobs and close its files), then reap it."""
-    with interrupts_deferred():
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def _stop_daemon(daemon: subprocess.Popen[bytes], mountpoint: Path) -> None:
     with interrupts_deferred():
         stop_daemon(daemon, mountpoint)
@@ -699,60 +485,6 @@ def run_plan(plan: Plan, console: Console | None = None) -> Path:
         runner.env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         runner.write_environment()
     return out
-
-
-# -- iofs bench --------------------------------------------------------------------------------
-def bench_plan(
-    *,
-    targets: Sequence[str] | None = None,
-    modes: Sequence[str] | None = None,
-    jobs: Sequence[str | Path] | None = None,
-    engine: str | None = None,
-    runtime: float | None = None,
-    size: str | None = None,
-    full: bool = False,
-    results: Path = Path("results"),
-    directory: Path | None = None,
-    existing: Mapping[str, Path] | None = None,
-    drop_caches: bool = True,
-) -> Plan:
-    """The plan `iofs bench` runs, checked: unknown names raise `IofsError` before
-    anything runs; targets and modes that cannot run here are skipped with a reason.
-
-    *existing* maps ``xfs``/``btrfs`` to a directory on a mounted filesystem of that type
-    to run on instead of a loop image; without *targets* those filesystems are added to
-    the default ones.
-    """
-    existing = dict(existing or {})
-    paths, skipped_paths = check_paths(list(modes or default_modes()), engine)
-    if targets is None:
-        targets = list(FILESYSTEMS) if full else ["dir", *existing]
-    if jobs is None:
-        jobs = (
-            [name for name in builtin_jobs() if name not in NOT_IN_FULL]
-            if full
-            else list(DEFAULT_JOBS)
-        )
-    loaded: dict[str, JobFile] = {}
-    for spec in jobs:
-        job = load_job(spec)
-        is_builtin = isinstance(spec, str) and "/" not in spec and not spec.endswith(".fio")
-        effective = runtime if runtime is not None else (DEFAULT_RUNTIME if is_builtin else None)
-        loaded[job.name] = JobFile(job.name, with_overrides(job.text, effective, size))
-    if directory is not None and not directory.is_dir():
-        raise IofsError(f"--dir {directory}: not a directory", ExitStatus.BAD_PATH)
-    filesystems, skipped_fs = check_filesystems(targets, existing)
-    return Plan(
-        kind="bench",
-        runs=matrix(filesystems, paths, list(loaded)),
-        jobs=loaded,
-        skipped=(*skipped_fs, *skipped_paths),
-        results=results,
-        directory=directory,
-        existing=existing,
-        drop_caches=drop_caches,
-        settings={"runtime": runtime, "size": size, "engine": engine, "full": full},
-    )
 
 
 def run_and_render(plan: Plan, findings: Callable[[Results], list[str]] | None = None) -> int:

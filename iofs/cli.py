@@ -141,7 +141,7 @@ TIME = "TIME"
 
 
 def _fio_size(text: str) -> str:
-    from .bench import parse_size
+    from .fiojobs import parse_size
 
     try:
         parse_size(text)

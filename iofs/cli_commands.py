@@ -89,7 +89,8 @@ def umount_command(args: argparse.Namespace) -> int:
 
 def bench_command(args: argparse.Namespace) -> int:
     """``iofs bench``: fio jobs natively and through iofs (`iofs.bench`)."""
-    from .bench import bench_plan, run_and_render
+    from .bench import run_and_render
+    from .bench_plan import bench_plan
 
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
     jobs: list[str | Path] | None = None

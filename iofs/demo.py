@@ -27,7 +27,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .bench import Interrupted, Plan, PlannedRun, check_filesystems, check_paths, run_plan
+from .bench import Interrupted, run_plan
+from .bench_plan import Plan, PlannedRun, check_filesystems, check_paths
 from .errors import IofsError
 from .findings import AIO_BUFFERED, URING_BUFFERED, findings
 from .fiojobs import load_job, with_overrides

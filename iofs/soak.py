@@ -66,14 +66,17 @@ import psutil
 from rich.console import Console
 
 from .backends import EngineUnavailable, engine_class
-from .bench import environment, fio_command, log_errors, results_directory, stop_fio, with_overrides
 from .control import SwitchRefused, read_mode, read_statistics, set_mode
 from .daemon import start_daemon, stop_daemon
+from .environment import environment
 from .errors import ExitStatus, IofsError
+from .fiojobs import with_overrides
+from .harness import fio_command, log_errors, stop_fio
 from .live_mounts import find_mount, is_disconnected
 from .modes import MODES
 from .mount import MountOptions
 from .report import parse_fio
+from .results import results_directory
 from .transport import passthrough_unavailable
 from .units import format_count
 from .workloads import CheckFailed, Journal, MappedWriter, MetadataChurn

@@ -39,22 +39,14 @@ from rich.console import Console
 
 from . import loopfs
 from .backends import EngineUnavailable, engine_class
-from .bench import (
-    Workspace,
-    check_filesystems,
-    check_fio,
-    drop_caches,
-    fio_command,
-    log_errors,
-    start_mount,
-    stop_fio,
-    target_workspace,
-)
+from .bench import Workspace, drop_caches, start_mount, target_workspace
+from .bench_plan import check_filesystems
 from .control import read_statistics, set_mode
 from .daemon import stop_daemon
 from .environment import environment
 from .errors import ExitStatus, IofsError
 from .fiojobs import JobFile, load_job, parse_size, with_overrides
+from .harness import check_fio, fio_command, log_errors, stop_fio
 from .loopfs import interrupts_deferred
 from .results import results_directory, write_json
 from .schedule import BadSchedule, Phase, boundaries, parse_schedule

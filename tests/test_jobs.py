@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from iofs.bench import DEFAULT_JOBS
+from iofs.bench_plan import DEFAULT_JOBS
 from iofs.errors import IofsError
 from iofs.fiojobs import (
     JobFile,

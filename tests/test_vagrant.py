@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from iofs import loopfs
-from iofs.bench import bench_plan
+from iofs.bench_plan import bench_plan
 from iofs.demo import demo_plan
 from iofs.errors import ExitStatus
 from iofs.report import NATIVE
