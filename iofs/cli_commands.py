@@ -151,7 +151,8 @@ def switch_command(args: argparse.Namespace) -> int:
 
 def soak_command(args: argparse.Namespace) -> int:
     """``iofs soak``: self-checking workloads while the mode switches (`iofs.soak`)."""
-    from .soak import SoakOptions, render_report, run_soak
+    from .soak import SoakOptions, run_soak
+    from .soak_report import render_report
 
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING)
     report = run_soak(

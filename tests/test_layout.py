@@ -25,7 +25,6 @@ REASON = "Why this module is long:"
 #: this list, and no module may join it.
 STILL_TO_SPLIT = frozenset(
     {
-        "iofs.soak",
         "iofs.stats",
         "iofs.transport.dev",
     }

@@ -25,17 +25,15 @@ import pytest
 from iofs.durations import parse_duration
 from iofs.live_mounts import read_state
 from iofs.mounttable import entries as mounts
-from iofs.soak import (
+from iofs.soak import SoakOptions, run_soak, runnable_modes
+from iofs.soak_report import (
     RSS_GROWTH_LIMIT,
     Criterion,
     Failure,
-    SoakOptions,
     SoakReport,
     evaluate,
     render_report,
     rss_figures,
-    run_soak,
-    runnable_modes,
     warmup_seconds,
 )
 from iofs.workloads import RECORD, CheckFailed, Journal, MappedWriter, MetadataChurn
@@ -222,7 +220,7 @@ def _report(**changes: object) -> SoakReport:
 
 
 def test_every_criterion_is_judged_from_the_report_alone() -> None:
-    from iofs.soak import FioRound
+    from iofs.soak_report import FioRound
 
     good_round = FioRound(1, 30.0, 0, False, reads=10, writes=5, write_bytes=4096)
     report = _report(fio_rounds=(good_round,))
