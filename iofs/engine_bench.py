@@ -536,7 +536,7 @@ def create_data_file(directory: Path, size: int) -> Path:
 # -- environment -----------------------------------------------------------------------
 
 
-def environment(directory: Path, command: Sequence[str]) -> dict[str, Any]:
+def disk_environment(directory: Path, command: Sequence[str]) -> dict[str, Any]:
     """`iofs.environment.machine` (the keys every harness writes), and the disk measured."""
     filesystem = filesystem_of(directory)
     statfs_type = first_line(["stat", "--file-system", "--format", "%T", str(directory)])

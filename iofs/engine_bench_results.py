@@ -36,7 +36,7 @@ from .engine_bench import (
     Settings,
     TargetVerdict,
     create_data_file,
-    environment,
+    disk_environment,
     measure,
 )
 from .errors import ExitStatus, IofsError
@@ -372,7 +372,7 @@ def run_engine_bench(
         raise IofsError("no engine can run here", ExitStatus.UNAVAILABLE)
     directory.mkdir(parents=True, exist_ok=True)
     run_dir = results_directory(results_parent, "engines")
-    env = environment(directory, ["iofs", *sys.argv[1:]])
+    env = disk_environment(directory, ["iofs", *sys.argv[1:]])
     write_json(run_dir / "environment.json", env)
     estimate = len(chosen) * len(names) * settings["rounds"] * settings["seconds"]
     console.print(
