@@ -12,8 +12,10 @@ meanwhile (``run_delay`` in /proc/thread-self/schedstat): on a shared machine ot
 processes delay the wake-up too, and that part says nothing about the code on the loop.
 
 The daemon's statistics (``loop_lag`` in `iofs.stats`, ``iofs stats``/``top``, the
-``daemon`` figures of ``iofs bench``) and the engine benchmark both record it with
-`heartbeat`; only the interval differs, and each says which it uses.
+``daemon`` figures of ``iofs bench``) and the engine benchmark (``iofs engines --bench``,
+`iofs.engine_bench`) both record it with `heartbeat`; only the interval differs (the
+daemon's 10 ms, the benchmark's ``--heartbeat-ms``, 1 ms), and each says which it uses.
+This docstring is the definition (docs/engine-bench.md points here).
 """
 
 from __future__ import annotations
