@@ -177,7 +177,7 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
 def _add_engine_bench(engines: argparse.ArgumentParser) -> None:
     """``iofs engines --bench`` and its options (those of the former
     scripts/bench_engines.py)."""
-    from .engine_bench import WORKLOADS
+    from .engine_workloads import WORKLOADS
 
     engines.add_argument(
         "--bench", action="store_true", help="measure the engines (see the description)"

@@ -255,8 +255,9 @@ def log_command(args: argparse.Namespace) -> int:
 
 def engine_bench(args: argparse.Namespace) -> int:
     """``iofs engines --bench``: measure every engine outside FUSE (`iofs.engine_bench`)."""
-    from .engine_bench import MiB, Settings
+    from .engine_bench import Settings
     from .engine_bench_results import run_engine_bench
+    from .engine_workloads import MiB
 
     settings = Settings(
         seconds=args.seconds or (0.3 if args.quick else 1.2),

@@ -28,10 +28,8 @@ from .backends import ENGINES, Capability
 from .engine_bench import (
     SCHEMA,
     SUMMARY_WIDTH,
-    WORKLOADS,
     EngineInfo,
     EngineResults,
-    MiB,
     RunRecord,
     Settings,
     TargetVerdict,
@@ -39,6 +37,7 @@ from .engine_bench import (
     disk_environment,
     measure,
 )
+from .engine_workloads import WORKLOADS, MiB
 from .errors import ExitStatus, IofsError
 from .results import results_directory, write_json
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from iofs.backends import ENGINES
-from iofs.engine_bench import WORKLOADS
 from iofs.engine_bench_results import TARGETS, Target, evaluate_targets
+from iofs.engine_workloads import WORKLOADS
 from iofs.errors import ExitStatus
 
 IOFS = [sys.executable, "-m", "iofs"]
