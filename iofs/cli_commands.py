@@ -171,10 +171,17 @@ def soak_command(args: argparse.Namespace) -> int:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    """``iofs report``: render a results directory again (`iofs.results`)."""
+    """``iofs report``: render a results directory again (`iofs.switch_report`; an engine
+    benchmark's, made by ``iofs engines --bench``, as ``iofs engines --render`` does)."""
+    directory: Path = args.directory
+    if (directory / "results.json").is_file() and not (directory / "plan.json").is_file():
+        from .engine_bench_results import render_run
+
+        render_run(directory)
+        return 0
     from .switch_report import render_directory
 
-    render_directory(args.directory)
+    render_directory(directory)
     return 0
 
 

@@ -81,9 +81,11 @@ def test_environment_says_where_and_how_it_ran(run_dir: Path) -> None:
     assert env["filesystem"]["type"]
 
 
-def test_summary_is_rendered_again_from_results_alone(run_dir: Path) -> None:
-    command = [*IOFS, "engines", "--render", str(run_dir)]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+@pytest.mark.parametrize("command", [["engines", "--render"], ["report"]])
+def test_summary_is_rendered_again_from_results_alone(run_dir: Path, command: list[str]) -> None:
+    run = subprocess.run(
+        [*IOFS, *command, str(run_dir)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout == (run_dir / "summary.txt").read_text()
 
