@@ -443,8 +443,8 @@ def _top_batch(mountpoint: Path, interval: float, count: int | None) -> int:
 
 def _top_json(mountpoint: Path, interval: float, count: int | None) -> int:
     """``iofs top --json``: one JSON line per interval (see `render.interval_json`)."""
+    from .intervals import diff
     from .render import interval_json
-    from .stats import diff
 
     older = None
     for newer in _snapshots(mountpoint, interval, count):

@@ -64,7 +64,8 @@ from .backends import (
 )
 from .engine_workloads import MiB, Prepare, Workload
 from .environment import block_device_of, filesystem_of, first_line, machine
-from .stats import engine_to_json, nearest_rank
+from .histogram import nearest_rank
+from .stats import engine_to_json
 from .syscalls import cached_fraction
 
 SCHEMA = 1

@@ -20,16 +20,9 @@ from rich.text import Text
 
 from .backends.base import EngineStatistics
 from .faults import FaultStatistics
-from .stats import (
-    PERCENTILES,
-    FaultInterval,
-    HistogramSnapshot,
-    Interval,
-    OperationInterval,
-    OperationSnapshot,
-    Snapshot,
-    diff,
-)
+from .histogram import PERCENTILES, HistogramSnapshot
+from .intervals import FaultInterval, Interval, OperationInterval, diff
+from .stats import OperationSnapshot, Snapshot
 from .units import format_bytes, format_clock, format_duration, format_ns, format_rate
 
 #: Mode switches the dashboard shows (the latest ones).

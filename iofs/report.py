@@ -23,7 +23,8 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .stats import Snapshot, diff
+from .intervals import diff
+from .stats import Snapshot
 from .units import format_count, format_ns, format_ratio
 
 #: The path that is not iofs: fio on the filesystem itself.

@@ -8,25 +8,23 @@ how late the trio event loop wakes a sleeping task: the loop lag (defined once, 
 
 `Recorder.snapshot` freezes everything into a `Snapshot`: plain data, with an exact JSON
 form (`Snapshot.to_json` / `Snapshot.from_json`) that ``iofs stats --json`` prints and
-docs/statistics.md's reference describes field by field. `diff` turns two snapshots into
-an `Interval` of rates and interval latency percentiles, the basis of ``iofs top``.
-Rendering lives in `iofs.render`; nothing here does I/O except `Recorder.snapshot`,
-which reads the process's own counters.
+docs/statistics.md's reference describes field by field. `iofs.intervals.diff` turns
+two snapshots into an `Interval` of rates and interval latency percentiles, the basis of
+``iofs top``. Rendering lives in `iofs.render`; nothing here does I/O except
+`Recorder.snapshot`, which reads the process's own counters.
 
-Latencies are kept in log-linear histograms (`Histogram`): 16 buckets per power of two,
-so a percentile read from one is at most 6.25 % above the exact value, never below.
+Latencies are kept in log-linear histograms (`iofs.histogram`): 16 buckets per power of
+two, so a percentile read from one is at most 6.25 % above the exact value, never below.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from fractions import Fraction
 from time import perf_counter_ns
 from typing import Any
 
@@ -35,8 +33,8 @@ import trio
 
 from . import looplag
 from .backends.base import EngineStatistics
-from .faults import OPERATIONS as FAULT_OPERATIONS
 from .faults import FaultCounters, FaultStatistics
+from .histogram import BUCKETS, SUB_BITS, Histogram, HistogramSnapshot
 
 #: FUSE operations that go through the I/O engine; every other operation is metadata
 #: (served by system calls on the event loop). flush and fsyncdir touch no file data
@@ -46,190 +44,9 @@ DATA_OPERATIONS = frozenset({"read", "write", "fsync"})
 #: Tag of the JSON layout; bumped when a field changes meaning or disappears.
 FORMAT = "iofs-statistics/1"
 
-#: The percentiles every latency summary shows, in percent.
-PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 #: Mode switches kept in the history (the oldest are dropped first).
 MODE_HISTORY = 100
-
-#: Latency histograms: values below 2**(_SUB_BITS + 1) get a bucket each; above, every
-#: power of two is split into 2**_SUB_BITS buckets, so a bucket's width is at most
-#: 1/16 of its lower bound (the relative error of a percentile).
-_SUB_BITS = 4
-_SUB_COUNT = 1 << _SUB_BITS
-_EXACT = 1 << (_SUB_BITS + 1)  # 32: values below are counted exactly
-_SHIFT_BASE = _SUB_BITS + 1
-#: Index of the bucket of the largest 64-bit value, plus one.
-_BUCKETS = ((64 - _SHIFT_BASE) << _SUB_BITS) + _EXACT
-
-
-def bucket_index(value: int) -> int:
-    """The bucket *value* (>= 0, below 2**64) is counted in."""
-    if value < _EXACT:
-        return max(value, 0)
-    shift = value.bit_length() - _SHIFT_BASE
-    return (shift << _SUB_BITS) + (value >> shift)
-
-
-def bucket_bounds(index: int) -> tuple[int, int]:
-    """The lowest and highest value counted in bucket *index* (both inclusive)."""
-    if index < _EXACT:
-        return index, index
-    shift = (index >> _SUB_BITS) - 1
-    mantissa = (index & (_SUB_COUNT - 1)) + _SUB_COUNT
-    return mantissa << shift, ((mantissa + 1) << shift) - 1
-
-
-def _rank(q: float, count: int) -> int:
-    """The nearest rank (1-based) of percentile *q* among *count* values.
-
-    Computed exactly (99.9 % of 1000 is rank 999, not 1000 through a rounding error).
-    """
-    if not 0 < q <= 100:
-        raise ValueError(f"percentile must be in (0, 100]: {q}")
-    return max(1, math.ceil(Fraction(str(q)) * count / 100))
-
-
-def nearest_rank(ordered: Sequence[int], q: float) -> int:
-    """Percentile *q* (0 < q <= 100) of the ascending *ordered* values, exactly: the
-    nearest rank, as `Histogram.percentile` counts it (0 if there are none)."""
-    return ordered[_rank(q, len(ordered)) - 1] if ordered else 0
-
-
-def _percentile(buckets: Iterable[tuple[int, int]], count: int, maximum: int, q: float) -> int:
-    """Percentile *q* of a histogram given as ascending (index, count) pairs."""
-    rank = _rank(q, count)
-    if not count:
-        return 0
-    seen = 0
-    for index, bucket_count in buckets:
-        seen += bucket_count
-        if seen >= rank:
-            return min(bucket_bounds(index)[1], maximum)
-    return maximum
-
-
-class Histogram:
-    """Latencies (any non-negative integers, here nanoseconds), cheap enough to keep on.
-
-    `record` is a few integer operations and a list increment. `percentile` returns the
-    upper bound of the bucket holding the exact nearest-rank percentile, clamped to the
-    largest value recorded: never below the exact value, at most 6.25 % above it.
-    """
-
-    __slots__ = ("_counts", "count", "max", "total")
-
-    def __init__(self) -> None:
-        self._counts = [0] * _BUCKETS
-        #: Values recorded, their sum (for the mean) and the largest.
-        self.count = 0
-        self.total = 0
-        self.max = 0
-
-    def record(self, value: int) -> None:
-        """Count *value* (>= 0; a negative value is counted as 0)."""
-        # bucket_index, inlined: this runs once per FUSE request.
-        if value < _EXACT:
-            if value < 0:  # noqa: PLR1730  (an if costs less than a max() call)
-                value = 0
-            self._counts[value] += 1
-        else:
-            shift = value.bit_length() - _SHIFT_BASE
-            self._counts[(shift << _SUB_BITS) + (value >> shift)] += 1
-        self.count += 1
-        self.total += value
-        if value > self.max:  # noqa: PLR1730
-            self.max = value
-
-    def percentile(self, q: float) -> int:
-        """Percentile *q* (in percent, 0 < q <= 100) of the values recorded; 0 if none."""
-        return _percentile(self._buckets(), self.count, self.max, q)
-
-    def _buckets(self) -> list[tuple[int, int]]:
-        return [(index, count) for index, count in enumerate(self._counts) if count]
-
-    def snapshot(self) -> HistogramSnapshot:
-        return HistogramSnapshot(
-            buckets=tuple(self._buckets()), count=self.count, total=self.total, max=self.max
-        )
-
-
-@dataclass(frozen=True)
-class HistogramSnapshot:
-    """A frozen `Histogram`: the non-empty buckets as ascending (index, count) pairs.
-
-    ``newer - older`` is the histogram of the values recorded between two snapshots of
-    the same histogram; its `max` is an estimate (the upper bound of its highest
-    bucket, clamped to the newer maximum), since a histogram does not remember when
-    its maximum was recorded.
-    """
-
-    buckets: tuple[tuple[int, int], ...] = ()
-    count: int = 0
-    #: Sum of the values (for the mean).
-    total: int = 0
-    max: int = 0
-    #: 0, or n when each run of 2**n neighbouring buckets (within a power of two) was
-    #: merged into its highest one to make the snapshot smaller (see `coarsened`).
-    coarseness: int = 0
-
-    def percentile(self, q: float) -> int:
-        """Percentile *q* (in percent, 0 < q <= 100); 0 if the histogram is empty."""
-        return _percentile(self.buckets, self.count, self.max, q)
-
-    @property
-    def mean(self) -> float:
-        return self.total / self.count if self.count else 0.0
-
-    def percentiles(self) -> dict[str, float]:
-        """p50, p90, p99, p99.9, max and mean, in the unit of the values recorded."""
-        summary: dict[str, float] = {f"p{q:g}": self.percentile(q) for q in PERCENTILES}
-        summary["max"] = self.max
-        summary["mean"] = self.mean
-        return summary
-
-    def coarsened(self, bits: int) -> HistogramSnapshot:
-        """This histogram with each run of 2**bits buckets merged into its highest.
-
-        Percentiles stay upper bounds of the exact ones, with up to 2**bits times the
-        error. Used to fit a snapshot into the 64 KiB an xattr may hold.
-        """
-        bits = max(bits, self.coarseness)
-        if bits == self.coarseness:
-            return self
-        if not 0 <= bits <= _SUB_BITS:
-            raise ValueError(f"coarseness must be within 0..{_SUB_BITS}: {bits}")
-        mask = (1 << bits) - 1
-        counts: dict[int, int] = {}
-        for index, count in self.buckets:
-            merged = index | mask if index >= _EXACT else index
-            counts[merged] = counts.get(merged, 0) + count
-        return HistogramSnapshot(
-            buckets=tuple(sorted(counts.items())),
-            count=self.count,
-            total=self.total,
-            max=self.max,
-            coarseness=bits,
-        )
-
-    def __sub__(self, older: HistogramSnapshot) -> HistogramSnapshot:
-        if self.coarseness != older.coarseness:
-            bits = max(self.coarseness, older.coarseness)
-            return self.coarsened(bits) - older.coarsened(bits)
-        counts = dict(self.buckets)
-        for index, count in older.buckets:
-            counts[index] = counts.get(index, 0) - count
-        if any(count < 0 for count in counts.values()) or older.count > self.count:
-            raise ValueError("histogram snapshots are not of the same histogram, in order")
-        buckets = tuple(sorted((i, c) for i, c in counts.items() if c))
-        maximum = min(bucket_bounds(buckets[-1][0])[1], self.max) if buckets else 0
-        return HistogramSnapshot(
-            buckets=buckets,
-            count=self.count - older.count,
-            total=self.total - older.total,
-            max=maximum,
-            coarseness=self.coarseness,
-        )
 
 
 class OperationStats:
@@ -428,7 +245,7 @@ class Snapshot:
 
     def to_json_within(self, limit: int) -> str:
         """Compact JSON of at most *limit* bytes, coarsening histograms as needed."""
-        for bits in range(_SUB_BITS + 1):
+        for bits in range(SUB_BITS + 1):
             text = self.coarsened(bits).to_json(indent=None)
             if len(text.encode()) <= limit:
                 return text
@@ -502,10 +319,10 @@ def _histogram_to_json(histogram: HistogramSnapshot) -> dict[str, Any]:
 
 def _histogram_from_json(document: dict[str, Any]) -> HistogramSnapshot:
     buckets = sorted((int(index), int(count)) for index, count in document["buckets"].items())
-    if any(not 0 <= index < _BUCKETS for index, _ in buckets):
+    if any(not 0 <= index < BUCKETS for index, _ in buckets):
         raise ValueError("a bucket index out of range")
     coarseness = int(document.get("coarseness", 0))
-    if not 0 <= coarseness <= _SUB_BITS:
+    if not 0 <= coarseness <= SUB_BITS:
         raise ValueError(f"coarseness out of range: {coarseness}")
     return HistogramSnapshot(
         buckets=tuple(buckets),
@@ -729,200 +546,6 @@ class Recorder:
 def _finished(engine: EngineStatistics) -> int:
     """Operations *engine* has finished, failed ones included."""
     return engine.reads + engine.writes + engine.fsyncs + engine.fdatasyncs + engine.errors
-
-
-# -- intervals: what `iofs top` shows -----------------------------------------------------
-@dataclass(frozen=True)
-class OperationInterval:
-    """One operation between two snapshots."""
-
-    kind: str
-    count: int
-    errors: int
-    bytes: int
-    ops_per_s: float
-    bytes_per_s: float
-    errors_per_s: float
-    #: Requests in flight at the newer snapshot.
-    in_flight: int
-    #: Latencies (ns) of the requests that completed in the interval.
-    latency: HistogramSnapshot
-
-
-@dataclass(frozen=True)
-class EngineInterval:
-    """The current engine between two snapshots (rates per second)."""
-
-    engine: str
-    direct: bool
-    queue_depth: int
-    in_flight: int
-    reads_per_s: float
-    writes_per_s: float
-    syncs_per_s: float  # fsync + fdatasync
-    bytes_read_per_s: float
-    bytes_written_per_s: float
-    errors_per_s: float
-    submits_per_s: float
-    completions_per_s: float
-    #: Completions per submission: operations one system call (or hand-off) started,
-    #: on average; None if nothing was submitted.
-    mean_batch: float | None
-    direct_ops_per_s: float
-    bounced_per_s: float
-    buffered_per_s: float
-    fallbacks_per_s: float
-
-
-@dataclass(frozen=True)
-class FaultInterval:
-    """Fault injection between two snapshots: the spec now, and what it did per operation."""
-
-    spec: str
-    #: Operation -> injected errors, and delays, in the interval.
-    errors: Mapping[str, int]
-    delays: Mapping[str, int]
-    errors_per_s: Mapping[str, float]
-    delays_per_s: Mapping[str, float]
-
-
-@dataclass(frozen=True)
-class Interval:
-    """What changed between two snapshots, as rates and interval percentiles.
-
-    With no older snapshot the interval is the whole uptime: rates are averages since
-    the recorder started and percentiles are cumulative (`since_start` is True).
-    """
-
-    seconds: float
-    since_start: bool
-    #: The newer snapshot, for what is not a rate (mode, uptime, RSS, draining engines).
-    newer: Snapshot
-    operations: Mapping[str, OperationInterval]
-    #: The current engine's rates, or None if no engine is reported.
-    engine: EngineInterval | None
-    loop_lag: HistogramSnapshot
-    #: CPU time per wall-clock time, in percent of one core.
-    cpu_user_percent: float
-    cpu_system_percent: float
-    ctx_switches_voluntary_per_s: float
-    ctx_switches_involuntary_per_s: float
-    #: Fault injection, if it was ever on (see `Snapshot.faults`).
-    faults: FaultInterval | None = None
-
-
-def diff(newer: Snapshot, older: Snapshot | None = None) -> Interval:
-    """The interval from *older* to *newer* (from the start if *older* is None).
-
-    Both must come from the same recorder, *older* first; ValueError otherwise. If the
-    mode changed in between, the current engine is new and its counters are counted
-    from zero.
-    """
-    if older is None:
-        seconds = newer.uptime
-        older_ops: Mapping[str, OperationSnapshot] = {}
-        older_engine = None
-        older_lag = HistogramSnapshot()
-        older_process = ProcessSnapshot(0.0, 0.0, 0, 0, 0, 0)
-    else:
-        seconds = newer.uptime - older.uptime
-        if seconds <= 0:
-            raise ValueError("the older snapshot is not older (or from another run)")
-        older_ops = older.operations
-        switched = newer.mode_history[-1:] != older.mode_history[-1:]
-        older_engine = None if switched else older.engine
-        older_lag = older.loop_lag
-        older_process = older.process
-    per_s = 1 / seconds if seconds > 0 else 0.0
-
-    operations = {}
-    for name, op in newer.operations.items():
-        before = older_ops.get(name)
-        count = op.count - (before.count if before else 0)
-        errors = op.errors - (before.errors if before else 0)
-        nbytes = op.bytes - (before.bytes if before else 0)
-        operations[name] = OperationInterval(
-            kind=op.kind,
-            count=count,
-            errors=errors,
-            bytes=nbytes,
-            ops_per_s=count * per_s,
-            bytes_per_s=nbytes * per_s,
-            errors_per_s=errors * per_s,
-            in_flight=op.in_flight,
-            latency=op.latency - before.latency if before else op.latency,
-        )
-
-    engine = None
-    if newer.engine is not None:
-        now, then = newer.engine, older_engine
-
-        def delta(name: str) -> int:
-            before: int = getattr(then, name) if then is not None else 0
-            after: int = getattr(now, name)
-            return after - before
-
-        def rate(name: str) -> float:
-            return delta(name) * per_s
-
-        submits = delta("submits")
-        engine = EngineInterval(
-            engine=now.engine,
-            direct=now.direct,
-            queue_depth=now.queue_depth,
-            in_flight=now.in_flight,
-            reads_per_s=rate("reads"),
-            writes_per_s=rate("writes"),
-            syncs_per_s=rate("fsyncs") + rate("fdatasyncs"),
-            bytes_read_per_s=rate("bytes_read"),
-            bytes_written_per_s=rate("bytes_written"),
-            errors_per_s=rate("errors"),
-            submits_per_s=rate("submits"),
-            completions_per_s=rate("completions"),
-            mean_batch=delta("completions") / submits if submits else None,
-            direct_ops_per_s=rate("direct_ops"),
-            bounced_per_s=rate("bounced"),
-            buffered_per_s=rate("buffered"),
-            fallbacks_per_s=rate("fallbacks"),
-        )
-
-    faults = None
-    if newer.faults is not None:
-        now_faults = newer.faults.operations
-        then_faults = older.faults.operations if older and older.faults else {}
-        zero = FaultCounters()
-        fault_errors = {
-            op: now_faults.get(op, zero).errors - then_faults.get(op, zero).errors
-            for op in FAULT_OPERATIONS
-        }
-        fault_delays = {
-            op: now_faults.get(op, zero).delays - then_faults.get(op, zero).delays
-            for op in FAULT_OPERATIONS
-        }
-        faults = FaultInterval(
-            spec=newer.faults.spec,
-            errors=fault_errors,
-            delays=fault_delays,
-            errors_per_s={op: count * per_s for op, count in fault_errors.items()},
-            delays_per_s={op: count * per_s for op, count in fault_delays.items()},
-        )
-
-    process = newer.process
-    voluntary = process.ctx_switches_voluntary - older_process.ctx_switches_voluntary
-    involuntary = process.ctx_switches_involuntary - older_process.ctx_switches_involuntary
-    return Interval(
-        seconds=seconds,
-        since_start=older is None,
-        newer=newer,
-        operations=operations,
-        engine=engine,
-        loop_lag=newer.loop_lag - older_lag,
-        cpu_user_percent=(process.cpu_user - older_process.cpu_user) * per_s * 100,
-        cpu_system_percent=(process.cpu_system - older_process.cpu_system) * per_s * 100,
-        ctx_switches_voluntary_per_s=voluntary * per_s,
-        ctx_switches_involuntary_per_s=involuntary * per_s,
-        faults=faults,
-    )
 
 
 class QuietRecorder(Recorder):

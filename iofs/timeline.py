@@ -21,8 +21,9 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .intervals import diff
 from .schedule import Phase
-from .stats import Snapshot, SwitchRecord, diff
+from .stats import Snapshot, SwitchRecord
 
 #: fio's latency histogram: 2**6 buckets per power of two, 29 groups (stat.h).
 FIO_PLAT_BITS = 6

@@ -39,9 +39,10 @@ from iofs.faults import (
     FaultSpec,
     parse_faults,
 )
+from iofs.intervals import diff
 from iofs.mount import MountOptions
 from iofs.render import dashboard, stats_table
-from iofs.stats import Snapshot, diff
+from iofs.stats import Snapshot
 
 from .conftest import (
     ALL_MODES,

@@ -14,15 +14,9 @@ from pathlib import Path
 from rich.console import Console, RenderableType
 
 from iofs.backends.base import EngineStatistics
+from iofs.histogram import Histogram, HistogramSnapshot
 from iofs.render import dashboard, stats_table
-from iofs.stats import (
-    DATA_OPERATIONS,
-    Histogram,
-    HistogramSnapshot,
-    OperationSnapshot,
-    ProcessSnapshot,
-    Snapshot,
-)
+from iofs.stats import DATA_OPERATIONS, OperationSnapshot, ProcessSnapshot, Snapshot
 from iofs.units import format_bytes, format_clock, format_duration, format_ns, format_rate
 
 FIXTURE = Path(__file__).parent / "data" / "snapshot.json"

@@ -14,19 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iofs.backends.base import EngineStatistics
-from iofs.stats import (
-    DATA_OPERATIONS,
-    PERCENTILES,
-    Histogram,
-    HistogramSnapshot,
-    OperationSnapshot,
-    ProcessSnapshot,
-    Recorder,
-    Snapshot,
-    bucket_bounds,
-    bucket_index,
-    diff,
-)
+from iofs.histogram import PERCENTILES, Histogram, HistogramSnapshot, bucket_bounds, bucket_index
+from iofs.intervals import diff
+from iofs.stats import DATA_OPERATIONS, OperationSnapshot, ProcessSnapshot, Recorder, Snapshot
 
 #: Largest relative error of a percentile: one bucket is at most 1/16 of its lower bound.
 RELATIVE_ERROR = Fraction(1, 16)
