@@ -229,9 +229,19 @@ def _add_engine_bench(engines: argparse.ArgumentParser) -> None:
         help=f"only these workloads (default: all: {', '.join(w.key for w in WORKLOADS)})",
     )
     bench.add_argument(
-        "--queue-depth", type=_positive_int, default=EngineConfig.queue_depth, metavar="N"
+        "--queue-depth",
+        type=_positive_int,
+        default=EngineConfig.queue_depth,
+        metavar="N",
+        help="the engines' queue depth (kernel-async engines)",
     )
-    bench.add_argument("--workers", type=_positive_int, default=EngineConfig.workers, metavar="N")
+    bench.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=EngineConfig.workers,
+        metavar="N",
+        help="the engines' worker threads (threads, and nowait's fallback)",
+    )
     bench.add_argument(
         "--heartbeat-ms",
         type=_more_than_zero,
@@ -239,7 +249,7 @@ def _add_engine_bench(engines: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="the heartbeat's sleep (default 1)",
     )
-    bench.add_argument("--seed", type=int, default=1, help="seed of the random offsets")
+    bench.add_argument("--seed", type=int, default=1, help="seed of the random offsets (default 1)")
     bench.add_argument(
         "--quick",
         action="store_true",
