@@ -262,11 +262,19 @@ def _add_engine_bench(engines: argparse.ArgumentParser) -> None:
         "(root; affects everyone on the machine)",
     )
     bench.add_argument("--keep", action="store_true", help="keep the scratch data file")
-    bench.add_argument(
+    engines.add_argument(
         "--render",
         type=Path,
         metavar="RUN_DIR",
-        help="print the tables of an earlier run from its results.json; measure nothing",
+        help="print the tables of an earlier --bench run from its results.json; measure "
+        "nothing (iofs report RUN_DIR does the same)",
+    )
+    # What the command checks: an option of the group given without --bench is a mistake.
+    engines.set_defaults(
+        bench_options={
+            action.dest: (action.option_strings[-1], action.default)
+            for action in bench._group_actions
+        }
     )
 
 

@@ -195,6 +195,13 @@ def engines_command(args: argparse.Namespace) -> int:
         return 0
     if args.bench:
         return engine_bench(args)
+    given = [
+        flag
+        for dest, (flag, default) in args.bench_options.items()
+        if getattr(args, dest) != default
+    ]
+    if given:
+        raise IofsError(f"{', '.join(given)}: only with --bench", ExitStatus.USAGE)
     for name, cls in sorted(ENGINES.items()):
         reason = cls.probe()
         status = "available" if reason is None else f"unavailable: {reason}"

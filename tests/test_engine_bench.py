@@ -114,6 +114,7 @@ def test_targets_are_judged_from_the_data(run_dir: Path) -> None:
         (["--bench", "--workloads", "hot-9k"], ExitStatus.USAGE, "unknown workload: hot-9k"),
         (["--render", "/nonexistent"], ExitStatus.BAD_PATH, "no results.json"),
         (["--bench", "--rounds", "0"], ExitStatus.USAGE, "must be at least 1"),
+        (["--quick", "--seconds", "2"], ExitStatus.USAGE, "--seconds, --quick: only with --bench"),
     ],
 )
 def test_bad_requests_are_one_line_and_a_status(
