@@ -34,7 +34,7 @@ engine statistics, and the targets' verdicts), ``environment.json`` (kernel, CPU
 system, versions, the exact command) and ``summary.txt`` (the tables as printed). The
 tables are a pure function of ``results.json`` (`iofs.engine_bench_results`):
 ``--render DIR`` prints them again. Environment capture, results directories, percentiles
-and loop lag are the package's own (`iofs.environment`, `iofs.results`, `iofs.stats`,
+and loop lag are the package's own (`iofs.environment`, `iofs.results`, `iofs.histogram`,
 `iofs.looplag`), as for ``iofs bench``.
 """
 
@@ -163,7 +163,7 @@ class EngineResults(TypedDict):
 
 
 def percentiles(samples: Sequence[int], scale: float) -> Percentiles:
-    """Nearest-rank percentiles of *samples* (`iofs.stats.nearest_rank`), each divided
+    """Nearest-rank percentiles of *samples* (`iofs.histogram.nearest_rank`), each divided
     by *scale*."""
     if not samples:
         return Percentiles(count=0, mean=0.0, p50=0.0, p90=0.0, p99=0.0, p999=0.0, max=0.0)
