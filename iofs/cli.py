@@ -436,7 +436,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="how FUSE requests reach iofs: pyfuse3 (libfuse 3) or dev (iofs reads "
         "/dev/fuse itself and negotiates HANDLE_KILLPRIV_V2, DIRECT_IO_ALLOW_MMAP, "
-        "max_background, 1 MiB requests); default $IOFS_TRANSPORT or pyfuse3",
+        "max_background, 1 MiB requests) or uring (dev's protocol over FUSE-over-io_uring "
+        "queues, Linux 6.14+; turns fuse.enable_uring on as root); default $IOFS_TRANSPORT "
+        "or pyfuse3",
     )
     _add_debug(mount)
 

@@ -235,6 +235,12 @@ def mount(opts: MountOptions) -> None:
     # A crash in C code (ctypes, libfuse) kills the daemon without a Python traceback:
     # have the fatal signal's stack written where the log goes (stderr, see _daemonize).
     faulthandler.enable()
+    if opts.transport == "uring":
+        from .transport.uring import prepare_kernel
+
+        # Asked for by name: say why it cannot be had rather than serve another way.
+        if (reason := prepare_kernel()) is not None:
+            raise IofsError(f"--transport uring: {reason}", ExitStatus.UNAVAILABLE)
 
     limit = raise_fd_limit()
     budget = opts.fd_budget or default_fd_budget(limit)

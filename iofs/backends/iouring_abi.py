@@ -69,12 +69,17 @@ OP_NOP: Final = 0
 OP_FSYNC: Final = 3
 OP_READ: Final = 22  # Linux 5.6
 OP_WRITE: Final = 23
+#: A command for the file's driver (``file_operations.uring_cmd``; Linux 5.19): the
+#: command number goes in the SQE's offset field, its argument in `command` bytes after
+#: byte 48 (16 bytes, or 80 on a ring made with ``sqe128``).
+OP_URING_CMD: Final = 46
 #: `OP_FSYNC` flag: fdatasync(2) rather than fsync(2).
 FSYNC_DATASYNC: Final = 1 << 0
 
 _SETUP_CLAMP: Final = 1 << 4  # clamp too large a size instead of failing
 _SETUP_SUBMIT_ALL: Final = 1 << 7  # keep submitting after an SQE fails (Linux 5.18)
 _SETUP_COOP_TASKRUN: Final = 1 << 8  # no IPI to post completions (Linux 5.19)
+_SETUP_SQE128: Final = 1 << 10  # 128-byte SQEs, room for a command's argument (Linux 5.19)
 #: Flags tried in turn until the kernel accepts a set (EINVAL: it lacks one).
 _SETUP_FLAGS: tuple[int, ...] = (
     _SETUP_CLAMP | _SETUP_SUBMIT_ALL | _SETUP_COOP_TASKRUN,
@@ -104,6 +109,8 @@ _PARAMS: Final = struct.Struct("<10I8IQ8IQ")
 # user_data; the rest (buf_index, personality, splice_fd_in, addr3) stays zero.
 _SQE: Final = struct.Struct("<BBHiQQIIQ24x")
 _SQE_SIZE: Final = _SQE.size
+#: Where an `OP_URING_CMD`'s argument starts in its SQE (``sqe->cmd``).
+_SQE_COMMAND: Final = 48
 _SQE_USER_DATA: Final = struct.Struct("<32xQ")
 # struct io_uring_cqe (16 bytes): user_data, res, flags.
 _CQE: Final = struct.Struct("<QiI")
@@ -146,17 +153,20 @@ class Ring:
     """One io_uring instance: its fd, its shared mappings and its local indices.
 
     *entries* SQEs, rounded up to a power of two by the kernel (`Ring.entries` says how
-    many it gave). Not thread-safe: one owner submits and reaps. ``with Ring(n) as
-    ring:`` closes it; so does garbage collection, for the fd.
+    many it gave). With *sqe128* each SQE has 128 bytes (IORING_SETUP_SQE128), as
+    commands with an argument longer than 16 bytes need (`prepare_command`). Not
+    thread-safe: one owner submits and reaps. ``with Ring(n) as ring:`` closes it; so
+    does garbage collection, for the fd.
     """
 
-    def __init__(self, entries: int) -> None:
+    def __init__(self, entries: int, *, sqe128: bool = False) -> None:
         if not 1 <= entries <= MAX_ENTRIES:
             raise ValueError(f"entries must be between 1 and {MAX_ENTRIES}, not {entries}")
         self._maps: list[mmap.mmap] = []
         self._views: list[memoryview] = []
+        self._sqe_size = 2 * _SQE_SIZE if sqe128 else _SQE_SIZE
         params = bytearray(_PARAMS.size)
-        self.fd = self._setup(entries, params)
+        self.fd = self._setup(entries, params, _SETUP_SQE128 if sqe128 else 0)
         # The fd is closed exactly once: by close(), or when the ring is collected.
         self._close_fd = weakref.finalize(self, os.close, self.fd)
         try:
@@ -166,11 +176,11 @@ class Ring:
             raise
 
     @staticmethod
-    def _setup(entries: int, params: bytearray) -> int:
+    def _setup(entries: int, params: bytearray, required: int) -> int:
         address = ctypes.addressof(ctypes.c_char.from_buffer(params))
         for flags in _SETUP_FLAGS:
             params[:] = bytes(len(params))
-            struct.pack_into("<I", params, 8, flags)
+            struct.pack_into("<I", params, 8, flags | required)
             fd = _syscall(_NR_SETUP, entries, ctypes.c_void_p(address))
             if fd >= 0:
                 return int(fd)
@@ -193,7 +203,7 @@ class Ring:
         else:
             sq_map = self._map(sq_size, _OFF_SQ_RING)
             cq_map = self._map(cq_size, _OFF_CQ_RING)
-        sqe_map = self._map(self.entries * _SQE_SIZE, _OFF_SQES)
+        sqe_map = self._map(self.entries * self._sqe_size, _OFF_SQES)
 
         self._sq = self._view(sq_map).cast("I")
         self._cq = self._sq if cq_map is sq_map else self._view(cq_map).cast("I")
@@ -262,7 +272,7 @@ class Ring:
         # On the hot path: one call into struct, no shared-memory read.
         self._pack_sqe(
             self._sqes,
-            (tail & self._sq_mask) * _SQE_SIZE,
+            (tail & self._sq_mask) * self._sqe_size,
             opcode,
             0,
             0,
@@ -274,6 +284,19 @@ class Ring:
             user_data,
         )
         self._sq_tail = tail + 1
+
+    def prepare_command(
+        self, fd: int, command_op: int, address: int, length: int, user_data: int, command: bytes
+    ) -> None:
+        """Write one `OP_URING_CMD` SQE for *fd*'s driver: command *command_op* with the
+        argument bytes *command* (at most 16, or 80 with ``sqe128``), and *address* and
+        *length* for the driver to read as it defines them."""
+        tail = self._sq_tail
+        if len(command) > self._sqe_size - _SQE_COMMAND:
+            raise ValueError(f"a command argument of {len(command)} bytes does not fit")
+        self.prepare(OP_URING_CMD, fd, address, length, command_op, 0, user_data)
+        start = (tail & self._sq_mask) * self._sqe_size + _SQE_COMMAND
+        self._sqes[start : start + len(command)] = command
 
     def submit(self) -> int:
         """Hand every prepared SQE to the kernel with as few system calls as it takes.
@@ -305,7 +328,7 @@ class Ring:
         """Take back the SQEs the kernel has not taken; return their ``user_data``."""
         head = self._sq_head
         discarded = [
-            _SQE_USER_DATA.unpack_from(self._sqes, ((head + i) & self._sq_mask) * _SQE_SIZE)[0]
+            _SQE_USER_DATA.unpack_from(self._sqes, ((head + i) & self._sq_mask) * self._sqe_size)[0]
             for i in range(self._sq_tail - head)
         ]
         self._sq_tail = head

@@ -6,7 +6,9 @@ A transport mounts, reads the kernel's requests, calls the `Filesystem` operatio
 - ``pyfuse3``: libfuse 3 through pyfuse3, on the trio loop (the default);
 - ``dev``: iofs's own reader of /dev/fuse on the trio loop (`iofs.transport.dev`), which
   negotiates what libfuse 3.14 cannot (HANDLE_KILLPRIV_V2, DIRECT_IO_ALLOW_MMAP, the
-  background limit, 1 MiB requests).
+  background limit, 1 MiB requests);
+- ``uring``: the dev transport's protocol with requests fetched and answered through
+  FUSE-over-io_uring queues (`iofs.transport.uring`; Linux 6.14+, ``fuse.enable_uring``).
 
 Transports are registered by name in `TRANSPORTS`; the filesystem reaches its transport
 only through `readdir_reply`.
@@ -92,7 +94,7 @@ def default_transport() -> str:
     return os.environ.get(TRANSPORT_ENV) or DEFAULT_TRANSPORT
 
 
-TRANSPORT_NAMES = ("pyfuse3", "dev")
+TRANSPORT_NAMES = ("pyfuse3", "dev", "uring")
 
 
 def passthrough_unavailable(name: str | None = None) -> str | None:
@@ -111,4 +113,8 @@ def create_transport(name: str, *, max_background: int | None = None) -> Transpo
         from .dev import DevTransport
 
         return DevTransport(max_background=max_background)
+    if name == "uring":
+        from .uring import UringTransport
+
+        return UringTransport(max_background=max_background)
     raise KeyError(name)
