@@ -155,7 +155,10 @@ class UringTransport(DevTransport):
         #: unique -> entry, for requests that came through the ring and await a reply
         self._by_unique: dict[int, int] = {}
         self._live = 0
-        self._deferring = False
+        #: set when a reply waits in the SQ ring to be submitted (`_flush_replies`)
+        self._replies_waiting = trio.Event()
+        self._header_view = memoryview(b"")
+        self._payload_view = memoryview(b"")
         self._initialized: trio.Event | None = None
         # counters
         self.ring_requests = 0
@@ -227,7 +230,10 @@ class UringTransport(DevTransport):
             log.error("cannot register the io_uring queues: %s; serving over /dev/fuse", exc)
             return
         try:
-            await self._reap(ring)
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(self._flush_replies, ring, name="iofs-uring-flush")
+                await self._reap(ring)
+                tasks.cancel_scope.cancel()
         finally:
             trio.lowlevel.notify_closing(ring.fd)
 
@@ -237,6 +243,8 @@ class UringTransport(DevTransport):
         self._payloads = mmap.mmap(-1, entries * (_FRONT + PAYLOAD_SIZE))
         headers = _address(self._headers)
         payloads = _address(self._payloads)
+        self._header_view = memoryview(self._headers)
+        self._payload_view = memoryview(self._payloads)
         self._iovecs = (ctypes.c_uint64 * (4 * entries))()
         for entry in range(entries):
             self._iovecs[4 * entry : 4 * entry + 4] = [
@@ -287,31 +295,33 @@ class UringTransport(DevTransport):
             self.ring_submits += 1
 
     async def _reap(self, ring: iouring_abi.Ring) -> None:
-        headers = self._headers
-        payloads = self._payloads
-        assert headers is not None and payloads is not None
-        header_view = memoryview(headers)
-        payload_view = memoryview(payloads)
+        """Take the requests the kernel hands over while this task sleeps."""
         while self._live:
             await trio.lowlevel.wait_readable(ring.fd)
-            completions = ring.reap()
-            if not completions:
-                continue
-            self.ring_wakeups += 1
-            self.wakeups += 1
-            self.ring_max_batch = max(self.ring_max_batch, len(completions))
-            self.max_batch = max(self.max_batch, len(completions))
-            self._deferring = True
-            try:
-                for entry, result, _ in completions:
-                    if result == 0:
-                        await self._request(entry, header_view, payload_view)
-                    else:
-                        self._failed(entry, -result)
-            finally:
-                self._deferring = False
-            if ring.pending:
-                self._submit()
+            await self._process(ring.reap())
+
+    async def _flush_replies(self, ring: iouring_abi.Ring) -> None:
+        """Commit the replies written since the last flush with one ``io_uring_enter``,
+        then take the requests that the commits fetched at once (no wake-up for them)."""
+        while True:
+            self._replies_waiting = trio.Event()
+            await self._replies_waiting.wait()
+            self._submit()
+            await self._process(ring.reap())
+
+    async def _process(self, completions: list[tuple[int, int, int]]) -> None:
+        if not completions:
+            return
+        self.ring_wakeups += 1
+        self.wakeups += 1
+        self.ring_max_batch = max(self.ring_max_batch, len(completions))
+        self.max_batch = max(self.max_batch, len(completions))
+        headers, payloads = self._header_view, self._payload_view
+        for entry, result, _ in completions:
+            if result == 0:
+                await self._request(entry, headers, payloads)
+            else:
+                self._failed(entry, -result)
 
     def _failed(self, entry: int, code: int) -> None:
         if code in (errno.EAGAIN, errno.EINTR):
@@ -378,8 +388,8 @@ class UringTransport(DevTransport):
         self._headers[at : at + p.OUT_HEADER.size] = header
         _U32.pack_into(self._headers, at + _PAYLOAD_SIZE_AT, length)
         self._prepare(entry)
-        if not self._deferring:
-            self._submit()
+        # The handlers that run in this scheduling batch add theirs; one submit for all.
+        self._replies_waiting.set()
 
 
 def _address(buffer: mmap.mmap) -> int:
