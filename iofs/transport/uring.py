@@ -93,13 +93,9 @@ def possible_cpus() -> int:
     return count
 
 
-def prepare_kernel() -> str | None:
-    """Make FUSE over io_uring usable: None if it is, else one sentence saying why not.
-
-    As root, turns the fuse module's ``enable_uring`` on if it is off, and leaves it on
-    (it only lets daemons ask for io_uring in INIT; each still has to ask, and another
-    iofs mount may be starting with it at the same time).
-    """
+def unavailable_reason() -> str | None:
+    """None if FUSE over io_uring can be used here (turning ``enable_uring`` on as root
+    if need be), else one sentence saying why not. Changes nothing."""
     if not ENABLE_URING.parent.exists():
         return "the fuse module is not loaded (modprobe fuse)"
     if not ENABLE_URING.exists():
@@ -117,22 +113,41 @@ def prepare_kernel() -> str | None:
         return f"io_uring cannot make a ring of 128-byte entries here: {exc.strerror}"
     if iouring_abi.OP_URING_CMD not in supported:
         return "this kernel's io_uring lacks IORING_OP_URING_CMD"
-    try:
-        enabled = ENABLE_URING.read_text().strip()
-    except OSError as exc:
-        return f"cannot read {ENABLE_URING}: {exc.strerror}"
-    if enabled in ("Y", "1"):
-        return None
-    if os.geteuid() != 0:
+    enabled = _enabled()
+    if isinstance(enabled, str):
+        return enabled
+    if not enabled and os.geteuid() != 0:
         return (
-            f"FUSE over io_uring is off ({ENABLE_URING} is {enabled}) and only root may turn it on"
+            f"FUSE over io_uring is off (fuse module parameter {ENABLE_URING}) "
+            "and only root may turn it on"
         )
+    return None
+
+
+def prepare_kernel() -> str | None:
+    """Make FUSE over io_uring usable: None if it is, else one sentence saying why not.
+
+    As root, turns the fuse module's ``enable_uring`` on if it is off, and leaves it on:
+    it only lets daemons ask for io_uring in INIT (each still has to ask), and another
+    iofs mount may be starting with it at the same time.
+    """
+    reason = unavailable_reason()
+    if reason is not None or _enabled() is True:
+        return reason
     try:
         ENABLE_URING.write_text("Y\n")
     except OSError as exc:
         return f"cannot turn on {ENABLE_URING}: {exc.strerror}"
     log.info("turned on the fuse module's enable_uring (it stays on)")
     return None
+
+
+def _enabled() -> bool | str:
+    """Whether ``enable_uring`` is on, or why it cannot be read."""
+    try:
+        return ENABLE_URING.read_text().strip() in ("Y", "1")
+    except OSError as exc:
+        return f"cannot read {ENABLE_URING}: {exc.strerror}"
 
 
 class UringTransport(DevTransport):
@@ -304,8 +319,10 @@ class UringTransport(DevTransport):
         """Commit the replies written since the last flush with one ``io_uring_enter``,
         then take the requests that the commits fetched at once (no wake-up for them)."""
         while True:
-            self._replies_waiting = trio.Event()
             await self._replies_waiting.wait()
+            # Replies written from here on (those answered inline below too) set the new
+            # one: none is left in the SQ ring unsubmitted.
+            self._replies_waiting = trio.Event()
             self._submit()
             await self._process(ring.reap())
 

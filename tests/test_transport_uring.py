@@ -1,0 +1,209 @@
+"""The uring transport (FUSE over io_uring): the mount suites over it, what goes over
+the ring and what still over /dev/fuse, and how it says it cannot be used.
+
+The default run mounts over ``uring`` here: the POSIX tests, the differential state
+machine, fio verify jobs, the dev transport's own mount tests (one request per write,
+set-id bits, fallocate, shared mappings in ``uncached`` mode, SIGKILL and ``iofs
+umount``). ``pytest --transport uring`` runs every other mount over it too.
+
+Everything here is skipped, with the reason, where the kernel lacks FUSE over io_uring
+or, for a user other than root, where ``fuse.enable_uring`` is off. As root the first
+mount turns it on (and leaves it on, see docs/transports.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from iofs.backends import iouring_abi
+from iofs.transport import uring
+
+from . import test_transport
+from .conftest import Mount, MountFactory, scratch_dir
+from .test_differential import run_machine
+
+URING_UNAVAILABLE = uring.unavailable_reason() if os.path.exists("/dev/fuse") else "no /dev/fuse"
+needs_uring = pytest.mark.skipif(
+    URING_UNAVAILABLE is not None, reason=f"no FUSE over io_uring: {URING_UNAVAILABLE}"
+)
+
+
+@pytest.fixture
+def mount_transport() -> str:
+    """Every mount of this module goes over the uring transport."""
+    return "uring"
+
+
+# -- the mount suites over uring -------------------------------------------------------------
+# Collected here a second time: this module's mounts are uring mounts.
+_MOUNT_TESTS = [name for name in dir(test_transport) if name.startswith("test_posix_")] + [
+    "test_fio_verify_over_dev",
+    "test_one_request_per_write",
+    "test_writers_drop_set_id_bits_and_capabilities_as_on_the_backing_fs",
+    "test_fallocate_reaches_the_backing_file",
+    "test_shared_writable_mapping_in_uncached_mode",
+    "test_a_killed_daemon_leaves_a_mount_iofs_umount_cleans_up",
+]
+for _name in _MOUNT_TESTS:
+    globals()[_name.replace("_over_dev", "")] = needs_uring(getattr(test_transport, _name))
+
+
+@needs_uring
+def test_state_machine_over_uring() -> None:
+    """The differential state machine (test_differential) on a uring mount."""
+    from .conftest import finish_mount, start_mount
+
+    base = scratch_dir("iofs-uring-diff-")
+    try:
+        backing, mountpoint, plain = base / "backing", base / "mnt", base / "plain"
+        for directory in (backing, mountpoint, plain):
+            directory.mkdir()
+        mount = start_mount(backing, mountpoint, base / "daemon.log", transport="uring")
+        try:
+            run_machine(mountpoint, plain, 100)
+        finally:
+            finish_mount(mount)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- what goes over the ring ---------------------------------------------------------------------
+@needs_uring
+def test_requests_after_init_go_over_the_ring(mnt: Mount) -> None:
+    """INIT negotiates FUSE_OVER_IO_URING, every CPU has a queue, and the file requests
+    arrive through the ring, not through read(2) on /dev/fuse."""
+    extra = mnt.counters()
+    assert extra["fuse_over_io_uring"] == 1
+    assert extra["transport_uring_queues"] == uring.possible_cpus()
+    assert extra["transport_uring_queue_depth"] >= 1
+    before_ring = extra["transport_uring_requests"]
+    before_all = extra["transport_requests"]
+    data = os.urandom(1 << 20)  # one 1 MiB write: the whole payload buffer
+    path = mnt.mountpoint / "file"
+    with open(path, "wb", buffering=0) as file:
+        for _ in range(8):
+            file.write(data)
+    assert (mnt.backing / "file").read_bytes() == data * 8
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        assert os.pread(fd, 1 << 20, 1 << 20) == data
+    finally:
+        os.close(fd)
+    after = mnt.counters()
+    over_ring = after["transport_uring_requests"] - before_ring
+    assert over_ring >= 8 + 1  # the writes and the direct read, at least
+    # Only INIT came through /dev/fuse before; forgets may since, nothing else did.
+    assert after["transport_requests"] - before_all == over_ring
+    assert after["transport_uring_errors"] == 0
+    assert after["transport_malformed"] == 0
+
+
+@needs_uring
+def test_iofs_stats_shows_the_ring(mnt: Mount) -> None:
+    (mnt.mountpoint / "file").write_bytes(b"x")
+    shown = subprocess.run(
+        [sys.executable, "-m", "iofs", "stats", str(mnt.mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "uring" in shown.stdout and "over_io_uring" in shown.stdout
+    assert "uring queues" in shown.stdout and "requests per" in shown.stdout
+
+
+@needs_uring
+def test_forgets_still_come_through_dev_fuse(mount_factory: MountFactory) -> None:
+    """The kernel sends FORGET on /dev/fuse even with the ring up: a thousand files
+    looked up and unlinked are all forgotten and their descriptors released."""
+    mnt = mount_factory()
+    for index in range(1000):
+        (mnt.backing / f"f{index}").write_bytes(b"")
+    for index in range(1000):
+        os.stat(mnt.mountpoint / f"f{index}")
+    for index in range(1000):
+        os.unlink(mnt.mountpoint / f"f{index}")
+    after = mnt.counters()
+    assert after["transport_uring_errors"] == 0
+    # Unlinked and uncached: the kernel forgets each of them (FORGET or BATCH_FORGET).
+    assert after["inodes"] <= 10, after
+
+
+# -- when it cannot be used -----------------------------------------------------------------------
+def test_a_kernel_without_it_is_named_in_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "parameters").mkdir()
+    monkeypatch.setattr(uring, "ENABLE_URING", tmp_path / "parameters" / "enable_uring")
+    reason = uring.prepare_kernel()
+    assert reason is not None and "has no FUSE over io_uring" in reason
+    assert "6.14" in reason and "\n" not in reason
+
+
+@pytest.mark.skipif(iouring_abi.probe() is not None, reason="no io_uring here")
+def test_off_is_turned_on_by_root_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    switch = tmp_path / "enable_uring"
+    switch.write_text("N\n")
+    monkeypatch.setattr(uring, "ENABLE_URING", switch)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    reason = uring.prepare_kernel()
+    assert reason is not None and "only root may turn it on" in reason
+    assert switch.read_text() == "N\n"  # untouched
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert uring.prepare_kernel() is None
+    assert switch.read_text().strip() == "Y"
+    assert uring.prepare_kernel() is None  # already on: nothing to do
+
+
+def test_mount_says_why_in_one_line_and_exits_6(tmp_path: Path) -> None:
+    """``iofs mount --transport uring`` on a kernel without it: one line, status 6, no
+    traceback, nothing mounted (the kernel's absence is simulated by a missing switch)."""
+    backing, mountpoint = tmp_path / "backing", tmp_path / "mnt"
+    backing.mkdir()
+    mountpoint.mkdir()
+    program = (
+        "import sys; from pathlib import Path; from iofs.transport import uring; "
+        f"uring.ENABLE_URING = Path({str(tmp_path / 'parameters' / 'x')!r}); "
+        "from iofs.cli import main; sys.exit(main())"
+    )
+    (tmp_path / "parameters").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", program, "mount", "--transport", "uring"]
+        + [str(backing), str(mountpoint)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse: the mount stops before the transport")
+    assert result.returncode == 6, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("iofs: error: --transport uring: this kernel")
+    assert not os.path.ismount(mountpoint)
+
+
+@pytest.mark.skipif(iouring_abi.probe() is not None, reason="no io_uring here")
+def test_a_command_the_file_does_not_know_completes_with_its_error() -> None:
+    """The ring bindings' OP_URING_CMD on 128-byte SQEs: a pipe has no uring_cmd, and the
+    CQE says so (EOPNOTSUPP) with the command's user_data."""
+    read_end, write_end = os.pipe()
+    try:
+        with iouring_abi.Ring(4, sqe128=True) as ring:
+            ring.prepare_command(read_end, 1, 0, 0, 77, bytes(range(80)))
+            assert ring.submit() == 1
+            ring.wait()
+            [(user_data, result, _)] = ring.reap()
+        assert user_data == 77
+        assert -result in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EBADF)
+        with iouring_abi.Ring(4) as small, pytest.raises(ValueError):
+            small.prepare_command(read_end, 1, 0, 0, 1, bytes(17))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
