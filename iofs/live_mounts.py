@@ -133,7 +133,10 @@ def is_disconnected(mountpoint: Path) -> bool:
         # --attr-timeout after the daemon died, but always sends STATFS to the daemon.
         os.statvfs(mountpoint)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        # ECONNABORTED, ECANCELED: a request caught by the abort itself, e.g. queued
+        # for an io_uring queue of the dead daemon's ring while it was torn down (the
+        # kernel cancels the commands of a ring whose task has died).
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ECANCELED)
     return False
 
 
