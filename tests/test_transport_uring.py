@@ -16,13 +16,16 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 from iofs.backends import iouring_abi
+from iofs.transport import protocol as p
 from iofs.transport import uring
 
 from . import test_transport
@@ -206,4 +209,56 @@ def test_a_command_the_file_does_not_know_completes_with_its_error() -> None:
             small.prepare_command(read_end, 1, 0, 0, 1, bytes(17))
     finally:
         os.close(read_end)
+        os.close(write_end)
+
+
+# -- bad requests in a ring entry ---------------------------------------------------------------
+@pytest.mark.skipif(iouring_abi.probe() is not None, reason="no io_uring here")
+@pytest.mark.parametrize(
+    ("opcode", "size", "fixed", "payload"),
+    [
+        (p.GETATTR, 40, b"", b"\0" * 10),  # a payload larger than the whole request
+        (p.GETATTR, 40 + 200, b"", b"\0" * 40),  # a fixed part beyond the 128 of op_in
+        (p.LOOKUP, 40 + 3, b"", b"abc"),  # a name without its NUL
+        (p.WRITE, 40 + 40 + 8, b"\0" * 40, b"\0" * 8),  # a write shorter than its size
+        (999, 40, b"", b""),  # an opcode nobody knows
+    ],
+    ids=["length", "fixed-part", "name", "write", "opcode"],
+)
+def test_a_bad_request_in_an_entry_is_answered_with_an_error_through_that_entry(
+    opcode: int, size: int, fixed: bytes, payload: bytes
+) -> None:
+    """What the kernel would never put in an entry still gets exactly one reply, an
+    error, committed through the same entry with its commit id; nothing is dispatched.
+    (The transport's descriptor is a pipe here: the commands fail, unreaped.)"""
+    transport = uring.UringTransport()
+    read_end, write_end = os.pipe()
+    transport.fd = read_end
+    if opcode == p.WRITE:
+        fixed = struct.pack("<QQIIIIQ", 1, 0, 4096, 0, 0, 0, 0)  # 4096 bytes announced
+    try:
+        ring = transport._register(queues=1, depth=2)
+        entry, at, unique = 1, 1 * 512, 0xABC
+        headers = transport._header_view
+        p.IN_HEADER.pack_into(headers, at, size, opcode, unique, 1, 0, 0, 0, 0, 0)
+        headers[at + 128 : at + 128 + len(fixed)] = fixed
+        struct.pack_into("<QQI", headers, at + 256, 0, 4242, len(payload))
+        start = 1 * (4096 + uring.PAYLOAD_SIZE) + 4096
+        transport._payload_view[start : start + len(payload)] = payload
+        pending = ring.pending
+
+        async def request() -> None:
+            await transport._request(entry, headers, transport._payload_view)
+
+        trio.run(request)
+        length, error, replied = p.OUT_HEADER.unpack_from(headers, at)
+        assert replied == unique and length == p.OUT_HEADER.size
+        assert error in (-errno.EIO, -errno.ENOSYS)
+        assert struct.unpack_from("<I", headers, at + 256 + 16) == (0,)  # no payload
+        assert ring.pending == pending + 1  # one COMMIT_AND_FETCH, waiting for the flush
+        assert transport._commit_ids[entry] == 4242
+        assert transport._running == 0  # no handler was started
+        assert transport._by_unique == {}
+    finally:
+        transport.close(unmount=False)
         os.close(write_end)
