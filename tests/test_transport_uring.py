@@ -178,8 +178,15 @@ def test_mount_says_why_in_one_line_and_exits_6(tmp_path: Path) -> None:
     )
     (tmp_path / "parameters").mkdir()
     result = subprocess.run(
-        [sys.executable, "-c", program, "mount", "--transport", "uring"]
-        + [str(backing), str(mountpoint)],
+        [
+            sys.executable,
+            "-c",
+            program,
+            "mount",
+            "--transport=uring",
+            str(backing),
+            str(mountpoint),
+        ],
         capture_output=True,
         text=True,
         check=False,
