@@ -132,7 +132,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=TRANSPORT_NAMES,
         default=None,
         help="run every mount over this transport (sets $IOFS_TRANSPORT for the daemons); "
-        "default: pyfuse3, and the dev-transport tests over dev",
+        "default: pyfuse3, the dev-transport tests over dev and the uring ones over uring",
     )
 
 
