@@ -338,18 +338,23 @@ def test_hard_links_show_one_number_after_the_kernel_evicts_them(mnt: Mount, pla
 
 
 # -- through a real mount: file handles taken through the mount -----------------------------
-def _handle_through(path: Path) -> bytes:
-    """name_to_handle_at of *path* on the mount: the kernel encodes node id and generation."""
+def _handle_through(mnt: Mount, path: Path, *, opens: bytes | None = None) -> bytes:
+    """name_to_handle_at of *path* on the mount: the kernel encodes node id and generation.
+    With *opens*, check that the handle opens the file (its content) while a descriptor
+    keeps the kernel from evicting the inode (other test runs write drop_caches)."""
     fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
     try:
-        return syscalls.handle_of(fd)[0]
+        handle = syscalls.handle_of(fd)[0]
+        if opens is not None:
+            assert _read_by_handle(mnt.mountpoint, handle) == opens
+        return handle
     finally:
         os.close(fd)
 
 
-def _read_by_handle(mnt: Mount, handle: bytes) -> bytes:
+def _read_by_handle(mountpoint: Path, handle: bytes) -> bytes:
     """open_by_handle_at on the mount (needs CAP_DAC_READ_SEARCH), then read."""
-    mount_fd = os.open(mnt.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    mount_fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fd = syscalls.open_by_handle(mount_fd, handle, os.O_RDONLY)
     finally:
@@ -362,7 +367,7 @@ def _read_by_handle(mnt: Mount, handle: bytes) -> bytes:
 
 def _stale(mnt: Mount, handle: bytes) -> None:
     with pytest.raises(OSError) as refused:
-        _read_by_handle(mnt, handle)
+        _read_by_handle(mnt.mountpoint, handle)
     assert refused.value.errno == errno.ESTALE
 
 
@@ -376,8 +381,7 @@ def test_a_handle_of_a_removed_file_does_not_open_the_file_given_its_number(mnt:
     for _ in range(REUSE_TRIES):
         f.write_bytes(b"old")
         number = os.lstat(f).st_ino
-        handle = _handle_through(f)
-        assert _read_by_handle(mnt, handle) == b"old"
+        handle = _handle_through(mnt, f, opens=b"old")
         f.unlink()
         _kernel_forgets_everything(mnt)  # the number is free again for a new file
         new_file = _new_file_with_number(mnt.mountpoint, number)
@@ -399,7 +403,7 @@ def test_a_handle_of_a_forgotten_inode_is_stale_and_the_daemon_stays_clean(mnt: 
     with nothing in its log or its unexpected-error count (`finish_mount` reads the log)."""
     f = mnt.mountpoint / "f"
     f.write_bytes(b"x")
-    handle = _handle_through(f)
+    handle = _handle_through(mnt, f)
     _kernel_forgets_everything(mnt)
     _stale(mnt, handle)
     assert mnt.counters()["unexpected_errors"] == 0
