@@ -473,7 +473,7 @@ class Filesystem(pyfuse3.Operations):
     def _attributes(self, inode: Inode, st: os.stat_result) -> EntryAttributes:
         entry = EntryAttributes()
         entry.st_ino = inode.id
-        entry.generation = 0
+        entry.generation = inode.generation
         entry.entry_timeout = self.entry_timeout
         entry.attr_timeout = self.attr_timeout
         entry.st_mode = st.st_mode

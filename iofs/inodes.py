@@ -45,6 +45,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import stat
 from collections import OrderedDict
 from collections.abc import Callable
@@ -93,6 +94,9 @@ class Inode:
     key: InodeKey
     file_type: int  # the S_IFMT bits, which never change for an inode
     table: InodeTable = field(repr=False)
+    #: Told to the kernel with the number (`InodeTable.new_generation`); the root's is
+    #: 0, as the kernel made it.
+    generation: int = 0
     _fd: int = -1  # O_PATH | O_NOFOLLOW on the backing inode, or -1 if not held now
     lookups: int = 0
     opens: int = 0  # files open on it through the mount
@@ -212,7 +216,7 @@ class InodeTable:
             raise ValueError(f"the descriptor budget must be at least {MIN_FD_BUDGET}")
         st = os.fstat(root_fd)
         self.root = Inode(
-            pyfuse3.ROOT_INODE, key_of(st), stat.S_IFDIR, self, root_fd, lookups=1, pinned=True
+            pyfuse3.ROOT_INODE, key_of(st), stat.S_IFDIR, self, _fd=root_fd, lookups=1, pinned=True
         )
         self._by_id: dict[int, Inode] = {self.root.id: self.root}
         self._by_key: dict[InodeKey, Inode] = {self.root.key: self.root}
@@ -223,6 +227,7 @@ class InodeTable:
         #: so that its number too stays the same after the kernel forgets it (few: see
         #: `number_of`).
         self._spares: dict[InodeKey, int] = {}
+        self._last_generation = random.getrandbits(32)  # see `new_generation`
         self.budget = budget
         #: Held descriptors that may be let go, least recently used first.
         self.lru: OrderedDict[Inode, None] = OrderedDict()
@@ -251,14 +256,21 @@ class InodeTable:
         return len(self._by_id)
 
     def __getitem__(self, inode_id: int) -> Inode:
-        """The inode (ESTALE once removed and released)."""
-        inode = self._by_id[inode_id]
+        """The inode (ESTALE once removed and released, or if unknown)."""
+        inode = self.get_even_removed(inode_id)
         if inode.removed_stat is not None:
             raise OSError(errno.ESTALE, "the backing file has been removed")
         return inode
 
     def get_even_removed(self, inode_id: int) -> Inode:
-        return self._by_id[inode_id]
+        """The inode, even removed; ESTALE if its number is unknown: the kernel forgot
+        it, yet asks (``open_by_handle_at`` of a handle taken through the mount looks
+        up ``.`` in the number, as an NFS server would), so the answer is that of a
+        removed file, not an error of the daemon's."""
+        try:
+            return self._by_id[inode_id]
+        except KeyError:
+            raise OSError(errno.ESTALE, "no such inode (forgotten)") from None
 
     def find(self, key: InodeKey) -> Inode | None:
         return self._by_key.get(key)
@@ -416,7 +428,9 @@ class InodeTable:
             else:
                 os.close(fd)
             return known
-        inode = Inode(self.number_of(key_of(st)), key_of(st), stat.S_IFMT(st.st_mode), self)
+        key, file_type = key_of(st), stat.S_IFMT(st.st_mode)
+        generation = self.new_generation()
+        inode = Inode(self.number_of(key), key, file_type, self, generation=generation)
         self.seen(inode, parent, name)
         self._by_id[inode.id] = inode
         self._by_key[inode.key] = inode
@@ -451,6 +465,24 @@ class InodeTable:
         spare = self._spares[key] = self._next_spare
         self._next_spare += 1
         return spare
+
+    def new_generation(self) -> int:
+        """The generation for a new inode: the next of a counter that starts at a random
+        32-bit value for each mount.
+
+        The kernel puts the generation next to the number in the handles
+        ``name_to_handle_at`` takes through the mount, and opens such a handle only while
+        the inode it knows under that number has that generation. Numbers are given
+        again (a new file may get a removed one's backing inode number once the kernel
+        forgot the old inode), so a new inode gets a new generation, and a handle of a
+        removed file cannot open the new one. The kernel never sees the generation of a
+        number change while it knows the inode (it would take the inode for a stale
+        one): an inode keeps its generation until the kernel forgets it. The random
+        start keeps handles from an earlier mount from matching, as ext4 does with its
+        own generations.
+        """
+        self._last_generation = (self._last_generation + 1) & 0xFFFFFFFF
+        return self._last_generation
 
     def seen(self, inode: Inode, parent: Inode, name: bytes) -> None:
         """*inode* is (now) *name* in *parent* (a dot entry says nothing of the kind)."""

@@ -87,7 +87,7 @@ async def test_lookups_are_counted_and_forget_closes_the_handle(
     assert open_fds() == before + 1
     await fs.forget([(first.st_ino, 1)])
     assert open_fds() == before
-    with pytest.raises(KeyError):
+    with pytest.raises(OSError, match="forgotten"):
         fs.inodes[first.st_ino]
 
 
