@@ -400,7 +400,7 @@ class DevTransport:
         may_wait = getattr(self.fs, "may_wait", None)  # a guess only iofs's filesystem makes
         if may_wait is None or may_wait(opcode in _DATA_OPCODES):
             assert self._nursery is not None
-            self._nursery.start_soon(self._serve, *pending, False)
+            self._nursery.start_soon(self._serve, *pending, False, name="iofs request")
             return None
         self.inline += 1
         return await self._serve(*pending, True)
@@ -453,7 +453,7 @@ class DevTransport:
                     self.handoffs += 1
                     self._scope = None  # terminate() must not cancel this request
                     assert self._nursery is not None
-                    self._nursery.start_soon(self._read_requests)
+                    self._nursery.start_soon(self._read_requests, name="iofs dev reader")
                     result = await _resume(operation, trap)
             else:
                 result = await call(*args)
