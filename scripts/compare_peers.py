@@ -3,7 +3,8 @@
 
 Usage (root, from the checkout; needs fio):
     scripts/compare_peers.py [--peers DIR] [--rounds N] [--modes blocking xfs ...]
-                             [--transports pyfuse3 dev] [--jobs a,b] [--dir DIR] [--out DIR]
+                             [--transports pyfuse3 dev] [--before IOFS --before-modes ...]
+                             [--jobs a,b] [--dir DIR] [--out DIR]
 
 The same fio matrix (the quick form of ``../shared/bench/fiomatrix.py``: 128 MiB files,
 4 s per job) runs on a fresh directory natively, through each target, one target after
@@ -12,7 +13,10 @@ Targets: ``native``; with ``--peers`` (a folder built by ``../shared/bench/build
 libfuse's ``passthrough_hp --nopassthrough`` (``hp-nopt``) and pyfuse3's fixed example
 (``pyfuse3-example``) where they are built; and ``iofs-MODE`` for each mode, with this
 checkout's ``.venv/bin/iofs`` (on the pyfuse3 transport; ``iofs-MODE-dev`` on the dev
-transport, with ``--transports pyfuse3 dev``). Without peers only native and iofs run.
+transport, with ``--transports pyfuse3 dev``). ``--before`` names another checkout's
+``iofs`` (e.g. ``../main/.venv/bin/iofs``), run in ``--before-modes`` on the same
+transports as ``iofs-MODE[-dev]-before``: a before/after in one run. Without peers only
+native and iofs run.
 
 Every fio result is appended to ``OUT/results.jsonl`` (with the command and the round);
 the table printed at the end gives medians, and each iofs mode's ratio to ``hp-nopt``
@@ -83,6 +87,19 @@ def targets(
             label = f"iofs-{mode}" + ("" if named else f"-{transport}")
             command = [str(IOFS), "mount", "--foreground", "--mode", mode]
             found[label] = [*command, "--transport", transport]
+    return found
+
+
+def before_targets(
+    iofs: Path, modes: list[str], transports: tuple[str, ...]
+) -> dict[str, list[str] | None]:
+    """``iofs-MODE[-TRANSPORT]-before``: the same targets with another checkout's iofs."""
+    found: dict[str, list[str] | None] = {}
+    for mode in modes:
+        for transport in transports:
+            label = f"iofs-{mode}" + ("" if transport == "pyfuse3" else f"-{transport}")
+            command = [str(iofs), "mount", "--foreground", "--mode", mode]
+            found[f"{label}-before"] = [*command, "--transport", transport]
     return found
 
 
@@ -215,6 +232,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--modes", nargs="+", default=["blocking", "xfs", "nonblocking"])
     parser.add_argument("--transports", nargs="+", default=["pyfuse3"], choices=["pyfuse3", "dev"])
+    parser.add_argument("--before", type=Path, help="another checkout's iofs, for a before")
+    parser.add_argument("--before-modes", nargs="+", default=["blocking"])
     parser.add_argument("--jobs", help="comma-separated subset of the jobs")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where to work")
     parser.add_argument("--out", type=Path, help="keep results.jsonl here (default: a new dir)")
@@ -227,6 +246,8 @@ def main() -> None:
     if args.jobs:
         jobs = [job for job in jobs if job in args.jobs.split(",")]
     chosen = targets(args.peers, args.modes, tuple(args.transports))
+    if args.before is not None:
+        chosen.update(before_targets(args.before, args.before_modes, tuple(args.transports)))
     out = args.out or Path(tempfile.mkdtemp(prefix="compare-", dir=args.dir))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="compare-work-", dir=args.dir))

@@ -19,8 +19,9 @@ psync at 1) for the whole run:
 
 The samples are grouped by who spends them (the kernel's /dev/fuse, iofs, trio,
 pyfuse3/libfuse...) and the top entries by self time are listed; samples idle in
-epoll_wait are left out. The raw samples stay in ``OUT/profile-MODE-TRANSPORT.txt`` (py-spy's collapsed
-stacks: flamegraph.pl or speedscope read them).
+epoll_wait are left out. The raw samples stay in ``OUT/profile-MODE-TRANSPORT.txt``
+(py-spy's collapsed stacks: flamegraph.pl or speedscope read them), the figures in
+``OUT/profile-MODE-TRANSPORT.json``.
 """
 
 from __future__ import annotations
