@@ -15,7 +15,8 @@ psync at 1) for the whole run:
 
 1. for ``--seconds`` the daemon runs alone: its CPU time (user + system, /proc) over
    the FUSE requests it counted is the **CPU per request**;
-2. then py-spy samples it (``--native --idle``, ``--rate`` Hz) for ``--seconds`` more.
+2. then py-spy samples it (``--native --idle``, ``--rate`` Hz) for ``--seconds`` more
+   (not with ``--no-profile``, for before/after pairs of the CPU per request alone).
 
 The samples are grouped by who spends them (the kernel's /dev/fuse, iofs, trio,
 pyfuse3/libfuse...) and the top entries by self time are listed; samples idle in
@@ -159,13 +160,16 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         time.sleep(args.seconds)
         cpu, requests = _cpu_seconds(daemon.pid) - cpu, _requests(mountpoint) - requests - 1
         raw = args.out / f"profile-{args.mode}-{args.transport}.txt"
-        subprocess.run(
-            [args.py_spy, "record", "--pid", str(daemon.pid), "--duration", str(args.seconds),
-             "--rate", str(args.rate), "--native", "--idle", "--format", "raw", "-o", str(raw)],
-            check=True, capture_output=True,
-        )  # fmt: skip
+        if args.no_profile:
+            raw.write_text("")
+        else:
+            subprocess.run(
+                [args.py_spy, "record", "--pid", str(daemon.pid), "--duration", str(args.seconds),
+                 "--rate", str(args.rate), "--native", "--idle", "--format", "raw", "-o", str(raw)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        fio.terminate()  # enough: its own figures are not used
         fio.wait()
-        fio_result = json.loads((work / "fio.json").read_text())["jobs"][0]["read"]
     finally:
         if fio is not None and fio.poll() is None:
             fio.kill()
@@ -185,7 +189,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "iodepth": args.iodepth,
         "requests_per_s": round(requests / args.seconds),
         "cpu_us_per_request": round(cpu / requests * 1e6, 1) if requests else None,
-        "fio_iops": round(fio_result["iops"]),
         "raw": str(raw),
         **summary,
     }
@@ -200,6 +203,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--no-profile", action="store_true", help="CPU per request only")
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--dir", type=Path, default=Path("/dev/shm"), help="backing's parent")
     parser.add_argument(
