@@ -48,7 +48,7 @@ from pyfuse3 import (
 )
 
 from . import syscalls
-from .backends import Buffer, Engine, create_engine
+from .backends import Buffer, Capability, Engine, create_engine
 from .backends.base import sync_file
 from .connection import KERNEL_CONGESTION_THRESHOLD, KERNEL_MAX_BACKGROUND, BackgroundLimits
 from .control_protocol import CONTROL_XATTRS, Refusal, write_in_read
@@ -309,6 +309,7 @@ class Filesystem(pyfuse3.Operations):
         self.device: tuple[int, int] | None = None
         self.others_allowed = False
         self._switching = trio.Lock()  # one switch (and its mapping scan) at a time
+        self._note_waits()
 
     # -- lifecycle and modes -------------------------------------------------------------
     def start(self, nursery: trio.Nursery) -> None:
@@ -346,6 +347,7 @@ class Filesystem(pyfuse3.Operations):
             self.recorder.switch_began(setting.spec, previous, requested, None)
         passthrough_before = self.setting.passthrough
         self.setting = setting
+        self._note_waits()
         self.recorder.mode_changed(setting.spec)
         log.info("mode switched to %s", setting.describe())
         if setting.passthrough != passthrough_before:
@@ -379,6 +381,23 @@ class Filesystem(pyfuse3.Operations):
             f"files ({len(self._passthrough)} of them passed through) keep their path, "
             "and so does every open of their file until its last close"
         )
+
+    def may_wait(self, data: bool) -> bool:
+        """Whether serving a request is likely to wait for the loop (an ``await`` that
+        yields): a *data* request (read, write, fsync) unless the engine blocks the loop,
+        an update in a mode with a metadata queue, anything while faults are armed.
+
+        A transport serves the requests that do not wait in the task that read them (see
+        `iofs.transport.dev`); it must still be ready for one that waits after all
+        (e.g. a mode switch that scans for shared mappings in a thread).
+        """
+        return (self._data_waits if data else self._updates_wait) or self.faults.armed
+
+    def _note_waits(self) -> None:
+        """Work out `may_wait`'s answers for the current engine and setting (enum flag
+        arithmetic is too slow to do per request)."""
+        self._data_waits = Capability.BLOCKS_LOOP not in self.engine.capabilities
+        self._updates_wait = self.setting.metadata != "inline"
 
     @property
     def direct_io_allow_mmap(self) -> bool:
@@ -606,7 +625,10 @@ class Filesystem(pyfuse3.Operations):
         kernel_flags_them = transport is not None and transport.kills_privileges
         if direct_io and writes and self.as_root and not kernel_flags_them:
             # A daemon without CAP_FSETID needs nothing: its own backing write drops them.
-            self._direct_writers[fd] = writer_of(ctx.pid, ctx.gid)
+            # A writer with CAP_FSETID drops nothing: no fstat before each of its writes.
+            writer = writer_of(ctx.pid, ctx.gid)
+            if not writer.fsetid:
+                self._direct_writers[fd] = writer
         return FileInfo(fh=fd, direct_io=direct_io, keep_cache=caching.keep_cache)
 
     def _passthrough_backing(self, fd: int, inode: Inode) -> Backing | None:

@@ -3,6 +3,7 @@
 
 Usage (root, from the checkout; needs fio):
     scripts/compare_peers.py [--peers DIR] [--rounds N] [--modes blocking xfs ...]
+                             [--transports pyfuse3 dev] [--before IOFS --before-modes ...]
                              [--jobs a,b] [--dir DIR] [--out DIR]
 
 The same fio matrix (the quick form of ``../shared/bench/fiomatrix.py``: 128 MiB files,
@@ -11,7 +12,11 @@ another and ROUNDS times with the targets interleaved, so that drift hits all al
 Targets: ``native``; with ``--peers`` (a folder built by ``../shared/bench/build-peers.sh``)
 libfuse's ``passthrough_hp --nopassthrough`` (``hp-nopt``) and pyfuse3's fixed example
 (``pyfuse3-example``) where they are built; and ``iofs-MODE`` for each mode, with this
-checkout's ``.venv/bin/iofs``. Without peers only native and iofs run.
+checkout's ``.venv/bin/iofs`` (on the pyfuse3 transport; ``iofs-MODE-dev`` on the dev
+transport, with ``--transports pyfuse3 dev``). ``--before`` names another checkout's
+``iofs`` (e.g. ``../main/.venv/bin/iofs``), run in ``--before-modes`` on the same
+transports as ``iofs-MODE[-dev]-before``: a before/after in one run. Without peers only
+native and iofs run.
 
 Every fio result is appended to ``OUT/results.jsonl`` (with the command and the round);
 the table printed at the end gives medians, and each iofs mode's ratio to ``hp-nopt``
@@ -59,7 +64,9 @@ META = {
 }
 
 
-def targets(peers: Path | None, modes: list[str]) -> dict[str, list[str] | None]:
+def targets(
+    peers: Path | None, modes: list[str], transports: tuple[str, ...] = ("pyfuse3",)
+) -> dict[str, list[str] | None]:
     found: dict[str, list[str] | None] = {"native": None}
     if peers is not None:
         if (peers / "passthrough_hp").exists():
@@ -75,8 +82,24 @@ def targets(peers: Path | None, modes: list[str]) -> dict[str, list[str] | None]
             ]
     for mode in modes:
         # Only the dev transport can pass files through.
-        transport = ["--transport", "dev"] if mode == "passthrough" else []
-        found[f"iofs-{mode}"] = [str(IOFS), "mount", "--foreground", "--mode", mode, *transport]
+        for transport in ("dev",) if mode == "passthrough" else transports:
+            named = transport == "pyfuse3" or mode == "passthrough"
+            label = f"iofs-{mode}" + ("" if named else f"-{transport}")
+            command = [str(IOFS), "mount", "--foreground", "--mode", mode]
+            found[label] = [*command, "--transport", transport]
+    return found
+
+
+def before_targets(
+    iofs: Path, modes: list[str], transports: tuple[str, ...]
+) -> dict[str, list[str] | None]:
+    """``iofs-MODE[-TRANSPORT]-before``: the same targets with another checkout's iofs."""
+    found: dict[str, list[str] | None] = {}
+    for mode in modes:
+        for transport in transports:
+            label = f"iofs-{mode}" + ("" if transport == "pyfuse3" else f"-{transport}")
+            command = [str(iofs), "mount", "--foreground", "--mode", mode]
+            found[f"{label}-before"] = [*command, "--transport", transport]
     return found
 
 
@@ -208,6 +231,9 @@ def main() -> None:
     parser.add_argument("--peers", type=Path, help="folder built by build-peers.sh")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--modes", nargs="+", default=["blocking", "xfs", "nonblocking"])
+    parser.add_argument("--transports", nargs="+", default=["pyfuse3"], choices=["pyfuse3", "dev"])
+    parser.add_argument("--before", type=Path, help="another checkout's iofs, for a before")
+    parser.add_argument("--before-modes", nargs="+", default=["blocking"])
     parser.add_argument("--jobs", help="comma-separated subset of the jobs")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where to work")
     parser.add_argument("--out", type=Path, help="keep results.jsonl here (default: a new dir)")
@@ -219,7 +245,9 @@ def main() -> None:
     jobs = list({**JOBS, **META})
     if args.jobs:
         jobs = [job for job in jobs if job in args.jobs.split(",")]
-    chosen = targets(args.peers, args.modes)
+    chosen = targets(args.peers, args.modes, tuple(args.transports))
+    if args.before is not None:
+        chosen.update(before_targets(args.before, args.before_modes, tuple(args.transports)))
     out = args.out or Path(tempfile.mkdtemp(prefix="compare-", dir=args.dir))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="compare-work-", dir=args.dir))

@@ -1,7 +1,11 @@
 """A test-only FUSE filesystem whose reads complete when the test says so.
 
-Run as ``python tests/gate_daemon.py MOUNTPOINT [--log FILE] [--patience SECONDS]``.
-It prints ``ready`` on stdout once the kernel has the mount, and serves until unmounted.
+Run as ``python tests/gate_daemon.py MOUNTPOINT [--log FILE] [--patience SECONDS]
+[--transport dev [--inline]]``. It prints ``ready`` on stdout once the kernel has the
+mount, and serves until unmounted. With ``--transport dev`` iofs's own /dev/fuse reader
+serves it; ``--inline`` has the filesystem say that no request waits
+(`iofs.fs.Filesystem.may_wait`), so that the reader serves every request itself and a
+parked read must hand the reading on to another task.
 
 ``/gate``
     `GATE_SIZE` bytes of `pattern`, opened with direct_io so that every read, O_DIRECT
@@ -43,6 +47,8 @@ from pyfuse3 import (
     RequestContext,
     SetattrFields,
 )
+
+from iofs.transport.dev import DevTransport
 
 log = logging.getLogger("gate_daemon")
 
@@ -199,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mountpoint", type=Path)
     parser.add_argument("--log", type=Path, help="log (and stderr) to this file")
     parser.add_argument("--patience", type=float, default=60.0, metavar="SECONDS")
+    parser.add_argument("--transport", choices=("pyfuse3", "dev"), default="pyfuse3")
+    parser.add_argument("--inline", action="store_true", help="claim that nothing waits")
     args = parser.parse_args(argv)
     if args.log is not None:
         # Python's tracebacks and libfuse's messages land in the log too.
@@ -211,7 +219,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
     )
     options = {"fsname=gate", "subtype=gate", *pyfuse3.default_options}
-    pyfuse3.init(GateFilesystem(args.patience), str(args.mountpoint), options)
+    fs = GateFilesystem(args.patience)
+    if args.inline:
+        fs.may_wait = lambda data: False  # type: ignore[attr-defined]
+    if args.transport == "dev":
+        return _serve_dev(fs, args.mountpoint, options)
+    pyfuse3.init(fs, str(args.mountpoint), options)
     print("ready", flush=True)
     unmount = True  # unless the kernel has unmounted us, which ends main()
     try:
@@ -219,6 +232,20 @@ def main(argv: list[str] | None = None) -> int:
         unmount = False
     finally:
         pyfuse3.close(unmount=unmount)
+    log.info("unmounted")
+    return 0
+
+
+def _serve_dev(fs: GateFilesystem, mountpoint: Path, options: set[str]) -> int:
+    transport = DevTransport()
+    transport.mount(fs, mountpoint, options)
+    print("ready", flush=True)
+    unmount = True  # unless the kernel has unmounted us, which ends serve()
+    try:
+        trio.run(transport.serve, 64)
+        unmount = False
+    finally:
+        transport.close(unmount=unmount)
     log.info("unmounted")
     return 0
 

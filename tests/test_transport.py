@@ -564,3 +564,45 @@ def test_the_stats_table_shows_the_transport_apart_from_the_filesystem() -> None
     plain = replace(switched_snapshot(), extra={"inodes": 3})
     [line] = [line for line in render(stats_table(plain)).splitlines() if "transport" in line]
     assert "pyfuse3" in line
+
+
+def test_a_request_served_inline_that_waits_hands_the_reading_on(tmp_path: Path) -> None:
+    """The dev reader serves the requests that the filesystem says do not wait in its own
+    task. One that waits after all (here every read of the gate daemon's ``/gate``, held
+    until the test opens the gate, with a filesystem that claims nothing waits) must not
+    hold up the others: its task hands the reading on and finishes serving it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .gate_daemon import pattern
+    from .test_engine_loop import DAEMON, PATIENCE, TIMEOUT, Gate, _stop, _wait_ready
+
+    mountpoint, log = tmp_path / "mnt", tmp_path / "gate.log"
+    mountpoint.mkdir()
+    command = [sys.executable, str(DAEMON), str(mountpoint), "--log", str(log)]
+    command += ["--patience", str(PATIENCE), "--transport", "dev", "--inline"]
+    daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    offsets = (0, 8192)
+
+    def read(offset: int) -> bytes:
+        fd = os.open(mountpoint / "gate", os.O_RDONLY)
+        try:
+            return os.pread(fd, 4096, offset)
+        finally:
+            os.close(fd)
+
+    try:
+        _wait_ready(daemon, log)
+        gate = Gate(mountpoint, log, daemon)
+        with ThreadPoolExecutor(len(offsets)) as pool:
+            reads = [pool.submit(read, offset) for offset in offsets]
+            # Each answer to /parked is a request served while reads are held.
+            while gate.wait_parked() < len(offsets):
+                assert not any(r.done() for r in reads), [r.result() for r in reads if r.done()]
+            gate.open()
+            assert [r.result(timeout=TIMEOUT) for r in reads] == [
+                pattern(offset, 4096) for offset in offsets
+            ]
+    finally:
+        _stop(daemon, mountpoint)
+    text = log.read_text()
+    assert "Traceback" not in text and " ERROR " not in text, text
