@@ -69,7 +69,7 @@ from .fiojobs import (
     parse_size,
     prepare_text,
 )
-from .harness import check_fio, fio_command, log_errors, stop_fio
+from .harness import check_fio, fio_command, log_errors, start_child, stop_fio
 from .live_mounts import find_mount
 from .loopfs import LoopFilesystem, interrupts_deferred
 from .mount import MountOptions
@@ -416,7 +416,10 @@ class _Runner:
         limit = 3 * estimate + 60  # a hung mount must not hang the bench
         started = time.monotonic()
         with open(out / f"{stem}.log", "wb") as log:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            process = start_child(
+                lambda: subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log),
+                stop_fio,
+            )
         try:
             while process.poll() is None:
                 elapsed = time.monotonic() - started

@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -781,8 +783,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _take_sigint() -> None:
+    """Have SIGINT raise KeyboardInterrupt even if iofs was started with it ignored.
+
+    A shell without job control starts ``iofs bench ... &`` with SIGINT ignored, and
+    Python then installs no handler: ``kill -INT`` did nothing, the bench ran on to the
+    end and exited 0. Every command promises that SIGINT stops it cleanly (status 130),
+    as fio and the daemon (which handle it themselves) do.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _take_sigint()
     try:
         return COMMANDS[args.command](args)
     except IofsError as exc:

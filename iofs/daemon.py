@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IofsError
+from .harness import start_child
 from .live_mounts import find_mount
 from .mount import MountOptions
 
@@ -69,7 +70,10 @@ def start_daemon(
         command += ["--stats-interval", str(opts.stats_interval)]
     command += [str(opts.backing), str(opts.mountpoint)]
     mountpoint = Path(os.path.realpath(opts.mountpoint))
-    daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    daemon = start_child(
+        lambda: subprocess.Popen(command, stdin=subprocess.DEVNULL),
+        lambda child: stop_daemon(child, mountpoint),
+    )
     try:
         deadline = time.monotonic() + timeout
         while find_mount(mountpoint) is None:

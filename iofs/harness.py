@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import IofsError
@@ -56,3 +56,27 @@ def stop_fio(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def start_child(
+    start: Callable[[], subprocess.Popen[bytes]],
+    stop: Callable[[subprocess.Popen[bytes]], None],
+) -> subprocess.Popen[bytes]:
+    """The child *start* makes (a `subprocess.Popen`), never left running by a SIGINT.
+
+    SIGINT raises KeyboardInterrupt wherever the main thread is, also inside Popen after
+    the fork while it waits for the exec; Popen then lets go of the child it made, which
+    runs on unknown to its caller (a daemon serving a mount nobody unmounts, fio on it).
+    So SIGINT is held off while *start* runs; if one came, the child is stopped (*stop*)
+    first and the KeyboardInterrupt raised then.
+    """
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        with interrupts_deferred():
+            process = start()
+    except KeyboardInterrupt:
+        if process is not None:
+            with interrupts_deferred():
+                stop(process)
+        raise
+    return process

@@ -46,7 +46,7 @@ from .daemon import stop_daemon
 from .environment import environment
 from .errors import ExitStatus, IofsError
 from .fiojobs import JobFile, load_job, parse_size, with_overrides
-from .harness import check_fio, fio_command, log_errors, stop_fio
+from .harness import check_fio, fio_command, log_errors, start_child, stop_fio
 from .loopfs import interrupts_deferred
 from .results import results_directory, write_json
 from .schedule import BadSchedule, Phase, boundaries, parse_schedule
@@ -222,12 +222,23 @@ class Sampler:
 
 # -- running ---------------------------------------------------------------------------------------
 def _run_fio(
-    fio: str, out: Path, stem: str, job: Path, directory: Path, cwd: Path
+    fio: str,
+    out: Path,
+    stem: str,
+    job: Path,
+    directory: Path,
+    cwd: Path,
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    command = fio_command(fio, job, directory, out / f"{stem}.json")
+    command = fio_command(fio, job, directory, out / f"{stem}.json", extra)
     (out / f"{stem}.command").write_text(shlex.join(command) + "\n")
     with open(out / f"{stem}.log", "wb") as log:
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=cwd)
+        return start_child(
+            lambda: subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=cwd
+            ),
+            stop_fio,
+        )
 
 
 def _finish(process: subprocess.Popen[bytes], out: Path, stem: str, timeout: float) -> None:
@@ -336,16 +347,15 @@ class _Run:
         logs.mkdir()
         for stem, extra in (("prepare", 60.0), ("layout", 600.0)):
             if stem in paths:
-                job = paths[stem]
-                command_extra = ["--create_only=1"] if stem == "prepare" else []
-                command = fio_command(self.fio, job, workspace.backing, out / f"{stem}.json")
-                command[1:1] = command_extra
-                (out / f"{stem}.command").write_text(shlex.join(command) + "\n")
-                with open(out / f"{stem}.log", "wb") as log:
-                    process = subprocess.Popen(
-                        command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=out
-                    )
-                _finish(process, out, stem, extra)
+                extra_options = ["--create_only=1"] if stem == "prepare" else []
+                process = _run_fio(
+                    self.fio, out, stem, paths[stem], workspace.backing, out, extra_options
+                )
+                try:  # not only in _finish: a SIGINT can come as it is called
+                    _finish(process, out, stem, extra)
+                finally:
+                    if process.poll() is None:
+                        stop_fio(process)
         with contextlib.ExitStack() as stack:
             daemon = start_mount(plan.phases[0].setting.spec, workspace, out / "daemon.log")
             self.record["daemon_pid"] = daemon.pid
