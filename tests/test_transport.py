@@ -18,6 +18,7 @@ import json
 import mmap
 import os
 import shutil
+import signal
 import stat
 import struct
 import subprocess
@@ -35,6 +36,7 @@ from hypothesis import strategies as st
 
 from iofs import mounttable, syscalls
 from iofs.backends import EngineConfig, create_engine
+from iofs.faults import parse_faults
 from iofs.fs import Filesystem
 from iofs.live_mounts import find_mount, is_disconnected
 from iofs.transport import devmount
@@ -44,7 +46,9 @@ from iofs.transport.dev import DevTransport
 from . import test_fio, test_posix
 from .conftest import ROOT, Mount, MountFactory, needs_root, scratch_dir
 from .differential import outcome
+from .test_crash import wait_for
 from .test_differential import run_machine
+from .test_faults import injected, set_faults
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
 
@@ -447,9 +451,9 @@ def test_bad_requests_get_errors_and_the_transport_goes_on(harness: Harness) -> 
         short_write_id: -errno.EIO,
         long_write_id: -errno.EIO,
         lying_id: -errno.EIO,
-        interrupt_id: -errno.ENOSYS,
         statx_id: -errno.ENOSYS,
-    }
+    }  # none for the INTERRUPT (its request was answered already: nothing to do)
+    assert interrupt_id not in errors
     counters = harness.transport.statistics()
     assert counters["transport_malformed"] == 5
     assert harness.fs.unexpected_errors == 0
@@ -485,6 +489,96 @@ def test_a_forget_storm_returns_every_lookup(harness: Harness) -> None:
     assert harness.fs.unexpected_errors == 0
 
 
+# -- INTERRUPT ----------------------------------------------------------------------------
+def _interrupt(target: int) -> bytes:
+    """An INTERRUPT for request *target*, as the kernel sends it (its unique is the
+    target's with FUSE_INT_REQ_BIT set)."""
+    size = p.IN_HEADER.size + p.INTERRUPT_IN.size
+    header = p.IN_HEADER.pack(size, p.INTERRUPT, target | p.INT_REQ_BIT, 0, 0, 0, 0, 0, 0)
+    return header + p.INTERRUPT_IN.pack(target)
+
+
+def _open_file(harness: Harness, flags: int) -> int:
+    """LOOKUP and OPEN ``file`` through the transport; its file handle."""
+    lookup, _ = harness.request(p.LOOKUP, b"file\0")
+    _in_nursery(harness, lambda: harness.send(lookup))
+    [(_, error, entry)] = harness.replies()
+    nodeid = p.ENTRY_OUT.unpack(entry)[0]
+    open_request, _ = harness.request(p.OPEN, p.OPEN_IN.pack(flags, 0), nodeid)
+    _in_nursery(harness, lambda: harness.send(open_request))
+    [(_, error, opened)] = harness.replies()
+    assert error == 0
+    fh: int = p.OPEN_OUT.unpack(opened)[0]
+    return fh
+
+
+def test_an_interrupt_cancels_a_held_read_and_it_fails_with_eintr(harness: Harness) -> None:
+    """A read the faults hold for 60 s, then an INTERRUPT for it: the read is answered
+    EINTR at once, the INTERRUPT not at all; the next read is served."""
+    fh = _open_file(harness, os.O_RDONLY)
+    harness.fs.faults.set(parse_faults("delay=60s,ops=read"))
+    read, read_id = harness.request(p.READ, p.READ_IN.pack(fh, 0, 4096, 0, 0, 0, 0))
+
+    async def body() -> None:
+        await harness.send(read)  # returns once the read sleeps in the fault's delay
+        assert harness.replies() == []
+        await harness.send(_interrupt(read_id))
+
+    _in_nursery(harness, body)
+    assert harness.replies() == [(read_id, -errno.EINTR, b"")]
+    counters = harness.transport.statistics()
+    assert (counters["transport_interrupts"], counters["transport_interrupted"]) == (1, 1)
+    assert harness.transport._cancellable == {}
+    harness.fs.faults.set(parse_faults("off"))
+    again, again_id = harness.request(p.READ, p.READ_IN.pack(fh, 0, 4096, 0, 0, 0, 0))
+    _in_nursery(harness, lambda: harness.send(again))
+    assert harness.replies() == [(again_id, 0, b"content")]
+    assert harness.fs.unexpected_errors == 0
+
+
+def test_an_interrupt_does_not_cut_a_write_short(harness: Harness, tmp_path: Path) -> None:
+    """A write may have taken effect: it is not cancelled, and its reply says how much
+    it wrote (the kernel waits for it), however the INTERRUPT falls."""
+    fh = _open_file(harness, os.O_WRONLY)
+    harness.fs.faults.set(parse_faults("delay=10ms,ops=write"))
+    data = b"written"
+    write, write_id = harness.request(p.WRITE, p.WRITE_IN.pack(fh, 0, len(data), 0, 0, 0, 0) + data)
+
+    async def body() -> None:
+        await harness.send(write)  # held in the fault's delay
+        await harness.send(_interrupt(write_id))
+        await harness.send(_interrupt(write_id))  # the kernel may send one again
+
+    _in_nursery(harness, body)  # the nursery waits for the write to finish
+    assert harness.replies() == [(write_id, 0, p.WRITE_OUT.pack(len(data), 0))]
+    assert (tmp_path / "root" / "file").read_bytes() == data
+    counters = harness.transport.statistics()
+    assert (counters["transport_interrupts"], counters["transport_interrupted"]) == (2, 0)
+
+
+def test_an_interrupt_storm_is_ignored_and_keeps_nothing(harness: Harness) -> None:
+    """10,000 INTERRUPTs for requests answered long ago or never sent, and malformed
+    ones: no reply, no growth, and a request in flight meanwhile is served."""
+    fh = _open_file(harness, os.O_RDONLY)
+    harness.fs.faults.set(parse_faults("delay=1ms,ops=read"))
+    read, read_id = harness.request(p.READ, p.READ_IN.pack(fh, 0, 4096, 0, 0, 0, 0))
+    short, _ = harness.request(p.INTERRUPT, b"\0" * 4)
+
+    async def body() -> None:
+        await harness.transport._dispatch(memoryview(bytearray(read)), len(read))
+        for target in range(10_000):
+            raw = _interrupt(target * 2 + 10**6)
+            await harness.transport._dispatch(memoryview(bytearray(raw)), len(raw))
+        await harness.send(short)
+
+    _in_nursery(harness, body)
+    assert harness.replies() == [(read_id, 0, b"content")]
+    counters = harness.transport.statistics()
+    assert (counters["transport_interrupts"], counters["transport_interrupted"]) == (10_000, 0)
+    assert counters["transport_malformed"] == 1
+    assert harness.transport._cancellable == {}
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     opcode=st.sampled_from([*sorted(set(p.OPCODE_NAMES) - {p.INIT, p.DESTROY}), 0, 99, 4096]),
@@ -505,12 +599,56 @@ def test_any_request_gets_at_most_one_whole_reply(opcode: int, body: bytes, node
             replies = harness.replies()
             assert len(replies) <= 1
             assert all(replied == unique for replied, _, _ in replies)
-            if opcode not in (p.FORGET, p.BATCH_FORGET):
+            if opcode not in (p.FORGET, p.BATCH_FORGET, p.INTERRUPT):  # never answered
                 assert len(replies) == 1
         finally:
             harness.close()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+#: Waits in read(2) or fsync(2) (libc's: Python would retry after EINTR) on argv[2]
+#: with a SIGUSR1 handler that does nothing; prints the result and errno.
+_BLOCKED_CALLER = r"""
+import ctypes, os, signal, sys
+signal.signal(signal.SIGUSR1, lambda *_: None)
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(sys.argv[2], os.O_RDONLY)
+buffer = ctypes.create_string_buffer(4096)
+result = libc.read(fd, buffer, 4096) if sys.argv[1] == "read" else libc.fsync(fd)
+print(result, ctypes.get_errno())
+"""
+
+
+@pytest.mark.parametrize("op", ["read", "fsync"])
+def test_a_signal_interrupts_a_held_request_on_a_real_mount(
+    mount_factory: MountFactory, op: str
+) -> None:
+    """A caller blocked in a read or fsync the faults hold for 60 s gets a signal: the
+    kernel sends INTERRUPT, and the call fails with EINTR at once (pyfuse3 would let it
+    wait the 60 s out). The mount goes on serving."""
+    mnt = mount_factory(engine=None, mode="uncached")  # direct_io: read(2) is one request
+    (mnt.backing / "file").write_bytes(b"content")
+    set_faults(mnt, f"delay=60s,ops={op}")
+    caller = subprocess.Popen(
+        [sys.executable, "-c", _BLOCKED_CALLER, op, str(mnt.mountpoint / "file")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: injected(mnt)[op]["delays"] == 1, f"the {op} to be held", 60)
+        caller.send_signal(signal.SIGUSR1)
+        out, _ = caller.communicate(timeout=50)  # well before the 60 s hold ends
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait()
+    assert out.split() == ["-1", str(errno.EINTR)]
+    counters = mnt.counters()
+    assert counters["transport_interrupted"] == 1 and counters["transport_interrupts"] >= 1
+    set_faults(mnt, "off")
+    assert (mnt.mountpoint / "file").read_bytes() == b"content"
+    assert mnt.counters()["unexpected_errors"] == 0
 
 
 def test_a_killed_daemon_leaves_a_mount_iofs_umount_cleans_up(mnt: Mount) -> None:

@@ -16,6 +16,15 @@ The filesystem's word is a guess, not a promise: a request served inline that mu
 after all hands the reading on to a new reader task, and its task finishes serving it
 (a leader/follower hand-off), so nothing waits behind it.
 
+INTERRUPT (a signal reached a caller waiting for a request): a request that changes
+nothing (`CANCELLABLE`: a read, getattr, fsync...) is cancelled and answered EINTR,
+so the caller's system call returns at once; an engine's operation in flight still
+completes first, as the kernel owns its buffer. Any other request runs to its end and
+is answered as usual, which the protocol allows (the kernel waits for that reply): a
+write or a rename must not report EINTR after it took effect. An INTERRUPT for a
+request already answered is ignored; none is answered (an ENOSYS answer would stop the
+kernel sending them).
+
 What INIT negotiates beyond libfuse 3.14 (see `DevTransport.wanted`):
 
 - HANDLE_KILLPRIV_V2: the kernel stops asking for ``security.capability`` before every
@@ -75,6 +84,21 @@ _DATA_OPCODES = frozenset({p.READ, p.WRITE, p.FSYNC})
 #: Requests a reader serves inline in a row before it lets the loop's other tasks run
 #: (its replies let the kernel send more, so the queue might never run dry).
 _INLINE_STREAK = 32
+#: Requests an INTERRUPT cancels (answered EINTR): they change nothing the caller could
+#: see after an EINTR, so being cut short loses nothing. (fsync may fail with EINTR.)
+CANCELLABLE = frozenset(
+    {
+        p.GETATTR,
+        p.READLINK,
+        p.READ,
+        p.STATFS,
+        p.FSYNC,
+        p.GETXATTR,
+        p.LISTXATTR,
+        p.FSYNCDIR,
+        p.ACCESS,
+    }
+)
 
 
 class RequestContext:
@@ -147,6 +171,8 @@ class DevTransport:
         #: The request the last parser made ready: (unique, operation, arguments, reply).
         self._pending: _Pending | None = None
         self._buffer = bytearray(0)  # shared by the reader tasks, one at a time
+        #: The cancel scopes of the cancellable requests being served, by unique.
+        self._cancellable: dict[int, trio.CancelScope] = {}
         # negotiated at INIT
         self.initialized = False
         self.kernel_minor = 0
@@ -162,6 +188,7 @@ class DevTransport:
         self.malformed = 0
         self.unsupported = 0
         self.interrupts = 0
+        self.interrupted = 0
         self.forgets = 0
         self.privileges_dropped = 0
         self.inline = 0  # requests served by the reader itself
@@ -297,6 +324,7 @@ class DevTransport:
             "transport_malformed": self.malformed,
             "transport_unsupported": self.unsupported,
             "transport_interrupts": self.interrupts,
+            "transport_interrupted": self.interrupted,
             "transport_privileges_dropped": self.privileges_dropped,
             "fuse_protocol_minor": self.kernel_minor,
             "fuse_max_background": self.max_background,
@@ -376,10 +404,7 @@ class DevTransport:
             elif opcode == p.BATCH_FORGET:
                 await self._batch_forget(body)
             elif opcode == p.INTERRUPT:
-                # iofs does not cancel operations; ENOSYS tells the kernel to stop
-                # sending interrupts (it then waits for the original reply).
-                self.interrupts += 1
-                self._error(unique, errno.ENOSYS)
+                self._interrupt(body)
             elif opcode == p.INIT:
                 self._init(unique, body)
             elif opcode == p.DESTROY:
@@ -391,7 +416,7 @@ class DevTransport:
             self.malformed += 1
             name = p.OPCODE_NAMES.get(opcode, str(opcode))
             log.warning("malformed FUSE request %d (%s): %s", unique, name, exc)
-            if opcode not in (p.FORGET, p.BATCH_FORGET):
+            if opcode not in (p.FORGET, p.BATCH_FORGET, p.INTERRUPT):  # never answered
                 self._error(unique, errno.EIO)
         pending = self._pending
         if pending is None:
@@ -400,10 +425,31 @@ class DevTransport:
         may_wait = getattr(self.fs, "may_wait", None)  # a guess only iofs's filesystem makes
         if may_wait is None or may_wait(opcode in _DATA_OPCODES):
             assert self._nursery is not None
-            self._nursery.start_soon(self._serve, *pending, False, name="iofs request")
+            # The scope made now, not when the task starts: an INTERRUPT may come first.
+            scope = self._cancel_scope(pending[0]) if opcode in CANCELLABLE else None
+            self._nursery.start_soon(self._serve, *pending, False, scope, name="iofs request")
             return None
         self.inline += 1
-        return await self._serve(*pending, True)
+        return await self._serve(*pending, True, None, opcode in CANCELLABLE)
+
+    def _cancel_scope(self, unique: int) -> trio.CancelScope:
+        """A cancel scope for request *unique*, which an INTERRUPT for it cancels."""
+        scope = self._cancellable[unique] = trio.CancelScope()
+        return scope
+
+    def _interrupt(self, body: memoryview) -> None:
+        """INTERRUPT: cancel the request if it is in flight and `CANCELLABLE`.
+
+        No reply: the kernel waits for the interrupted request's own reply (EINTR once
+        cancelled), and would take ENOSYS as "never send interrupts again". The reader
+        dispatches a request before it reads the next, so the target of an INTERRUPT is
+        either being served or already answered (then there is nothing to do).
+        """
+        (target,) = _fixed(p.INTERRUPT_IN, body)
+        self.interrupts += 1
+        scope = self._cancellable.get(target)
+        if scope is not None:
+            scope.cancel()
 
     async def _batch_forget(self, body: memoryview) -> None:
         count, _ = _fixed(p.BATCH_FORGET_IN, body)
@@ -436,10 +482,19 @@ class DevTransport:
         args: tuple[Any, ...],
         reply: Callable[[int, Any], None],
         inline: bool,
+        scope: trio.CancelScope | None = None,
+        cancellable: bool = False,
     ) -> bool:
         """Serve one request and reply; False if, served *inline* by the reader, it had
-        to wait: a new reader task was started, and this one has served the request."""
+        to wait: a new reader task was started, and this one has served the request.
+
+        A `CANCELLABLE` request runs in a cancel scope an INTERRUPT can cancel: in a task
+        of its own, in *scope* (made by the reader before the task starts, as an INTERRUPT
+        may be read before that); served inline and *cancellable*, in one made at the
+        hand-off (until then the reader is busy with it and reads no INTERRUPT, and a
+        request that never waits needs none)."""
         handed_on = False
+        result: Any = None
         try:
             if inline:
                 operation = call(*args)
@@ -452,11 +507,20 @@ class DevTransport:
                     handed_on = True
                     self.handoffs += 1
                     self._scope = None  # terminate() must not cancel this request
+                    if cancellable:
+                        scope = self._cancel_scope(unique)
                     assert self._nursery is not None
                     self._nursery.start_soon(self._read_requests, name="iofs dev reader")
-                    result = await _resume(operation, trap)
-            else:
+                    if scope is None:
+                        result = await _resume(operation, trap)
+                    else:
+                        with scope:
+                            result = await _resume(operation, trap)
+            elif scope is None:
                 result = await call(*args)
+            else:
+                with scope:
+                    result = await call(*args)
         except FUSEError as exc:
             self._error(unique, exc.errno)
         except OSError as exc:
@@ -465,8 +529,14 @@ class DevTransport:
             log.exception("unexpected error serving FUSE request %d", unique)
             self._error(unique, errno.EIO)
         else:
-            reply(unique, result)
+            if scope is not None and scope.cancelled_caught:  # by an INTERRUPT: a signal
+                self.interrupted += 1
+                self._error(unique, errno.EINTR)
+            else:
+                reply(unique, result)
         finally:
+            if scope is not None and self._cancellable.get(unique) is scope:
+                del self._cancellable[unique]  # (a lying kernel may reuse a unique)
             self._running -= 1
             if self._room is not None:
                 self._room.set()
