@@ -387,6 +387,22 @@ def test_init_asks_for_what_the_kernel_offers(harness: Harness) -> None:
     assert background >= 16 and 0 < congestion <= background
 
 
+def test_a_second_init_is_refused_and_changes_nothing(harness: Harness) -> None:
+    first, first_id = harness.request(p.INIT, _init_body(p.ASYNC_READ | p.MAX_PAGES))
+    second, second_id = harness.request(p.INIT, _init_body(p.WRITEBACK_CACHE))
+
+    async def body() -> None:
+        await harness.send(first)
+        await harness.send(second)
+
+    _in_nursery(harness, body)
+    assert [(unique, error) for unique, error, _ in harness.replies()] == [
+        (first_id, 0),
+        (second_id, -errno.EIO),
+    ]
+    assert harness.transport.flags == p.ASYNC_READ | p.MAX_PAGES
+
+
 def test_init_asks_for_nothing_the_kernel_does_not_offer(harness: Harness) -> None:
     raw, _ = harness.request(p.INIT, struct.pack("<IIII48x", 7, 31, 131072, p.ASYNC_READ))
     _in_nursery(harness, lambda: harness.send(raw))
@@ -486,6 +502,46 @@ def test_a_forget_storm_returns_every_lookup(harness: Harness) -> None:
     _in_nursery(harness, forget)
     assert harness.replies() == []  # forgets have no reply
     assert len(harness.fs.inodes) == 1  # only the root
+    assert harness.fs.unexpected_errors == 0
+
+
+def test_forgets_of_what_was_never_looked_up_change_nothing(harness: Harness) -> None:
+    """FORGETs for the root, for inodes never looked up, for more lookups than were
+    made, in batches with repeats: no reply, no error; the root and the file stay
+    reachable."""
+    lookup, _ = harness.request(p.LOOKUP, b"file\0")
+    _in_nursery(harness, lambda: harness.send(lookup))
+    [(_, _, entry)] = harness.replies()
+    nodeid = p.ENTRY_OUT.unpack(entry)[0]
+    strangers = [0, p.ROOT_ID, nodeid + 1, 2**63, 2**64 - 1]
+    pairs = [(inode, count) for inode in strangers for count in (1, 2**64 - 1)]
+    pairs += [(nodeid, 2**64 - 1), (nodeid, 1), (nodeid, 1)]  # more than looked up
+    batch = p.BATCH_FORGET_IN.pack(len(pairs), 0) + b"".join(
+        p.FORGET_ONE.pack(*pair) for pair in pairs
+    )
+    requests = [harness.request(p.BATCH_FORGET, batch)[0]]
+    requests += [harness.request(p.FORGET, p.FORGET_IN.pack(5), inode)[0] for inode in strangers]
+    requests.append(harness.request(p.BATCH_FORGET, p.BATCH_FORGET_IN.pack(0, 0))[0])
+
+    async def forget() -> None:
+        for raw in requests:
+            await harness.send(raw)
+
+    _in_nursery(harness, forget)
+    assert harness.replies() == []
+    assert list(harness.fs.inodes._by_id) == [p.ROOT_ID]
+    getattr_root, root_id = harness.request(p.GETATTR, p.GETATTR_IN.pack(0, 0, 0))
+    again, again_id = harness.request(p.LOOKUP, b"file\0")
+
+    async def use() -> None:
+        await harness.send(getattr_root)
+        await harness.send(again)
+
+    _in_nursery(harness, use)
+    assert [(unique, error) for unique, error, _ in harness.replies()] == [
+        (root_id, 0),
+        (again_id, 0),
+    ]
     assert harness.fs.unexpected_errors == 0
 
 

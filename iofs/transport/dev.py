@@ -630,6 +630,8 @@ class DevTransport:
         return want & offered
 
     def _init(self, unique: int, body: memoryview) -> None:
+        if self.initialized:  # as libfuse: what was negotiated stays
+            raise Malformed("a second INIT")
         major, minor, max_readahead, flags = _fixed(p.INIT_IN, body)
         if major != p.KERNEL_VERSION:
             log.error("the kernel speaks FUSE %d.%d; iofs's dev transport 7.x", major, minor)
