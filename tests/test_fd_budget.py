@@ -199,7 +199,9 @@ def test_fio_filecreate_3000_files_under_a_limit_of_1024(
         process, extra = statistics(mount)
         # Soft 1024 only: the daemon raised it to the hard limit it inherited.
         assert process["fd_limit"] == (hard or resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-        assert extra["inodes_max"] > 3000
+        # More inodes known at once than a default login has descriptors. (Not all 3,000:
+        # the kernel may forget some meanwhile, e.g. when another run drops caches.)
+        assert extra["inodes_max"] > 1024
         assert extra["unexpected_errors"] == 0
         (mount.mountpoint / "after").write_bytes(b"still serving")
         assert (mount.mountpoint / "after").read_bytes() == b"still serving"
