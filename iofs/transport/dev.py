@@ -86,18 +86,9 @@ _DATA_OPCODES = frozenset({p.READ, p.WRITE, p.FSYNC})
 _INLINE_STREAK = 32
 #: Requests an INTERRUPT cancels (answered EINTR): they change nothing the caller could
 #: see after an EINTR, so being cut short loses nothing. (fsync may fail with EINTR.)
+#: Not GETXATTR: reading ``iofs.mode=SETTING`` switches the mode.
 CANCELLABLE = frozenset(
-    {
-        p.GETATTR,
-        p.READLINK,
-        p.READ,
-        p.STATFS,
-        p.FSYNC,
-        p.GETXATTR,
-        p.LISTXATTR,
-        p.FSYNCDIR,
-        p.ACCESS,
-    }
+    {p.GETATTR, p.READLINK, p.READ, p.STATFS, p.FSYNC, p.LISTXATTR, p.FSYNCDIR, p.ACCESS}
 )
 
 
