@@ -475,6 +475,32 @@ def test_bad_requests_get_errors_and_the_transport_goes_on(harness: Harness) -> 
     assert harness.fs.unexpected_errors == 0
 
 
+def test_counts_and_sizes_beyond_the_request_are_refused(harness: Harness) -> None:
+    """Fields that claim more than the request holds: a batch of 2^32-1 forgets, an
+    xattr value, a write and extension blocks past the end; a name of 1 MiB without
+    its NUL. Each is counted as malformed; those with a reply get EIO."""
+    forgets, _ = harness.request(p.BATCH_FORGET, p.BATCH_FORGET_IN.pack(2**32 - 1, 0))
+    xattr, xattr_id = harness.request(p.SETXATTR, p.SETXATTR_IN.pack(1 << 16, 0) + b"user.a\0")
+    write, write_id = harness.request(p.WRITE, p.WRITE_IN.pack(3, 0, 2**32 - 1, 0, 0, 0, 0))
+    name, name_id = harness.request(p.LOOKUP, b"n" * (1 << 20))
+    extensions, extensions_id = harness.request(p.GETATTR, p.GETATTR_IN.pack(0, 0, 0))
+    extensions = extensions[:36] + struct.pack("<H", 0xFFFF) + extensions[38:]  # total_extlen
+
+    async def body() -> None:
+        for raw in (forgets, xattr, write, name, extensions):
+            await harness.send(raw)
+
+    _in_nursery(harness, body)
+    assert {unique: error for unique, error, _ in harness.replies()} == {
+        xattr_id: -errno.EIO,
+        write_id: -errno.EIO,
+        name_id: -errno.EIO,
+        extensions_id: -errno.EIO,
+    }
+    assert harness.transport.statistics()["transport_malformed"] == 5
+    assert harness.fs.unexpected_errors == 0
+
+
 def test_a_forget_storm_returns_every_lookup(harness: Harness) -> None:
     """10,000 lookups of one file, forgotten in batches and singly: the inode goes."""
     lookup, _ = harness.request(p.LOOKUP, b"file\0")
