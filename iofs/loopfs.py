@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -72,6 +73,18 @@ def attached_devices(image: Path) -> list[str]:
         check=False,
     )
     return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+
+
+def _still_attached(image: Path, patience: float = 10.0) -> list[str]:
+    """The loop devices still attached to *image* once the detaching is over: the kernel
+    detaches an autoclear device from a work queue after the last close, so a device
+    being detached is listed (and refuses ``losetup -d``) for a moment after umount."""
+    deadline = time.monotonic() + patience
+    while (devices := attached_devices(image)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        for device in devices:
+            subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
+    return devices
 
 
 class LoopFilesystem:
@@ -164,7 +177,7 @@ class LoopFilesystem:
                 # half way (or killed mid-way) is detached here.
                 for device in attached_devices(self.image):
                     subprocess.run(["losetup", "-d", device], capture_output=True, check=False)
-                devices = attached_devices(self.image)
+                devices = _still_attached(self.image)
                 if devices:
                     problems.append(f"loop device {', '.join(devices)} still attached")
             if problems:
