@@ -53,6 +53,7 @@ _MOUNT_TESTS = [name for name in dir(test_transport) if name.startswith("test_po
     "test_fallocate_reaches_the_backing_file",
     "test_shared_writable_mapping_in_uncached_mode",
     "test_a_killed_daemon_leaves_a_mount_iofs_umount_cleans_up",
+    "test_a_signal_interrupts_a_held_request_on_a_real_mount",
 ]
 for _name in _MOUNT_TESTS:
     globals()[_name.replace("_over_dev", "")] = needs_uring(getattr(test_transport, _name))

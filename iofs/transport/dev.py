@@ -367,8 +367,11 @@ class DevTransport:
                     streak = 0
                     await trio.lowlevel.checkpoint()
 
-    async def _dispatch(self, view: memoryview, length: int) -> bool | None:
-        """Parse one request and serve it: inline if the filesystem says it does not wait
+    async def _dispatch(
+        self, view: memoryview, length: int, may_inline: bool = True
+    ) -> bool | None:
+        """Parse one request and serve it: inline if *may_inline* and the filesystem says
+        it does not wait
         (True once replied; False if it waited after all and this task has become its
         task, see `_serve`), else in a task of its own (None, as for requests the
         transport answers itself)."""
@@ -414,7 +417,7 @@ class DevTransport:
             return None
         self._pending = None
         may_wait = getattr(self.fs, "may_wait", None)  # a guess only iofs's filesystem makes
-        if may_wait is None or may_wait(opcode in _DATA_OPCODES):
+        if not may_inline or may_wait is None or may_wait(opcode in _DATA_OPCODES):
             assert self._nursery is not None
             # The scope made now, not when the task starts: an INTERRUPT may come first.
             scope = self._cancel_scope(pending[0]) if opcode in CANCELLABLE else None

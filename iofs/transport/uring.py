@@ -47,7 +47,7 @@ import trio
 
 from ..backends import iouring_abi
 from . import protocol as p
-from .dev import MAX_PAGES, MAX_WRITE, DevTransport
+from .dev import _HEADER_ROOM, MAX_PAGES, MAX_WRITE, DevTransport
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,7 @@ class UringTransport(DevTransport):
     # -- lifecycle ----------------------------------------------------------------------
     async def serve(self, max_tasks: int) -> None:
         self._max_tasks = max(1, max_tasks)
+        self._buffer = bytearray(MAX_WRITE + _HEADER_ROOM)  # the /dev/fuse reader's
         self._initialized = trio.Event()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -372,7 +373,9 @@ class UringTransport(DevTransport):
         payloads[start : start + _IN_SIZE] = headers[at : at + _IN_SIZE]
         payloads[start + _IN_SIZE : body] = headers[at + _OP_IN : at + _OP_IN + fixed]
         self._by_unique[unique] = entry
-        await self._dispatch(payloads[start : body + payload_size], size)
+        # Never inline: a ring request that waited would hand the reading of /dev/fuse
+        # on to a second reader while the first still waits on it, and stall the ring.
+        await self._dispatch(payloads[start : body + payload_size], size, may_inline=False)
 
     # -- replying -----------------------------------------------------------------------
     def _send(self, parts: list[Any]) -> None:
