@@ -46,6 +46,7 @@ FALLOCATE reaches `Filesystem.fallocate` (pyfuse3 has no such operation).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -84,6 +85,8 @@ _DATA_OPCODES = frozenset({p.READ, p.WRITE, p.FSYNC})
 #: Requests a reader serves inline in a row before it lets the loop's other tasks run
 #: (its replies let the kernel send more, so the queue might never run dry).
 _INLINE_STREAK = 32
+#: What a request that no INTERRUPT cancels is served in.
+_NO_SCOPE = contextlib.nullcontext()
 #: Requests an INTERRUPT cancels (answered EINTR): they change nothing the caller could
 #: see after an EINTR, so being cut short loses nothing. (fsync may fail with EINTR.)
 #: Not GETXATTR: reading ``iofs.mode=SETTING`` switches the mode.
@@ -482,38 +485,32 @@ class DevTransport:
         """Serve one request and reply; False if, served *inline* by the reader, it had
         to wait: a new reader task was started, and this one has served the request.
 
-        A `CANCELLABLE` request runs in a cancel scope an INTERRUPT can cancel: in a task
-        of its own, in *scope* (made by the reader before the task starts, as an INTERRUPT
-        may be read before that); served inline and *cancellable*, in one made at the
-        hand-off (until then the reader is busy with it and reads no INTERRUPT, and a
-        request that never waits needs none)."""
+        A `CANCELLABLE` request runs in a cancel scope an INTERRUPT can cancel: *scope*,
+        made by the reader before a request's own task starts (an INTERRUPT may be read
+        before that), or, served inline and *cancellable*, one entered before the
+        operation's first step: a scope the operation enters must nest inside it, so it
+        cannot wait for a hand-off."""
         handed_on = False
         result: Any = None
+        if cancellable:
+            scope = self._cancel_scope(unique)
         try:
-            if inline:
-                operation = call(*args)
-                try:
-                    trap = operation.send(None)
-                except StopIteration as done:
-                    result = done.value
-                else:
-                    # It waits: a new reader reads on while this task finishes serving.
-                    handed_on = True
-                    self.handoffs += 1
-                    self._scope = None  # terminate() must not cancel this request
-                    if cancellable:
-                        scope = self._cancel_scope(unique)
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._read_requests, name="iofs dev reader")
-                    if scope is None:
-                        result = await _resume(operation, trap)
+            with _NO_SCOPE if scope is None else scope:
+                if inline:
+                    operation = call(*args)
+                    try:
+                        trap = operation.send(None)
+                    except StopIteration as done:
+                        result = done.value
                     else:
-                        with scope:
-                            result = await _resume(operation, trap)
-            elif scope is None:
-                result = await call(*args)
-            else:
-                with scope:
+                        # It waits: a new reader reads on while this task finishes serving.
+                        handed_on = True
+                        self.handoffs += 1
+                        self._scope = None  # terminate() must not cancel this request
+                        assert self._nursery is not None
+                        self._nursery.start_soon(self._read_requests, name="iofs dev reader")
+                        result = await _resume(operation, trap)
+                else:
                     result = await call(*args)
         except FUSEError as exc:
             self._error(unique, exc.errno)
