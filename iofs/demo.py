@@ -60,8 +60,7 @@ DEMO_RUNTIME = 5.0
 #: in passthrough mode (on the dev transport: pyfuse3 cannot hand files to the kernel).
 TRANSPORT_JOB = "transport-4k-direct-qd16"
 TRANSPORT_RUNS = tuple(
-    PlannedRun("dir", path, TRANSPORT_JOB)
-    for path in (NATIVE, *TRANSPORT_PATHS, PASSTHROUGH_PATH)
+    PlannedRun("dir", path, TRANSPORT_JOB) for path in (NATIVE, *TRANSPORT_PATHS, PASSTHROUGH_PATH)
 )
 #: The transport job's two timed sections each run this share of the demo's runtime (2 s
 #: of 5): five runs, about half a minute in all.
