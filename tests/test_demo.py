@@ -401,5 +401,6 @@ def test_the_transport_runs_take_a_share_of_the_runtime() -> None:
     plan = demo_plan()
     assert set(TRANSPORT_RUNS) <= set(DEMO_RUNS)
     text = plan.jobs[TRANSPORT_JOB].text
-    assert "runtime=2\n" in text and "runtime=60\n" in text  # the warm-up pass keeps its cap
+    assert "runtime=1\n" in text and "runtime=60\n" in text  # the warm-up pass keeps its cap
     assert "runtime=5\n" in plan.jobs["mixed"].text
+    assert "runtime=2\n" in demo_plan(runtime=10).jobs[TRANSPORT_JOB].text
