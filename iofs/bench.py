@@ -58,7 +58,7 @@ from rich.progress import (
 
 from . import loopfs
 from .backends import EngineConfig
-from .bench_plan import Plan, PlannedRun, mount_setting
+from .bench_plan import Plan, PlannedRun, mount_setting, split_transport
 from .control import read_statistics
 from .daemon import start_daemon, stop_daemon
 from .environment import environment, filesystem_of, first_line
@@ -77,6 +77,7 @@ from .report import (
     Results,
 )
 from .results import render_results, results_directory, write_json
+from .transport import default_transport
 
 #: Extents are counted when a run leaves at most this many files.
 MAX_EXTENT_FILES = 20
@@ -163,8 +164,10 @@ def target_workspace(
 
 
 def start_mount(spec: str, workspace: Workspace, log_file: Path) -> subprocess.Popen[bytes]:
-    """An iofs daemon in setting *spec* over the workspace's backing directory, serving."""
+    """An iofs daemon in setting *spec* (with its transport, if it names one) over the
+    workspace's backing directory, serving."""
     setting = mount_setting(spec)
+    transport = split_transport(spec)[1]
     opts = MountOptions(
         backing=workspace.backing,
         mountpoint=workspace.mountpoint,
@@ -173,6 +176,7 @@ def start_mount(spec: str, workspace: Workspace, log_file: Path) -> subprocess.P
         engine_config=EngineConfig(direct=setting.direct),
         caching=setting.caching,
         log_file=log_file,
+        transport=transport or default_transport(),
     )
     return start_daemon(opts)
 

@@ -26,7 +26,7 @@ from .modes import MODES, BadSetting, Setting, parse_setting, resolve
 from .report import (
     NATIVE,
 )
-from .transport import passthrough_unavailable
+from .transport import TRANSPORT_NAMES, passthrough_unavailable
 
 #: The filesystems a bench can run on.
 FILESYSTEMS = ("dir", *loopfs.KINDS)
@@ -89,14 +89,44 @@ def matrix(
     return tuple(PlannedRun(fs, path, job) for fs in filesystems for job in jobs for path in paths)
 
 
+def split_transport(spec: str) -> tuple[str, str | None]:
+    """A path spec's mode setting and the transport its ``,transport=NAME`` option names
+    (None: the default transport). The option belongs to the bench's mount, not to the
+    mode setting: a live switch cannot change the transport.
+
+    Raises `IofsError` for a transport that does not exist.
+    """
+    setting, sep, rest = spec.partition(",transport=")
+    if not sep:
+        return spec, None
+    name, _, more = rest.partition(",")
+    if name not in TRANSPORT_NAMES:
+        raise IofsError(
+            f"{spec}: no transport {name!r} ({', '.join(TRANSPORT_NAMES)})",
+            ExitStatus.BAD_SETTING,
+        )
+    return (f"{setting},{more}" if more else setting), name
+
+
+def transport_unavailable(name: str) -> str | None:
+    """Why transport *name* cannot mount here, in one line; None if it can. Changes
+    nothing (the mount itself turns the uring module parameter on, as root)."""
+    if name == "uring":
+        from .transport.uring import unavailable_reason
+
+        return unavailable_reason()
+    return None
+
+
 def mount_setting(spec: str, engine: str | None = None) -> Setting:
-    """The setting *spec* names, with *engine* (if given) overriding its engine.
+    """The setting *spec* names (any ``,transport=NAME`` left out: see
+    `split_transport`), with *engine* (if given) overriding its engine.
 
     Raises `IofsError` for names that do not exist (a usage mistake), not for engines
     that cannot run here (see `check_paths`).
     """
     try:
-        setting = parse_setting(spec)
+        setting = parse_setting(split_transport(spec)[0])
         if engine is not None:
             setting = resolve(setting.mode, engine=engine, caching=setting.caching)
     except BadSetting as exc:
@@ -121,16 +151,21 @@ def check_paths(
                 paths.append(NATIVE)
             continue
         setting = mount_setting(spec, engine)
+        transport = split_transport(spec)[1]
+        normalised = setting.spec + (f",transport={transport}" if transport else "")
         try:
             engine_class(setting.engine)
         except EngineUnavailable as exc:
-            skipped.append((f"mode {setting.spec}", str(exc)))
+            skipped.append((f"mode {normalised}", str(exc)))
             continue
-        if setting.passthrough and (reason := passthrough_unavailable()) is not None:
-            skipped.append((f"mode {setting.spec}", reason))
+        reason = transport_unavailable(transport) if transport else None
+        if reason is None and setting.passthrough:
+            reason = passthrough_unavailable(transport)
+        if reason is not None:
+            skipped.append((f"mode {normalised}", reason))
             continue
-        if setting.spec not in paths:
-            paths.append(setting.spec)
+        if normalised not in paths:
+            paths.append(normalised)
     return paths, skipped
 
 

@@ -482,7 +482,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SETTING",
         default=None,
         help="native and/or iofs mode settings, e.g. native blocking xfs,engine=aio "
-        f"(default: native {' '.join(MODES)})",
+        "blocking,transport=uring (default: native "
+        f"{' '.join(MODES)}; ',transport=NAME' mounts over that transport)",
     )
     bench.add_argument(
         "--jobs",

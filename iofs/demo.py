@@ -13,6 +13,11 @@ About two to three minutes on a small machine. The runs (`DEMO_RUNS`):
 - ``rand-write-4k-direct-qd16`` and ``fdatasync-write-4k`` natively on fresh XFS and
   Btrfs images (root only; skipped with the reason otherwise), or on existing XFS and
   Btrfs filesystems (``--xfs DIR``, ``--btrfs DIR``).
+- ``transport-4k-direct-qd16`` (4 KiB O_DIRECT reads, then writes, at queue depth 16,
+  1 s each) in ``blocking`` mode over each transport (pyfuse3, dev, uring) and in
+  ``passthrough`` mode: what the way requests reach the daemon costs, and what leaving
+  the daemon out of the data path gains (`TRANSPORT_RUNS`; a transport that cannot run
+  here is skipped with the reason).
 - a live switch (`SWITCH_SCHEDULE`, ``iofs switch``): ``rand-read-4k-direct-qd16``
   through one mount switched blocking → xfs → btrfs → nonblocking while it runs, kept
   in ``switch/`` of the demo's results directory with its timeline chart.
@@ -30,7 +35,13 @@ from rich.console import Console
 from .bench import Interrupted, run_plan
 from .bench_plan import Plan, PlannedRun, check_filesystems, check_paths
 from .errors import IofsError
-from .findings import AIO_BUFFERED, URING_BUFFERED, findings
+from .findings import (
+    AIO_BUFFERED,
+    PASSTHROUGH_PATH,
+    TRANSPORT_PATHS,
+    URING_BUFFERED,
+    findings,
+)
 from .fiojobs import load_job, with_overrides
 from .loopfs import interrupts_deferred
 from .report import NATIVE
@@ -45,6 +56,17 @@ SWITCH_JOB = "rand-read-4k-direct-qd16"
 #: Seconds each time-based demo job runs.
 DEMO_RUNTIME = 5.0
 
+#: The transport comparison: one job natively, in blocking mode over each transport, and
+#: in passthrough mode (on the dev transport: pyfuse3 cannot hand files to the kernel).
+TRANSPORT_JOB = "transport-4k-direct-qd16"
+TRANSPORT_RUNS = tuple(
+    PlannedRun("dir", path, TRANSPORT_JOB) for path in (NATIVE, *TRANSPORT_PATHS, PASSTHROUGH_PATH)
+)
+#: The transport job's two timed sections each run this share of the demo's runtime (1 s
+#: of 5, IOPS sampled every 100 ms): five runs, each mostly mount, lay-out and cache-drop
+#: time, about half a minute in all.
+TRANSPORT_SHARE = 0.2
+
 DEMO_RUNS = (
     PlannedRun("dir", NATIVE, "mixed"),
     PlannedRun("dir", "blocking", "mixed"),
@@ -57,6 +79,7 @@ DEMO_RUNS = (
     PlannedRun("dir", "nonblocking", "rand-read-4k-direct-qd16"),
     PlannedRun("dir", URING_BUFFERED, "rand-read-4k-direct-qd16"),
     PlannedRun("dir", AIO_BUFFERED, "rand-read-4k-direct-qd16"),
+    *TRANSPORT_RUNS,
     PlannedRun("xfs", NATIVE, "rand-write-4k-direct-qd16"),
     PlannedRun("btrfs", NATIVE, "rand-write-4k-direct-qd16"),
     PlannedRun("xfs", NATIVE, "fdatasync-write-4k"),
@@ -86,7 +109,8 @@ def demo_plan(
     jobs = {}
     for name in dict.fromkeys(r.job for r in runs):
         job = load_job(name)
-        jobs[name] = type(job)(name, with_overrides(job.text, runtime))
+        seconds = max(1.0, round(runtime * TRANSPORT_SHARE)) if name == TRANSPORT_JOB else runtime
+        jobs[name] = type(job)(name, with_overrides(job.text, seconds))
     return Plan(
         kind="demo",
         runs=runs,

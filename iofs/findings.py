@@ -25,6 +25,21 @@ RunKey = tuple[str, str, str]  # (filesystem, path, job)
 URING_BUFFERED = "xfs,direct=off"
 AIO_BUFFERED = "xfs,engine=aio,direct=off"
 
+#: The transport comparison (`transports`): one job in blocking mode over each transport,
+#: pyfuse3 (the baseline) first, and in passthrough mode, whose data bypasses the daemon.
+TRANSPORT_JOB = "transport-4k-direct-qd16"
+TRANSPORT_PATHS = (
+    "blocking,transport=pyfuse3",
+    "blocking,transport=dev",
+    "blocking,transport=uring",
+)
+PASSTHROUGH_PATH = "passthrough,transport=dev"
+#: The job's sections: (what they do, section name, fio direction).
+TRANSPORT_SECTIONS = (
+    ("reads", "read-4k-direct-qd16", "read"),
+    ("writes", "write-4k-direct-qd16", "write"),
+)
+
 #: The nonblocking runs whose RWF_NOWAIT hit ratios the demo reports: a 64 MiB file read
 #: at queue depth 1, and a 256 MiB file read cold at queue depth 16.
 NOWAIT_RUNS: tuple[RunKey, RunKey] = (
@@ -307,11 +322,132 @@ def xfs_vs_btrfs(results: Results) -> list[str]:
     return sentences
 
 
+def _versus(what: str, mine: Figures, base: Figures) -> str:
+    """How IOPS *mine* on *what* compare with pyfuse3's (*base*), said both ways: a verb
+    phrase (``served 2.30x pyfuse3's reads (...)``)."""
+    figures = f"{format_count(mine.iops)} vs {format_count(base.iops)} IOPS"
+    if not iops_differ(mine, base):
+        return f"matched pyfuse3 on {what} within noise ({figures})"
+    if mine.iops > base.iops:
+        return f"served {_x(mine.iops, base.iops)} pyfuse3's {what} ({figures})"
+    return f"was slower than pyfuse3 on {what}, {_x(mine.iops, base.iops)} ({figures})"
+
+
+def _against(name: str, figures: list[Figures], base: list[Figures]) -> str:
+    """``NAME <reads phrase> and <writes phrase>`` (see `_versus`)."""
+    halves = [
+        _versus(what, mine, theirs)
+        for (what, _, _), mine, theirs in zip(TRANSPORT_SECTIONS, figures, base, strict=True)
+    ]
+    return f"{name} {' and '.join(halves)}"
+
+
+def _transport_run(results: Results, path: str) -> list[Figures] | None:
+    """The run's read and write figures (in `TRANSPORT_SECTIONS` order), or None."""
+    figures = [
+        _figures(results, ("dir", path, TRANSPORT_JOB), section, direction)
+        for _, section, direction in TRANSPORT_SECTIONS
+    ]
+    return None if any(f is None for f in figures) else [f for f in figures if f]
+
+
+def _transport_name(path: str) -> str:
+    return path.rpartition("transport=")[2]
+
+
+def transports(results: Results) -> str:
+    """The FUSE transports side by side in blocking mode: IOPS against pyfuse3's, daemon
+    CPU per request and requests per wake-up."""
+    job = "4 KiB O_DIRECT random reads and writes at queue depth 16"
+    baseline = TRANSPORT_PATHS[0]
+    why = _missing(results, ("dir", baseline, TRANSPORT_JOB))
+    base = _transport_run(results, baseline)
+    if why or base is None:
+        return f"The transports were not compared: {why or 'pyfuse3 ran no reads or writes'}."
+    measured = [(baseline, base)]
+    not_run = []
+    for path in TRANSPORT_PATHS[1:]:
+        why = _missing(results, ("dir", path, TRANSPORT_JOB))
+        figures = _transport_run(results, path)
+        if why or figures is None:
+            not_run.append(f"{_transport_name(path)} was not measured: {why or 'no I/O'}")
+        else:
+            measured.append((path, figures))
+    comparisons = [_against(_transport_name(p), f, base) for p, f in measured[1:]]
+    if comparisons:
+        sentence = f"In blocking mode, {job}: {'; '.join(comparisons)}"
+    else:
+        sentence = (
+            f"In blocking mode, {job} over pyfuse3 ran at {format_count(base[0].iops)} and "
+            f"{format_count(base[1].iops)} IOPS"
+        )
+    costs, batches = [], []
+    for path, _ in measured:
+        daemon = _daemon(results, ("dir", path, TRANSPORT_JOB))
+        if daemon is None or not daemon.requests:
+            continue
+        name = _transport_name(path)
+        costs.append(f"{name} {format_ns(daemon.cpu_seconds / daemon.requests * 1e9)}")
+        per_wakeup = daemon.requests_per_wakeup
+        if per_wakeup is not None:
+            batches.append(f"{name} {per_wakeup:.1f}")
+    if costs:
+        sentence += f". Daemon CPU per request: {', '.join(costs)}"
+    if batches:
+        sentence += f"; requests per wake-up: {', '.join(batches)}"
+    if not_run:
+        sentence += f". {'. '.join(not_run)}"
+    return sentence + "."
+
+
+def passthrough(results: Results) -> str:
+    """Passthrough mode against pyfuse3 (blocking mode) and natively, on the transport job."""
+    run = ("dir", PASSTHROUGH_PATH, TRANSPORT_JOB)
+    why = _missing(results, run)
+    figures = _transport_run(results, PASSTHROUGH_PATH)
+    if why or figures is None:
+        return f"Passthrough mode was not measured: {why or 'no I/O'}."
+    sentence = "In passthrough mode (the kernel reads and writes the backing file itself), "
+    base = _transport_run(results, TRANSPORT_PATHS[0])
+    if base is not None and not _missing(results, ("dir", TRANSPORT_PATHS[0], TRANSPORT_JOB)):
+        sentence += _against("the same job", figures, base)
+    else:
+        sentence += (
+            f"the same job ran at {format_count(figures[0].iops)} and "
+            f"{format_count(figures[1].iops)} IOPS"
+        )
+    native = _transport_run(results, NATIVE)
+    if native is not None and not _missing(results, ("dir", NATIVE, TRANSPORT_JOB)):
+        near = all(
+            not iops_differ(mine, theirs) for mine, theirs in zip(figures, native, strict=True)
+        )
+        sentence += (
+            f"; natively {format_count(native[0].iops)} and {format_count(native[1].iops)} "
+            f"IOPS, "
+            + (
+                "within noise of passthrough"
+                if near
+                else f"passthrough reaching {_x(figures[0].iops, native[0].iops)} and "
+                f"{_x(figures[1].iops, native[1].iops)} of that"
+            )
+        )
+    found = results.find(*run)
+    daemon = found.daemon if found else None
+    if found is not None and daemon is not None:
+        sentence += (
+            f"; the daemon served {daemon.data_requests:,} data requests for its "
+            f"{sum(f.ios for f in figures):,} I/Os"
+        )
+    return sentence + "."
+
+
 FINDINGS: tuple[Callable[[Results], str | list[str]], ...] = (
     head_of_line,
     nowait_hits,
     thread_cost,
     aio_vs_uring,
+    transports,
+    passthrough,
     xfs_vs_btrfs,
 )
 

@@ -90,6 +90,20 @@ class DaemonFigures:
     engine_counters: Mapping[str, int] = field(default_factory=dict)
     #: FUSE operation -> (requests, p50 ns, p99 ns) over the run.
     operations: Mapping[str, tuple[int, float, float]] = field(default_factory=dict)
+    #: How the requests reached the daemon (``pyfuse3``, ``dev``, ``uring``) and the
+    #: transport's counters over the run (``transport_requests``, ``transport_wakeups``,
+    #: ``transport_uring_*``: see docs/statistics.md); none for pyfuse3.
+    transport: str = ""
+    transport_counters: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def requests_per_wakeup(self) -> float | None:
+        """FUSE requests the transport took per wake-up of the event loop (the ring's,
+        for uring), or None where it does not count them (pyfuse3)."""
+        counters = self.transport_counters
+        prefix = "transport_uring_" if "transport_uring_wakeups" in counters else "transport_"
+        wakeups = counters.get(f"{prefix}wakeups", 0)
+        return counters.get(f"{prefix}requests", 0) / wakeups if wakeups > 0 else None
 
 
 @dataclass(frozen=True)
@@ -225,6 +239,18 @@ _ENGINE_COUNTERS = (
 )
 
 
+#: The transport counters that count events (the others are sizes and settings).
+_TRANSPORT_COUNTERS = frozenset(
+    {
+        "transport_requests",
+        "transport_wakeups",
+        "transport_uring_requests",
+        "transport_uring_wakeups",
+        "transport_uring_submits",
+    }
+)
+
+
 def daemon_figures(before: Snapshot, after: Snapshot) -> DaemonFigures:
     """What the daemon did between two snapshots of the same mount, *before* first."""
     interval = diff(after, before)
@@ -253,6 +279,12 @@ def daemon_figures(before: Snapshot, after: Snapshot) -> DaemonFigures:
         engine=engine,
         engine_counters=counters,
         operations=operations,
+        transport=after.transport,
+        transport_counters={
+            name: value - before.extra.get(name, 0)
+            for name, value in after.extra.items()
+            if name in _TRANSPORT_COUNTERS
+        },
     )
 
 

@@ -7,20 +7,35 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from iofs.demo import DEMO_RUNS, SWITCH_JOB, SWITCH_SCHEDULE, demo_plan, switch_demo_plan
+from iofs.bench_plan import check_paths, split_transport
+from iofs.demo import (
+    DEMO_RUNS,
+    SWITCH_JOB,
+    SWITCH_SCHEDULE,
+    TRANSPORT_JOB,
+    TRANSPORT_RUNS,
+    demo_plan,
+    switch_demo_plan,
+)
+from iofs.errors import IofsError
 from iofs.findings import (
     AIO_BUFFERED,
+    PASSTHROUGH_PATH,
+    TRANSPORT_PATHS,
     URING_BUFFERED,
     aio_vs_uring,
     findings,
     head_of_line,
     iops_differ,
     nowait_hits,
+    passthrough,
     thread_cost,
+    transports,
     xfs_vs_btrfs,
 )
 from iofs.report import NATIVE, DaemonFigures, Figures, Results, Run
@@ -53,15 +68,21 @@ def fig(
 
 
 def daemon(
-    cpu: float, lag_us: float = 100.0, engine: str = "blocking", **counters: int
+    cpu: float,
+    lag_us: float = 100.0,
+    engine: str = "blocking",
+    transport: Mapping[str, int] | None = None,
+    requests: int = 1000,
+    **counters: int,
 ) -> DaemonFigures:
     return DaemonFigures(
         cpu_seconds=cpu,
-        requests=1000,
-        data_requests=900,
+        requests=requests,
+        data_requests=requests * 9 // 10,
         loop_lag_p99_ns=lag_us * 1000,
         engine=engine,
         engine_counters=counters,
+        transport_counters=transport or {},
     )
 
 
@@ -177,7 +198,7 @@ def test_aio_and_uring_and_native_filesystems() -> None:
     assert "1 extent on XFS and 16,000 extents on Btrfs" in writes
     assert "10.0k durable 4 KiB writes per second on XFS and 1.60k on Btrfs" in syncs
     assert "XFS was 6.25x faster" in syncs
-    assert len(findings(results)) == 6
+    assert len(findings(results)) == 8
 
 
 def test_missing_runs_say_why() -> None:
@@ -248,7 +269,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     (run_dir,) = tmp_path.glob("*-demo")
     sentences = findings(load_results(run_dir))
-    assert len(sentences) == 6
+    assert len(sentences) == 8
     for sentence in sentences:
         assert sentence.replace("\n", " ")[:60] in result.stdout.replace("\n", " ")
     assert "Findings" in (run_dir / "summary.txt").read_text()
@@ -258,3 +279,128 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     verify = json.loads((switch / "verify-result.json").read_text())
     assert verify["status"] == "ok" and verify["switches"] == len(SWITCH_SCHEDULE) - 1
     assert "Switch 1 (blocking to xfs)" in result.stdout.replace("\n", " ")
+
+
+# -- the transport comparison --------------------------------------------------------------
+READ, WRITE = "read-4k-direct-qd16", "write-4k-direct-qd16"
+
+
+def transport_results(
+    uring_reads: float, uring_writes: float, skipped: tuple[tuple[str, str], ...] = ()
+) -> Results:
+    """The demo's transport runs with these uring IOPS (pyfuse3: 10k reads, 5k writes)."""
+    pyfuse3, dev, uring = TRANSPORT_PATHS
+
+    def transport_run(path: str, reads: float, writes: float, d: DaemonFigures | None) -> Run:
+        figures = (fig(READ, reads, 900), fig(WRITE, writes, 1800, "write"))
+        return run("dir", path, TRANSPORT_JOB, *figures, daemon=d)
+
+    runs = [
+        transport_run(NATIVE, 50_000, 40_000, None),
+        transport_run(pyfuse3, 10_000, 5_000, daemon(1.2, requests=30_000)),
+        transport_run(
+            dev,
+            10_400,
+            10_000,
+            daemon(0.8, transport={"transport_requests": 40_000, "transport_wakeups": 4_000}),
+        ),
+        transport_run(
+            PASSTHROUGH_PATH, 48_000, 39_000, daemon(0.01, requests=20, engine="blocking")
+        ),
+    ]
+    if not skipped:
+        counters = {
+            "transport_requests": 60_000,
+            "transport_wakeups": 1_000,
+            "transport_uring_requests": 59_990,
+            "transport_uring_wakeups": 2_000,
+        }
+        runs.append(
+            transport_run(
+                uring, uring_reads, uring_writes, daemon(1.2, transport=counters, requests=60_000)
+            )
+        )
+    return Results(kind="demo", runs=tuple(runs), jobs={}, skipped=skipped)
+
+
+def test_transport_finding_is_worded_from_the_numbers() -> None:
+    faster = transports(transport_results(23_000, 9_000))
+    assert faster.startswith(
+        "In blocking mode, 4 KiB O_DIRECT random reads and writes at queue depth 16: "
+    )
+    assert "dev matched pyfuse3 on reads within noise (10.4k vs 10.0k IOPS)" in faster
+    assert "and served 2.00x pyfuse3's writes (10.0k vs 5.00k IOPS)" in faster
+    assert "uring served 2.30x pyfuse3's reads (23.0k vs 10.0k IOPS)" in faster
+    assert "and served 1.80x pyfuse3's writes (9.00k vs 5.00k IOPS)" in faster
+    # CPU per request: 1.2 s over 30,000 requests; 0.8 s over 1,000; 1.2 s over 60,000.
+    assert "Daemon CPU per request: pyfuse3 40.0µs, dev 800µs, uring 20.0µs" in faster
+    # dev counts its /dev/fuse reads; uring its ring's wake-ups.
+    assert "requests per wake-up: dev 10.0, uring 30.0." in faster
+    # The other way round: a slower uring is reported as slower.
+    slower = transports(transport_results(5_000, 4_000))
+    assert "uring was slower than pyfuse3 on reads, 0.50x (5.00k vs 10.0k IOPS)" in slower
+    assert "and was slower than pyfuse3 on writes, 0.80x (4.00k vs 5.00k IOPS)" in slower
+    assert "served" not in slower.split("uring", 1)[1].split(".")[0]
+
+
+def test_passthrough_finding_against_pyfuse3_and_native() -> None:
+    sentence = passthrough(transport_results(23_000, 9_000))
+    assert sentence.startswith(
+        "In passthrough mode (the kernel reads and writes the backing file itself), the same "
+        "job served 4.80x pyfuse3's reads (48.0k vs 10.0k IOPS) and served 7.80x pyfuse3's "
+        "writes (39.0k vs 5.00k IOPS); natively 50.0k and 40.0k IOPS, within noise of "
+        "passthrough"
+    )
+    assert sentence.endswith("the daemon served 18 data requests for its 348,000 I/Os.")
+    results = transport_results(23_000, 9_000)
+    slow = dataclasses.replace(
+        results,
+        runs=tuple(
+            run(
+                "dir",
+                NATIVE,
+                TRANSPORT_JOB,
+                fig(READ, 100_000, 90),
+                fig(WRITE, 80_000, 90, "write"),
+            )
+            if r.path == NATIVE
+            else r
+            for r in results.runs
+        ),
+    )
+    assert "passthrough reaching 0.48x and 0.49x of that" in passthrough(slow)
+
+
+def test_a_transport_that_cannot_run_is_said_in_one_line() -> None:
+    why = "this kernel (6.1.0) has no FUSE over io_uring"
+    uring = TRANSPORT_PATHS[2]
+    results = transport_results(0, 0, skipped=((f"mode {uring}", why),))
+    sentence = transports(results)
+    assert sentence.endswith(f". uring was not measured: mode {uring} was skipped ({why}).")
+    assert "dev matched pyfuse3 on reads" in sentence
+    without = Results(kind="demo", runs=(), jobs={}, skipped=((f"mode {PASSTHROUGH_PATH}", why),))
+    assert passthrough(without) == (
+        f"Passthrough mode was not measured: mode {PASSTHROUGH_PATH} was skipped ({why})."
+    )
+    assert transports(without).startswith("The transports were not compared: dir · ")
+
+
+def test_bench_paths_name_a_transport() -> None:
+    assert split_transport("blocking,transport=uring") == ("blocking", "uring")
+    assert split_transport("xfs,transport=dev,engine=aio") == ("xfs,engine=aio", "dev")
+    assert split_transport("blocking") == ("blocking", None)
+    with pytest.raises(IofsError, match="no transport 'tcp'"):
+        split_transport("blocking,transport=tcp")
+    paths, skipped = check_paths(["blocking,transport=dev", "passthrough,transport=pyfuse3"])
+    assert paths == ["blocking,transport=dev"]
+    assert skipped[0][0] == "mode passthrough,transport=pyfuse3"
+    assert "pyfuse3 transport cannot use FUSE passthrough" in skipped[0][1]
+
+
+def test_the_transport_runs_take_a_share_of_the_runtime() -> None:
+    plan = demo_plan()
+    assert set(TRANSPORT_RUNS) <= set(DEMO_RUNS)
+    text = plan.jobs[TRANSPORT_JOB].text
+    assert "runtime=1\n" in text and "runtime=60\n" in text  # the warm-up pass keeps its cap
+    assert "runtime=5\n" in plan.jobs["mixed"].text
+    assert "runtime=2\n" in demo_plan(runtime=10).jobs[TRANSPORT_JOB].text

@@ -226,6 +226,33 @@ def test_daemon_figures_are_the_difference_of_two_snapshots() -> None:
     assert figures.engine_counters["nowait_hits"] == 72
     assert figures.engine_counters["fallbacks"] == 18
     assert figures.operations["read"][0] == 90 and figures.operations["lookup"][0] == 1
+    assert (figures.transport, dict(figures.transport_counters)) == ("pyfuse3", {})
+    assert figures.requests_per_wakeup is None  # pyfuse3 counts no wake-ups
+
+
+def test_daemon_figures_carry_the_transport_counters() -> None:
+    recorder = Recorder("blocking")
+    ring = {"transport_uring_requests": 100, "transport_uring_wakeups": 50, "fuse_max_write": 1}
+    dev = {"transport_requests": 110, "transport_wakeups": 60, "transport_max_batch": 4}
+    before = recorder.snapshot([], extra={**dev, **ring, "inodes": 3}, transport="uring")
+    ring = {"transport_uring_requests": 700, "transport_uring_wakeups": 250, "fuse_max_write": 1}
+    dev = {"transport_requests": 712, "transport_wakeups": 262, "transport_max_batch": 9}
+    after = recorder.snapshot([], extra={**dev, **ring, "inodes": 9}, transport="uring")
+    figures = daemon_figures(before, after)
+    assert figures.transport == "uring"
+    # Event counts over the run; sizes and settings (max batch, max write) are left out.
+    assert dict(figures.transport_counters) == {
+        "transport_requests": 602,
+        "transport_wakeups": 202,
+        "transport_uring_requests": 600,
+        "transport_uring_wakeups": 200,
+    }
+    assert figures.requests_per_wakeup == 3.0  # the ring's: 600 / 200
+    dev_only = daemon_figures(
+        recorder.snapshot([], extra={"transport_requests": 0, "transport_wakeups": 0}),
+        recorder.snapshot([], extra={"transport_requests": 50, "transport_wakeups": 20}),
+    )
+    assert dev_only.requests_per_wakeup == 2.5
 
 
 def test_counts_are_short() -> None:
