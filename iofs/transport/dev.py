@@ -1,5 +1,11 @@
 """The dev transport: iofs speaks the FUSE protocol itself on /dev/fuse, on the trio loop.
 
+Why this module is long: it is one protocol engine, `DevTransport`: the reader and its
+inline/hand-off serving, INTERRUPT and FORGET handling, INIT's negotiation and the
+table of some forty opcodes (each parse, call and reply a few lines) share the
+connection's state and read best side by side. The wire structs (`protocol`), mounting
+(`devmount`), directory listings (`listing`) and the io_uring queues (`uring`) are apart.
+
 One reader task waits for the non-blocking /dev/fuse descriptor to become readable and
 then reads requests into one reused buffer until the kernel has none left (a batch per
 wake-up). Each request is parsed with precompiled structs and copied out of the buffer
