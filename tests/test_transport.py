@@ -87,14 +87,19 @@ test_posix_forgotten_inodes = test_posix.test_forgotten_inodes_release_their_des
 
 def test_state_machine_over_dev() -> None:
     """The differential state machine (test_differential) on a dev mount."""
+    run_machine_over("dev")
+
+
+def run_machine_over(transport: str) -> None:
+    """The differential state machine, 100 steps, on a fresh mount over *transport*."""
     from .conftest import finish_mount, start_mount
 
-    base = scratch_dir("iofs-dev-diff-")
+    base = scratch_dir(f"iofs-{transport}-diff-")
     try:
         backing, mountpoint, plain = base / "backing", base / "mnt", base / "plain"
         for directory in (backing, mountpoint, plain):
             directory.mkdir()
-        mount = start_mount(backing, mountpoint, base / "daemon.log", transport="dev")
+        mount = start_mount(backing, mountpoint, base / "daemon.log", transport=transport)
         try:
             run_machine(mountpoint, plain, 100)
         finally:

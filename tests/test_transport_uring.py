@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -29,8 +28,7 @@ from iofs.transport import protocol as p
 from iofs.transport import uring
 
 from . import test_transport
-from .conftest import Mount, MountFactory, scratch_dir
-from .test_differential import run_machine
+from .conftest import Mount, MountFactory
 
 URING_UNAVAILABLE = uring.unavailable_reason() if os.path.exists("/dev/fuse") else "no /dev/fuse"
 needs_uring = pytest.mark.skipif(
@@ -62,20 +60,7 @@ for _name in _MOUNT_TESTS:
 @needs_uring
 def test_state_machine_over_uring() -> None:
     """The differential state machine (test_differential) on a uring mount."""
-    from .conftest import finish_mount, start_mount
-
-    base = scratch_dir("iofs-uring-diff-")
-    try:
-        backing, mountpoint, plain = base / "backing", base / "mnt", base / "plain"
-        for directory in (backing, mountpoint, plain):
-            directory.mkdir()
-        mount = start_mount(backing, mountpoint, base / "daemon.log", transport="uring")
-        try:
-            run_machine(mountpoint, plain, 100)
-        finally:
-            finish_mount(mount)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    test_transport.run_machine_over("uring")
 
 
 # -- what goes over the ring ---------------------------------------------------------------------
