@@ -3,7 +3,7 @@
 
 Usage (root, from the checkout; needs fio):
     scripts/compare_peers.py [--peers DIR] [--rounds N] [--modes blocking xfs ...]
-                             [--transports pyfuse3 dev] [--before IOFS --before-modes ...]
+                             [--transports pyfuse3 dev uring] [--before IOFS --before-modes ...]
                              [--jobs a,b] [--dir DIR] [--out DIR]
 
 The same fio matrix (the quick form of ``../shared/bench/fiomatrix.py``: 128 MiB files,
@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from iofs.daemon import stop_peer_daemon
+from iofs.transport import TRANSPORT_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 IOFS = ROOT / ".venv" / "bin" / "iofs"
@@ -231,7 +232,9 @@ def main() -> None:
     parser.add_argument("--peers", type=Path, help="folder built by build-peers.sh")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--modes", nargs="+", default=["blocking", "xfs", "nonblocking"])
-    parser.add_argument("--transports", nargs="+", default=["pyfuse3"], choices=["pyfuse3", "dev"])
+    parser.add_argument(
+        "--transports", nargs="+", default=["pyfuse3"], choices=list(TRANSPORT_NAMES)
+    )
     parser.add_argument("--before", type=Path, help="another checkout's iofs, for a before")
     parser.add_argument("--before-modes", nargs="+", default=["blocking"])
     parser.add_argument("--jobs", help="comma-separated subset of the jobs")
