@@ -251,6 +251,8 @@ def main() -> None:
     chosen = targets(args.peers, args.modes, tuple(args.transports))
     if args.before is not None:
         chosen.update(before_targets(args.before, args.before_modes, tuple(args.transports)))
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
     out = args.out or Path(tempfile.mkdtemp(prefix="compare-", dir=args.dir))
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="compare-work-", dir=args.dir))
