@@ -305,11 +305,18 @@ class DevTransport:
 
     def background_limits(self, wanted: int) -> BackgroundLimits:
         """What INIT asks for: *wanted*, capped at max_user_bgreq for a daemon that is not
-        root (the kernel's cap), with the kernel's three quarters as congestion threshold."""
+        root (the kernel's cap, said in one warning line), with the kernel's three quarters
+        as congestion threshold."""
         background = min(wanted, MAX_BACKGROUND_LIMIT)
-        if os.geteuid() != 0:
-            background = min(background, _user_limit())
-        return BackgroundLimits(background, congestion_threshold_for(background))
+        user_limit = _user_limit() if os.geteuid() != 0 else background
+        if background <= user_limit:
+            return BackgroundLimits(background, congestion_threshold_for(background))
+        return BackgroundLimits(
+            user_limit,
+            congestion_threshold_for(user_limit),
+            f"not root: the fuse module caps max_background at its max_user_bgreq of "
+            f"{user_limit} (asked for {background}; mount as root for more)",
+        )
 
     def statistics(self) -> Mapping[str, int]:
         counters = {
