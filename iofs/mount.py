@@ -288,9 +288,8 @@ def mount(opts: MountOptions) -> None:
                 # libfuse says why on stderr ("fuse: unknown option(s): ..."): one line.
                 lines = captured().strip().splitlines()
                 reason = str(exc) if isinstance(exc, MountFailed) or not lines else lines[-1]
-                raise IofsError(
-                    f"cannot mount {mountpoint}: {reason}", _init_failure_status(reason)
-                ) from None
+                status = getattr(exc, "status", None) or _init_failure_status(reason)
+                raise IofsError(f"cannot mount {mountpoint}: {reason}", status) from None
         _raise_background_limits(fs, transport, wanted_background, mountpoint, log_file)
         state = state_path(mountpoint)
         detach = True  # unless the kernel has let go already (see _serve)
