@@ -484,7 +484,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="native and/or iofs mode settings, e.g. native blocking xfs,engine=aio "
         "blocking,transport=uring (default: native "
-        f"{' '.join(MODES)}; ',transport=NAME' mounts over that transport)",
+        f"{' '.join(MODES)}; ',transport=NAME' mounts over that transport, the others "
+        "go over $IOFS_TRANSPORT or dev)",
     )
     bench.add_argument(
         "--jobs",
