@@ -288,7 +288,8 @@ def mount(opts: MountOptions) -> None:
                 # libfuse says why on stderr ("fuse: unknown option(s): ..."): one line.
                 lines = captured().strip().splitlines()
                 reason = str(exc) if isinstance(exc, MountFailed) or not lines else lines[-1]
-                status = getattr(exc, "status", None) or _init_failure_status(reason)
+                status = exc.status if isinstance(exc, MountFailed) else None
+                status = status or _init_failure_status(reason)
                 raise IofsError(f"cannot mount {mountpoint}: {reason}", status) from None
         _raise_background_limits(fs, transport, wanted_background, mountpoint, log_file)
         state = state_path(mountpoint)

@@ -467,6 +467,34 @@ def test_a_kernel_too_old_for_the_transport_is_refused_at_mount_in_one_line(mino
         assert transport._first_request is None  # nothing left to serve
 
 
+@needs_root
+def test_a_real_mount_refused_for_its_protocol_leaves_nothing_mounted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on a real mount, with the oldest protocol served set above this kernel's:
+    `mount` raises MountFailed with exit status 6 and the mount is gone."""
+    from iofs.errors import ExitStatus
+    from iofs.transport import MountFailed
+
+    monkeypatch.setattr(p, "OLDEST_MINOR_VERSION", p.KERNEL_MINOR_VERSION + 100)
+    backing_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    (tmp_path / "mnt").mkdir()
+    fs = Filesystem(backing_fd, create_engine("blocking", EngineConfig()))
+    transport = DevTransport()
+    try:
+        with pytest.raises(MountFailed) as refused:
+            transport.mount(fs, tmp_path / "mnt", {"fsname=iofs-test", "subtype=iofs"})
+        assert refused.value.status == ExitStatus.UNAVAILABLE
+        assert f"transport needs 7.{p.KERNEL_MINOR_VERSION + 100} or later" in str(refused.value)
+        assert transport.fd == -1
+        assert find_mount(tmp_path / "mnt") is None
+    finally:
+        if find_mount(tmp_path / "mnt") is not None:
+            devmount.unmount(tmp_path / "mnt")
+        fs.close()
+        os.close(backing_fd)
+
+
 def test_a_kernel_init_the_transport_serves_is_kept_for_serving() -> None:
     kernel, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with kernel, daemon:
