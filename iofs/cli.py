@@ -347,8 +347,9 @@ def _parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="as root, the FUSE connection's max_background: how many asynchronous "
-        "requests the kernel sends at once (default: the queue depth; 12 without root)",
+        help="the FUSE connection's max_background: how many asynchronous requests the "
+        "kernel sends at once (default: the queue depth; without root at most the fuse "
+        "module's max_user_bgreq, and 12 on pyfuse3)",
     )
     mount.add_argument(
         "--workers",
@@ -436,11 +437,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=_TransportNames(),
         default=None,
         metavar="NAME",
-        help="how FUSE requests reach iofs: pyfuse3 (libfuse 3) or dev (iofs reads "
-        "/dev/fuse itself and negotiates HANDLE_KILLPRIV_V2, DIRECT_IO_ALLOW_MMAP, "
-        "max_background, 1 MiB requests) or uring (dev's protocol over FUSE-over-io_uring "
-        "queues, Linux 6.14+; turns fuse.enable_uring on as root); default $IOFS_TRANSPORT "
-        "or pyfuse3",
+        help="how FUSE requests reach iofs: dev (iofs reads /dev/fuse itself and "
+        "negotiates HANDLE_KILLPRIV_V2, DIRECT_IO_ALLOW_MMAP, max_background, 1 MiB "
+        "requests; Linux 5.4+) or pyfuse3 (libfuse 3) or uring (dev's protocol over "
+        "FUSE-over-io_uring queues, Linux 6.14+; turns fuse.enable_uring on as root); "
+        "default $IOFS_TRANSPORT or dev",
     )
     _add_debug(mount)
 
@@ -483,7 +484,8 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="native and/or iofs mode settings, e.g. native blocking xfs,engine=aio "
         "blocking,transport=uring (default: native "
-        f"{' '.join(MODES)}; ',transport=NAME' mounts over that transport)",
+        f"{' '.join(MODES)}; ',transport=NAME' mounts over that transport, the others "
+        "go over $IOFS_TRANSPORT or dev)",
     )
     bench.add_argument(
         "--jobs",

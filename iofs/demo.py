@@ -22,7 +22,9 @@ About two to three minutes on a small machine. The runs (`DEMO_RUNS`):
   through one mount switched blocking → xfs → btrfs → nonblocking while it runs, kept
   in ``switch/`` of the demo's results directory with its timeline chart.
 
-`iofs.findings` turns a demo's `Results` into one plain sentence per experiment.
+Every mount goes over iofs's default transport (``dev``, or ``$IOFS_TRANSPORT``) but the
+transport comparison's, which names each. `iofs.findings` turns a demo's `Results` into
+one plain sentence per experiment.
 """
 
 from __future__ import annotations

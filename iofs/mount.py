@@ -288,9 +288,9 @@ def mount(opts: MountOptions) -> None:
                 # libfuse says why on stderr ("fuse: unknown option(s): ..."): one line.
                 lines = captured().strip().splitlines()
                 reason = str(exc) if isinstance(exc, MountFailed) or not lines else lines[-1]
-                raise IofsError(
-                    f"cannot mount {mountpoint}: {reason}", _init_failure_status(reason)
-                ) from None
+                status = exc.status if isinstance(exc, MountFailed) else None
+                status = status or _init_failure_status(reason)
+                raise IofsError(f"cannot mount {mountpoint}: {reason}", status) from None
         _raise_background_limits(fs, transport, wanted_background, mountpoint, log_file)
         state = state_path(mountpoint)
         detach = True  # unless the kernel has let go already (see _serve)
@@ -476,9 +476,10 @@ async def _serve(
     fs.device = parse_device(device) if device is not None else None
     fs.others_allowed = "allow_other" in opts.fuse_options
 
-    async def watch_signals() -> None:
+    async def watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         nonlocal detach
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+            task_status.started()
             async for signum in sigs:
                 log.info("received %s, unmounting", signal.Signals(signum).name)
                 if _mount_device(mountpoint) != device:
@@ -501,7 +502,10 @@ async def _serve(
                 return
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch_signals, name="iofs-signals")
+        # Caught before the first request is served: the dev transport answers INIT (and
+        # so lets the mount be used) as soon as it serves, and a SIGTERM from then on must
+        # unmount, not kill the daemon.
+        await nursery.start(watch_signals, name="iofs-signals")
         fs.start(nursery)
         if opts.stats_log is not None:
             nursery.start_soon(

@@ -3,7 +3,7 @@
 
 Usage (root, from the checkout; needs fio):
     scripts/compare_peers.py [--peers DIR] [--rounds N] [--modes blocking xfs ...]
-                             [--transports pyfuse3 dev uring] [--before IOFS --before-modes ...]
+                             [--transports dev pyfuse3 uring] [--before IOFS --before-modes ...]
                              [--jobs a,b] [--dir DIR] [--out DIR]
 
 The same fio matrix (the quick form of ``../shared/bench/fiomatrix.py``: 128 MiB files,
@@ -11,12 +11,14 @@ The same fio matrix (the quick form of ``../shared/bench/fiomatrix.py``: 128 MiB
 another and ROUNDS times with the targets interleaved, so that drift hits all alike.
 Targets: ``native``; with ``--peers`` (a folder built by ``../shared/bench/build-peers.sh``)
 libfuse's ``passthrough_hp --nopassthrough`` (``hp-nopt``) and pyfuse3's fixed example
-(``pyfuse3-example``) where they are built; and ``iofs-MODE`` for each mode, with this
-checkout's ``.venv/bin/iofs`` (on the pyfuse3 transport; ``iofs-MODE-dev`` on the dev
-transport, with ``--transports pyfuse3 dev``). ``--before`` names another checkout's
-``iofs`` (e.g. ``../main/.venv/bin/iofs``), run in ``--before-modes`` on the same
-transports as ``iofs-MODE[-dev]-before``: a before/after in one run. Without peers only
-native and iofs run.
+(``pyfuse3-example``) where they are built; and ``iofs-MODE-TRANSPORT`` for each mode
+and each of ``--transports`` (default: dev, iofs's default), with this checkout's
+``.venv/bin/iofs``; the passthrough mode, on dev only, is ``iofs-passthrough``. (Tables
+made before the default became dev named the pyfuse3 rows ``iofs-MODE`` and the dev
+ones ``iofs-MODE-dev``.) ``--before`` names another checkout's ``iofs`` (e.g.
+``../main/.venv/bin/iofs``), run in ``--before-modes`` on the same transports as
+``iofs-MODE-TRANSPORT-before``: a before/after in one run. Without peers only native and
+iofs run.
 
 Every fio result is appended to ``OUT/results.jsonl`` (with the command and the round);
 the table printed at the end gives medians, and each iofs mode's ratio to ``hp-nopt``
@@ -66,7 +68,7 @@ META = {
 
 
 def targets(
-    peers: Path | None, modes: list[str], transports: tuple[str, ...] = ("pyfuse3",)
+    peers: Path | None, modes: list[str], transports: tuple[str, ...] = ("dev",)
 ) -> dict[str, list[str] | None]:
     found: dict[str, list[str] | None] = {"native": None}
     if peers is not None:
@@ -84,8 +86,7 @@ def targets(
     for mode in modes:
         # Only the dev transport can pass files through.
         for transport in ("dev",) if mode == "passthrough" else transports:
-            named = transport == "pyfuse3" or mode == "passthrough"
-            label = f"iofs-{mode}" + ("" if named else f"-{transport}")
+            label = f"iofs-{mode}" + ("" if mode == "passthrough" else f"-{transport}")
             command = [str(IOFS), "mount", "--foreground", "--mode", mode]
             found[label] = [*command, "--transport", transport]
     return found
@@ -94,11 +95,11 @@ def targets(
 def before_targets(
     iofs: Path, modes: list[str], transports: tuple[str, ...]
 ) -> dict[str, list[str] | None]:
-    """``iofs-MODE[-TRANSPORT]-before``: the same targets with another checkout's iofs."""
+    """``iofs-MODE-TRANSPORT-before``: the same targets with another checkout's iofs."""
     found: dict[str, list[str] | None] = {}
     for mode in modes:
         for transport in transports:
-            label = f"iofs-{mode}" + ("" if transport == "pyfuse3" else f"-{transport}")
+            label = f"iofs-{mode}-{transport}"
             command = [str(iofs), "mount", "--foreground", "--mode", mode]
             found[f"{label}-before"] = [*command, "--transport", transport]
     return found
@@ -232,9 +233,7 @@ def main() -> None:
     parser.add_argument("--peers", type=Path, help="folder built by build-peers.sh")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--modes", nargs="+", default=["blocking", "xfs", "nonblocking"])
-    parser.add_argument(
-        "--transports", nargs="+", default=["pyfuse3"], choices=list(TRANSPORT_NAMES)
-    )
+    parser.add_argument("--transports", nargs="+", default=["dev"], choices=list(TRANSPORT_NAMES))
     parser.add_argument("--before", type=Path, help="another checkout's iofs, for a before")
     parser.add_argument("--before-modes", nargs="+", default=["blocking"])
     parser.add_argument("--jobs", help="comma-separated subset of the jobs")

@@ -2,7 +2,7 @@
 """Where the daemon's CPU goes per request: py-spy on an iofs daemon under fio.
 
 Usage (root, needs fio and py-spy, e.g. ``.venv/bin/pip install py-spy``):
-    scripts/profile_daemon.py [--iofs PATH] [--mode blocking] [--transport pyfuse3]
+    scripts/profile_daemon.py [--iofs PATH] [--mode blocking] [--transport dev]
                               [--iodepth 16] [--seconds 8] [--rate 500] [--out DIR]
 
 One daemon (``PATH mount --foreground``: this checkout's ``.venv/bin/iofs`` unless
@@ -198,7 +198,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iofs", type=Path, default=ROOT / ".venv" / "bin" / "iofs")
     parser.add_argument("--mode", default="blocking")
-    parser.add_argument("--transport", default="pyfuse3")
+    parser.add_argument("--transport", default="dev", help="(default: dev, iofs's default)")
     parser.add_argument("--iodepth", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rate", type=int, default=500)

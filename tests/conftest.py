@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -132,7 +133,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=TRANSPORT_NAMES,
         default=None,
         help="run every mount over this transport (sets $IOFS_TRANSPORT for the daemons); "
-        "default: pyfuse3, the dev-transport tests over dev and the uring ones over uring",
+        "default: $IOFS_TRANSPORT, else dev (iofs's default); the tests of one transport "
+        "(test_transport*.py, test_nonroot.py) mount over theirs whatever is chosen",
     )
 
 
@@ -195,7 +197,7 @@ def start_mount(
 
     *engine* is an engine setup: ``NAME`` or ``NAME+direct``; with *mode* (a mode name),
     pass ``engine=None`` to mount the mode exactly as it is defined. *transport* None
-    is the default one (``--transport``, else pyfuse3).
+    is the default one (``--transport``, else $IOFS_TRANSPORT, else dev).
     """
     name, config = parse_setup(engine) if engine is not None else (None, EngineConfig())
     opts = MountOptions(
@@ -244,6 +246,30 @@ def finish_mount(mount: Mount) -> None:
 
 
 MountFactory = Callable[..., Mount]
+
+
+# -- tests collected a second time, over a transport -------------------------------------
+def collected_again(test: Callable[..., None], *marks: pytest.MarkDecorator) -> Callable[..., None]:
+    """*test*, a test function of another module, to be collected again in the calling
+    module (whose `mount_transport` differs), with *marks* on this copy only: a mark put
+    on *test* itself would hold in its own module too."""
+
+    @functools.wraps(test)
+    def again(*args: object, **kwargs: object) -> None:
+        test(*args, **kwargs)
+
+    for mark in marks:
+        again = mark(again)
+    return again
+
+
+def repeat_over(transport: str) -> pytest.MarkDecorator:
+    """For a test that repeats a mount suite over *transport*: skipped in a run that
+    mounts every test over *transport* already (the original ran that way)."""
+    return pytest.mark.skipif(
+        default_transport() == transport,
+        reason=f"this run mounts every test over {transport}: the original ran so",
+    )
 
 
 @pytest.fixture

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mountpoint", type=Path)
     parser.add_argument("--log", type=Path, help="log (and stderr) to this file")
     parser.add_argument("--patience", type=float, default=60.0, metavar="SECONDS")
-    parser.add_argument("--transport", choices=("pyfuse3", "dev"), default="pyfuse3")
+    parser.add_argument("--transport", choices=("dev", "pyfuse3"), default="dev")
     parser.add_argument("--inline", action="store_true", help="claim that nothing waits")
     args = parser.parse_args(argv)
     if args.log is not None:

@@ -24,6 +24,7 @@ import trio
 
 from iofs.backends import ENGINES, Buffer, Capability, Engine, EngineConfig, create_engine, running
 from iofs.live_mounts import find_mount
+from iofs.transport import default_transport
 
 from .conftest import FUSE_UNAVAILABLE, read_if_present
 from .gate_daemon import pattern
@@ -104,6 +105,8 @@ def gate(tmp_path: Path) -> Iterator[Gate]:
     mountpoint.mkdir()
     command = [sys.executable, str(DAEMON), str(mountpoint)]
     command += ["--log", str(log), "--patience", str(PATIENCE)]
+    # The run's transport where the gate daemon has it (pyfuse3 or dev), else dev.
+    command += ["--transport", "pyfuse3" if default_transport() == "pyfuse3" else "dev"]
     daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     try:
         _wait_ready(daemon, log)

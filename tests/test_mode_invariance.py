@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 from iofs.control_protocol import MODE_XATTR
 from iofs.mappings import parse_device, shared_mappings
 from iofs.modes import CACHINGS, MODES, parse_setting
+from iofs.transport import default_transport
 
 from .conftest import ALL_MODES, Mount, MountFactory, mode_runs, needs_fuse
 
@@ -74,9 +75,9 @@ def mode_state(mountpoint: Path) -> dict[str, Any]:
 
 
 def transport(config: pytest.Config) -> str:
-    """The transport the mounts use (the --transport option, once there is one)."""
+    """The transport the mounts use (the --transport option, else iofs's default)."""
     chosen: str | None = config.getoption("--transport", default=None)
-    return chosen or "pyfuse3"
+    return chosen or default_transport()
 
 
 def expect_shared_mmap(spec: str, transport_name: str) -> bool:

@@ -1,11 +1,12 @@
 """The dev transport (iofs's own /dev/fuse reader): the mount suites over it, what its
 INIT negotiates, and bad protocol input.
 
-The default run mounts over ``dev`` here: the POSIX tests, the differential state
-machine, an fio verify job, and what only dev can do — one request per write
+Every mount here goes over ``dev``: what only dev can do — one request per write
 (HANDLE_KILLPRIV_V2) while set-id bits and ``security.capability`` are still dropped
 exactly as on the backing filesystem, and shared writable mappings in ``uncached`` mode
-(DIRECT_IO_ALLOW_MMAP). ``pytest --transport dev`` runs every other mount over it too.
+(DIRECT_IO_ALLOW_MMAP); and, in a run over another transport (``pytest --transport
+pyfuse3``), the POSIX tests, the differential state machine and an fio verify job, which
+the default run (dev, iofs's default transport) runs in their own modules already.
 
 The protocol tests feed `DevTransport` requests built by hand, as the kernel would send
 them and as it never should, and read its replies from a pipe.
@@ -19,6 +20,7 @@ import mmap
 import os
 import shutil
 import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -44,7 +46,15 @@ from iofs.transport import protocol as p
 from iofs.transport.dev import DevTransport
 
 from . import test_fio, test_posix
-from .conftest import ROOT, Mount, MountFactory, needs_root, scratch_dir
+from .conftest import (
+    ROOT,
+    Mount,
+    MountFactory,
+    collected_again,
+    needs_root,
+    repeat_over,
+    scratch_dir,
+)
 from .differential import outcome
 from .test_crash import wait_for
 from .test_differential import run_machine
@@ -60,31 +70,45 @@ def mount_transport() -> str:
 
 
 # -- the mount suites over dev ------------------------------------------------------------
-# The POSIX tests, collected here a second time: this module's mounts are dev mounts.
-test_posix_round_trip = test_posix.test_files_round_trip_to_backing
-test_posix_rename_with_open_files = test_posix.test_directory_renamed_while_files_inside_are_open
-test_posix_write_through_read_only_fd = test_posix.test_write_through_read_only_fd_fails_with_ebadf
-test_posix_o_direct = test_posix.test_o_direct_read_and_write
-test_posix_unaligned_o_direct = test_posix.test_unaligned_o_direct_does_not_hurt_the_daemon
-test_posix_hard_links = test_posix.test_hard_links_share_one_inode
-test_posix_open_unlinked = test_posix.test_open_unlinked_file_keeps_working
-test_posix_fifo = test_posix.test_fifo_passes_data
-test_posix_devices = test_posix.test_device_nodes
-test_posix_xattrs = test_posix.test_xattrs_like_a_plain_directory
-test_posix_statfs = test_posix.test_statfs_is_the_backing_filesystems
-test_posix_fsync = test_posix.test_fsync_and_fdatasync_reach_the_backing_file
-test_posix_rename_flags = test_posix.test_rename_flags_like_a_plain_directory
-test_posix_readdir_during_changes = test_posix.test_readdir_during_changes_skips_and_repeats_nothing
-test_posix_listing = test_posix.test_listing_reports_dot_entries_and_types
-test_posix_timestamps = test_posix.test_timestamps_explicit_now_and_omit
-test_posix_truncate_chmod = test_posix.test_truncate_chmod_and_sizes
-test_posix_chown = test_posix.test_chown_as_root
-test_posix_nodes_of_a_user = test_posix.test_nodes_created_by_a_user_belong_to_that_user
-test_posix_set_id_bits = test_posix.test_changes_by_a_user_clear_set_id_bits
-test_posix_errnos = test_posix.test_errors_keep_their_errno
-test_posix_forgotten_inodes = test_posix.test_forgotten_inodes_release_their_descriptors
+# The POSIX tests, collected here a second time: this module's mounts are dev mounts (in
+# a run over another transport, `--transport pyfuse3`; dev is the default one).
+def _over_dev(test: Callable[..., None]) -> Callable[..., None]:
+    return collected_again(test, repeat_over("dev"))
 
 
+test_posix_round_trip = _over_dev(test_posix.test_files_round_trip_to_backing)
+test_posix_rename_with_open_files = _over_dev(
+    test_posix.test_directory_renamed_while_files_inside_are_open
+)
+test_posix_write_through_read_only_fd = _over_dev(
+    test_posix.test_write_through_read_only_fd_fails_with_ebadf
+)
+test_posix_o_direct = _over_dev(test_posix.test_o_direct_read_and_write)
+test_posix_unaligned_o_direct = _over_dev(
+    test_posix.test_unaligned_o_direct_does_not_hurt_the_daemon
+)
+test_posix_hard_links = _over_dev(test_posix.test_hard_links_share_one_inode)
+test_posix_open_unlinked = _over_dev(test_posix.test_open_unlinked_file_keeps_working)
+test_posix_fifo = _over_dev(test_posix.test_fifo_passes_data)
+test_posix_devices = _over_dev(test_posix.test_device_nodes)
+test_posix_xattrs = _over_dev(test_posix.test_xattrs_like_a_plain_directory)
+test_posix_statfs = _over_dev(test_posix.test_statfs_is_the_backing_filesystems)
+test_posix_fsync = _over_dev(test_posix.test_fsync_and_fdatasync_reach_the_backing_file)
+test_posix_rename_flags = _over_dev(test_posix.test_rename_flags_like_a_plain_directory)
+test_posix_readdir_during_changes = _over_dev(
+    test_posix.test_readdir_during_changes_skips_and_repeats_nothing
+)
+test_posix_listing = _over_dev(test_posix.test_listing_reports_dot_entries_and_types)
+test_posix_timestamps = _over_dev(test_posix.test_timestamps_explicit_now_and_omit)
+test_posix_truncate_chmod = _over_dev(test_posix.test_truncate_chmod_and_sizes)
+test_posix_chown = _over_dev(test_posix.test_chown_as_root)
+test_posix_nodes_of_a_user = _over_dev(test_posix.test_nodes_created_by_a_user_belong_to_that_user)
+test_posix_set_id_bits = _over_dev(test_posix.test_changes_by_a_user_clear_set_id_bits)
+test_posix_errnos = _over_dev(test_posix.test_errors_keep_their_errno)
+test_posix_forgotten_inodes = _over_dev(test_posix.test_forgotten_inodes_release_their_descriptors)
+
+
+@repeat_over("dev")
 def test_state_machine_over_dev() -> None:
     """The differential state machine (test_differential) on a dev mount."""
     run_machine_over("dev")
@@ -110,11 +134,14 @@ def run_machine_over(transport: str) -> None:
 
 @pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
 @pytest.mark.parametrize("ioengine", ["libaio", "psync"])
-def test_fio_verify_over_dev(mount_factory: MountFactory, ioengine: str) -> None:
+def fio_verify(mount_factory: MountFactory, ioengine: str) -> None:
     """fio writes with O_DIRECT at queue depth 16 (libaio) or buffered (psync), reads
     everything back and checks it."""
     direct = int(ioengine == "libaio")
     test_fio.test_fio_verify(mount_factory, "blocking", False, ioengine, direct, "randwrite")
+
+
+test_fio_verify_over_dev = _over_dev(fio_verify)
 
 
 # -- what the dev transport negotiates ------------------------------------------------------
@@ -415,6 +442,72 @@ def test_init_asks_for_nothing_the_kernel_does_not_offer(harness: Harness) -> No
     assert error == 0
     fields = p.INIT_OUT.unpack(payload)
     assert (fields[1], fields[3], fields[10]) == (31, p.ASYNC_READ, 0)
+
+
+@pytest.mark.parametrize("minor", [26, p.OLDEST_MINOR_VERSION - 1])
+def test_a_kernel_too_old_for_the_transport_is_refused_at_mount_in_one_line(minor: int) -> None:
+    """`DevTransport.mount` reads the kernel's INIT before `iofs mount` returns: an INIT
+    of a protocol older than the transport serves is answered EPROTO (the kernel then
+    fails the connection) and the mount fails with one line naming what is needed."""
+    kernel, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with kernel, daemon:
+        transport = DevTransport()
+        transport.fd = daemon.fileno()
+        init = struct.pack("<IIII48x", 7, minor, 131072, p.ASYNC_READ)
+        header = p.IN_HEADER.pack(p.IN_HEADER.size + len(init), p.INIT, 2, 0, 0, 0, 0, 0, 0)
+        kernel.send(header + init)
+        refusal = transport.take_init()
+        assert refusal == (
+            f"this kernel ({os.uname().release}) speaks FUSE 7.{minor}; the dev transport "
+            f"needs 7.{p.OLDEST_MINOR_VERSION} or later (Linux 5.4+): mount with "
+            "--transport pyfuse3"
+        )
+        reply = kernel.recv(4096)
+        assert p.OUT_HEADER.unpack(reply) == (p.OUT_HEADER.size, -errno.EPROTO, 2)
+        assert transport._first_request is None  # nothing left to serve
+
+
+@needs_root
+def test_a_real_mount_refused_for_its_protocol_leaves_nothing_mounted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on a real mount, with the oldest protocol served set above this kernel's:
+    `mount` raises MountFailed with exit status 6 and the mount is gone."""
+    from iofs.errors import ExitStatus
+    from iofs.transport import MountFailed
+
+    monkeypatch.setattr(p, "OLDEST_MINOR_VERSION", p.KERNEL_MINOR_VERSION + 100)
+    backing_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    (tmp_path / "mnt").mkdir()
+    fs = Filesystem(backing_fd, create_engine("blocking", EngineConfig()))
+    transport = DevTransport()
+    try:
+        with pytest.raises(MountFailed) as refused:
+            transport.mount(fs, tmp_path / "mnt", {"fsname=iofs-test", "subtype=iofs"})
+        assert refused.value.status == ExitStatus.UNAVAILABLE
+        assert f"transport needs 7.{p.KERNEL_MINOR_VERSION + 100} or later" in str(refused.value)
+        assert transport.fd == -1
+        assert find_mount(tmp_path / "mnt") is None
+    finally:
+        if find_mount(tmp_path / "mnt") is not None:
+            devmount.unmount(tmp_path / "mnt")
+        fs.close()
+        os.close(backing_fd)
+
+
+def test_a_kernel_init_the_transport_serves_is_kept_for_serving() -> None:
+    kernel, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with kernel, daemon:
+        transport = DevTransport()
+        transport.fd = daemon.fileno()
+        request = p.IN_HEADER.pack(p.IN_HEADER.size + 64, p.INIT, 2, 0, 0, 0, 0, 0, 0)
+        request += _init_body(p.ASYNC_READ)
+        kernel.send(request)
+        assert transport.take_init() is None
+        assert transport._first_request == request
+        daemon.setblocking(False)
+        with pytest.raises(BlockingIOError):  # no reply yet: `serve` answers it
+            kernel.recv(4096, socket.MSG_DONTWAIT)
 
 
 def test_entries_and_attributes_carry_the_timeouts_and_the_backing_stat(

@@ -14,6 +14,7 @@ mount turns it on (and leaves it on, see docs/transports.md).
 from __future__ import annotations
 
 import errno
+import inspect
 import os
 import struct
 import subprocess
@@ -28,7 +29,7 @@ from iofs.transport import protocol as p
 from iofs.transport import uring
 
 from . import test_transport
-from .conftest import Mount, MountFactory
+from .conftest import Mount, MountFactory, collected_again, repeat_over
 
 URING_UNAVAILABLE = uring.unavailable_reason() if os.path.exists("/dev/fuse") else "no /dev/fuse"
 needs_uring = pytest.mark.skipif(
@@ -44,8 +45,7 @@ def mount_transport() -> str:
 
 # -- the mount suites over uring -------------------------------------------------------------
 # Collected here a second time: this module's mounts are uring mounts.
-_MOUNT_TESTS = [name for name in dir(test_transport) if name.startswith("test_posix_")] + [
-    "test_fio_verify_over_dev",
+_OWN_TESTS = [
     "test_one_request_per_write",
     "test_writers_drop_set_id_bits_and_capabilities_as_on_the_backing_fs",
     "test_fallocate_reaches_the_backing_file",
@@ -53,11 +53,20 @@ _MOUNT_TESTS = [name for name in dir(test_transport) if name.startswith("test_po
     "test_a_killed_daemon_leaves_a_mount_iofs_umount_cleans_up",
     "test_a_signal_interrupts_a_held_request_on_a_real_mount",
 ]
+_MOUNT_TESTS = [
+    *(name for name in dir(test_transport) if name.startswith("test_posix_")),
+    "test_fio_verify_over_dev",
+    *_OWN_TESTS,
+]
 for _name in _MOUNT_TESTS:
-    globals()[_name.replace("_over_dev", "")] = needs_uring(getattr(test_transport, _name))
+    _test = getattr(test_transport, _name)
+    # The original of a suite's repeat, without test_transport's skip in a run over dev.
+    _marks = (needs_uring,) if _name in _OWN_TESTS else (needs_uring, repeat_over("uring"))
+    globals()[_name.replace("_over_dev", "")] = collected_again(inspect.unwrap(_test), *_marks)
 
 
 @needs_uring
+@repeat_over("uring")
 def test_state_machine_over_uring() -> None:
     """The differential state machine (test_differential) on a uring mount."""
     test_transport.run_machine_over("uring")

@@ -68,6 +68,7 @@ import trio
 from pyfuse3 import EntryAttributes, FileInfo, FUSEError, StatvfsData
 
 from ..connection import MAX_BACKGROUND_LIMIT, BackgroundLimits, congestion_threshold_for
+from ..errors import ExitStatus
 from . import devmount
 from . import protocol as p
 from .listing import DirectoryListing, entry_out
@@ -171,6 +172,8 @@ class DevTransport:
         #: The request the last parser made ready: (unique, operation, arguments, reply).
         self._pending: _Pending | None = None
         self._buffer = bytearray(0)  # shared by the reader tasks, one at a time
+        #: The kernel's INIT, read at mount to check its protocol version, until served.
+        self._first_request: bytes | None = None
         #: The cancel scopes of the cancellable requests being served, by unique.
         self._cancellable: dict[int, trio.CancelScope] = {}
         # negotiated at INIT
@@ -237,6 +240,33 @@ class DevTransport:
             self.fd = devmount.mount(mountpoint, options)
         except devmount.MountError as exc:
             raise MountFailed(str(exc)) from None
+        refusal = self.take_init()
+        if refusal is not None:
+            self.close(unmount=True)
+            raise MountFailed(refusal, ExitStatus.UNAVAILABLE)
+
+    def take_init(self) -> str | None:
+        """Read the INIT the kernel queued when it mounted, so that `iofs mount` fails
+        in one line, before it returns, on a kernel whose protocol is too old (the INIT
+        is then refused, which the kernel takes as a failed connection). None if it can
+        be served: it is, first thing in `serve`."""
+        buffer = bytearray(MAX_WRITE + _HEADER_ROOM)
+        try:
+            length = os.readv(self.fd, [buffer])
+        except OSError:
+            return None  # nothing queued (mount(2) queues it; never seen): served later
+        self._first_request = bytes(buffer[:length])
+        if length < _IN_SIZE + p.INIT_IN.size:
+            return None  # malformed: `_dispatch` says so
+        _, opcode, unique, *_ = p.IN_HEADER.unpack_from(buffer)
+        if opcode != p.INIT:
+            return None
+        major, minor, *_ = p.INIT_IN.unpack_from(buffer, _IN_SIZE)
+        reason = protocol_refusal(self.name, major, minor)
+        if reason is not None:
+            self._first_request = None
+            self._error(unique, errno.EPROTO)
+        return reason
 
     async def serve(self, max_tasks: int) -> None:
         self._max_tasks = max(1, max_tasks)
@@ -305,11 +335,18 @@ class DevTransport:
 
     def background_limits(self, wanted: int) -> BackgroundLimits:
         """What INIT asks for: *wanted*, capped at max_user_bgreq for a daemon that is not
-        root (the kernel's cap), with the kernel's three quarters as congestion threshold."""
+        root (the kernel's cap, said in one warning line), with the kernel's three quarters
+        as congestion threshold."""
         background = min(wanted, MAX_BACKGROUND_LIMIT)
-        if os.geteuid() != 0:
-            background = min(background, _user_limit())
-        return BackgroundLimits(background, congestion_threshold_for(background))
+        user_limit = _user_limit() if os.geteuid() != 0 else background
+        if background <= user_limit:
+            return BackgroundLimits(background, congestion_threshold_for(background))
+        return BackgroundLimits(
+            user_limit,
+            congestion_threshold_for(user_limit),
+            f"not root: the fuse module caps max_background at its max_user_bgreq of "
+            f"{user_limit} (asked for {background}; mount as root for more)",
+        )
 
     def statistics(self) -> Mapping[str, int]:
         counters = {
@@ -344,6 +381,11 @@ class DevTransport:
             view = memoryview(self._buffer)
             fd = self.fd
             batch = streak = 0
+            if self._first_request is not None:  # the INIT `take_init` read
+                first, self._first_request = self._first_request, None
+                self._buffer[: len(first)] = first
+                self.requests += 1
+                await self._dispatch(view, len(first), may_inline=False)
             while not self._terminated:
                 if self._running >= self._max_tasks:
                     self._room = trio.Event()
@@ -984,6 +1026,18 @@ def _open_out(info: FileInfo) -> bytes:
     if info.nonseekable:
         flags |= p.FOPEN_NONSEEKABLE
     return p.OPEN_OUT.pack(info.fh, flags, 0)
+
+
+def protocol_refusal(transport: str, major: int, minor: int) -> str | None:
+    """Why *transport* cannot serve a kernel speaking FUSE *major*.*minor*, in one line;
+    None if it can (another major is answered with ours, as the protocol asks)."""
+    if major != p.KERNEL_VERSION or minor >= p.OLDEST_MINOR_VERSION:
+        return None
+    return (
+        f"this kernel ({os.uname().release}) speaks FUSE {major}.{minor}; the {transport} "
+        f"transport needs {p.KERNEL_VERSION}.{p.OLDEST_MINOR_VERSION} or later (Linux 5.4+): "
+        "mount with --transport pyfuse3"
+    )
 
 
 def _has_sys_admin() -> bool:

@@ -13,7 +13,7 @@ from typing import Final
 KERNEL_VERSION: Final = 7
 #: The newest minor version whose layouts and rules this module follows.
 KERNEL_MINOR_VERSION: Final = 45
-#: The oldest kernel protocol the dev transport serves (Linux 5.x speaks 7.31 and up).
+#: The oldest kernel protocol the dev transport serves (7.31: Linux 5.4).
 OLDEST_MINOR_VERSION: Final = 31
 ROOT_ID: Final = 1
 #: The kernel refuses reads into smaller buffers (FUSE_MIN_READ_BUFFER).
