@@ -493,13 +493,15 @@ class DevTransport:
 
         A `CANCELLABLE` request runs in a cancel scope an INTERRUPT can cancel: *scope*,
         made by the reader before a request's own task starts (an INTERRUPT may be read
-        before that), or, served inline and *cancellable*, one entered before the
-        operation's first step: a scope the operation enters must nest inside it, so it
-        cannot wait for a hand-off."""
+        before that), or, served inline and *cancellable*, the reader's own scope once it
+        waits. Served inline, a request cannot be interrupted before it waits (the reader
+        reads no INTERRUPT meanwhile), and most never wait: entering a scope of its own
+        for each (about a third of a getattr's cost) would buy nothing. The reader's
+        scope was entered before the operation's first step, so a scope the operation
+        enters nests inside it; once the reading is handed on, this task serves only
+        this request, and an INTERRUPT may cancel the scope."""
         handed_on = False
         result: Any = None
-        if cancellable:
-            scope = self._cancel_scope(unique)
         try:
             with _NO_SCOPE if scope is None else scope:
                 if inline:
@@ -512,10 +514,19 @@ class DevTransport:
                         # It waits: a new reader reads on while this task finishes serving.
                         handed_on = True
                         self.handoffs += 1
-                        self._scope = None  # terminate() must not cancel this request
+                        reader_scope, self._scope = self._scope, None  # not terminate()'s now
+                        if cancellable and reader_scope is not None:
+                            scope = self._cancellable[unique] = reader_scope
                         assert self._nursery is not None
                         self._nursery.start_soon(self._read_requests, name="iofs dev reader")
-                        result = await _resume(operation, trap)
+                        try:
+                            result = await _resume(operation, trap)
+                        except trio.Cancelled:
+                            # The reader's scope, entered in `_read_requests`, catches it.
+                            if scope is not None and scope.cancel_called:  # an INTERRUPT
+                                self.interrupted += 1
+                                self._error(unique, errno.EINTR)
+                            raise
                 else:
                     result = await call(*args)
         except FUSEError as exc:
