@@ -173,6 +173,8 @@ class DevTransport:
         self._buffer = bytearray(0)  # shared by the reader tasks, one at a time
         #: The cancel scopes of the cancellable requests being served, by unique.
         self._cancellable: dict[int, trio.CancelScope] = {}
+        #: What the filesystem has to do once a reply is sent (`close_after_replies`).
+        self._after_reply: Callable[[], None] | None = None
         # negotiated at INIT
         self.initialized = False
         self.kernel_minor = 0
@@ -241,6 +243,9 @@ class DevTransport:
     async def serve(self, max_tasks: int) -> None:
         self._max_tasks = max(1, max_tasks)
         self._buffer = bytearray(MAX_WRITE + _HEADER_ROOM)
+        close_after_replies = getattr(self.fs, "close_after_replies", None)
+        if close_after_replies is not None:
+            self._after_reply = close_after_replies()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._read_requests()
@@ -549,6 +554,8 @@ class DevTransport:
             if self._room is not None:
                 self._room.set()
                 self._room = None
+            if self._after_reply is not None:  # replied: nothing else was served since
+                self._after_reply()
         return not handed_on
 
     # -- replying -----------------------------------------------------------------------
