@@ -407,6 +407,12 @@ class Filesystem(pyfuse3.Operations):
         """
         return (self._data_waits if data else self._updates_wait) or self.faults.armed
 
+    def waits_long(self) -> bool:
+        """Whether a request may wait for long: while faults are armed (their delays last
+        up to minutes). A transport lets an INTERRUPT cancel such a request; any other
+        waits at most for an engine's operation, which completes first anyway."""
+        return self.faults.armed
+
     def _note_waits(self) -> None:
         """Work out `may_wait`'s answers for the current engine and setting (enum flag
         arithmetic is too slow to do per request)."""
