@@ -319,6 +319,20 @@ class Filesystem(pyfuse3.Operations):
         nursery.start_soon(self.metadata_queue.serve, name="iofs-metadata-queue")
         self.recorder.start(nursery)  # the loop-lag heartbeat
 
+    def close_after_replies(self) -> Callable[[], None]:
+        """For a transport that sends each reply before it serves anything else: from now
+        on a removed file's last descriptor is closed by the function returned, which the
+        transport calls once it has sent a reply (see `InodeTable.released`)."""
+        inodes = self.inodes
+        if inodes.released is None:
+            inodes.released = []
+
+        def after_reply() -> None:
+            if inodes.released:
+                inodes.close_released()
+
+        return after_reply
+
     async def aclose(self) -> None:
         """Drain and close every engine (once no request is being served)."""
         with trio.CancelScope(shield=True):
@@ -392,6 +406,12 @@ class Filesystem(pyfuse3.Operations):
         (e.g. a mode switch that scans for shared mappings in a thread).
         """
         return (self._data_waits if data else self._updates_wait) or self.faults.armed
+
+    def waits_long(self) -> bool:
+        """Whether a request may wait for long: while faults are armed (their delays last
+        up to minutes). A transport lets an INTERRUPT cancel such a request; any other
+        waits at most for an engine's operation, which completes first anyway."""
+        return self.faults.armed
 
     def _note_waits(self) -> None:
         """Work out `may_wait`'s answers for the current engine and setting (enum flag

@@ -238,6 +238,14 @@ class InodeTable:
         self.reclaims = 0
         self._mount_fd = -1
         self._mount_id = -1
+        #: Descriptors of removed files let go of (`release_if_removed`) and not closed
+        #: yet, or None: closed at once. Closing a removed file's last reference is when
+        #: the backing filesystem frees it (on ext4, a few hundred microseconds of the
+        #: caller's unlink); a transport that calls `close_released` once it has sent
+        #: the reply, before it serves anything else, sets a list (`close_after_replies`
+        #: in `iofs.fs`), so that this overlaps the caller's wake-up instead of delaying
+        #: its reply, and the space is still free before any later request is served.
+        self.released: list[int] | None = None
         #: Why inodes are not kept as file handles, or None if they are.
         self.no_handles_reason: str | None = "turned off (--no-file-handles)"
         if file_handles:
@@ -507,16 +515,30 @@ class InodeTable:
             del self._by_key[inode.key]
         self._close(inode)
 
-    def _close(self, inode: Inode) -> None:
-        """Let go of *inode*'s descriptor for good (its handle is of no more use)."""
+    def _close(self, inode: Inode, *, removed: bool = False) -> None:
+        """Let go of *inode*'s descriptor for good (its handle is of no more use); that
+        of a *removed* file may be closed later (see `released`)."""
         if inode.pinned:
             inode.pinned = False
             self._pinned.discard(inode)
         else:
             self.lru.pop(inode, None)
         if inode._fd >= 0:
-            os.close(inode._fd)
+            if removed and self.released is not None:
+                self.released.append(inode._fd)
+            else:
+                os.close(inode._fd)
             inode._fd = -1
+
+    def close_released(self) -> None:
+        """Close the descriptors of removed files let go of since the last call."""
+        released = self.released
+        while released:
+            fd = released.pop()
+            try:
+                os.close(fd)
+            except OSError as exc:  # the space may stay taken; the daemon goes on
+                log.error("closing the descriptor of a removed file failed: %s", exc)
 
     def removing(self, st: os.stat_result, parent: Inode, name: bytes) -> Inode | None:
         """*name* in *parent* (the backing node *st*) is about to be removed: if the
@@ -565,10 +587,11 @@ class InodeTable:
         if self._by_key.get(inode.key) is inode:
             del self._by_key[inode.key]
             self._spares.pop(inode.key, None)  # the number may be the backing's for a new file
-        self._close(inode)
+        self._close(inode, removed=True)
 
     def close(self) -> None:
         """Close every descriptor but the root's, which belongs to the caller."""
+        self.close_released()
         for inode in [*self.lru, *self._pinned]:
             self._close(inode)
         if self._mount_fd >= 0:

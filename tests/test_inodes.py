@@ -176,6 +176,26 @@ async def test_removed_nodes(fs: Filesystem, tmp_path: Path) -> None:
 
 
 @pytest.mark.trio
+async def test_a_removed_files_last_descriptor_is_closed_once_replied(
+    fs: Filesystem, tmp_path: Path
+) -> None:
+    """For a transport that calls back once it has sent a reply (the dev transport), the
+    last descriptor of an unlinked file is closed then: the file is freed after the
+    caller's reply went out, and before anything else is served."""
+    (tmp_path / "f").write_bytes(b"x" * 8192)
+    f = await lookup_path(fs, "f")
+    after_reply = fs.close_after_replies()
+    held = open_fds()
+    await fs.unlink(pyfuse3.ROOT_INODE, b"f", CTX)
+    assert open_fds() == held  # the reply goes first
+    assert (await fs.getattr(f, CTX)).st_nlink == 0
+    after_reply()
+    assert open_fds() == held - 1
+    after_reply()  # nothing left to close
+    assert open_fds() == held - 1
+
+
+@pytest.mark.trio
 async def test_dot_dot_never_becomes_a_name(fs: Filesystem, tmp_path: Path) -> None:
     (tmp_path / "a" / "b").mkdir(parents=True)
     a = await lookup_path(fs, "a")

@@ -716,6 +716,44 @@ def test_an_interrupt_cancels_a_held_read_and_it_fails_with_eintr(harness: Harne
     assert harness.fs.unexpected_errors == 0
 
 
+def test_an_interrupt_cancels_a_read_served_inline_that_waited(harness: Harness) -> None:
+    """A read the reader serves itself (the filesystem says it does not wait) that waits
+    after all, held for 60 s: the reader hands the reading on and this task keeps the
+    read, in the reader's cancel scope, which an INTERRUPT cancels: EINTR at once."""
+    fh = _open_file(harness, os.O_RDONLY)
+    harness.fs.faults.set(parse_faults("delay=60s,ops=read"))
+    harness.fs.may_wait = lambda data: False  # type: ignore[method-assign]
+    transport = harness.transport
+    readers: list[str] = []
+
+    async def next_reader() -> None:  # the reader a hand-off starts: nothing to read here
+        readers.append("started")
+
+    transport._read_requests = next_reader  # type: ignore[method-assign]
+    read, read_id = harness.request(p.READ, p.READ_IN.pack(fh, 0, 4096, 0, 0, 0, 0))
+
+    async def reader() -> None:  # what `_read_requests` does with one request
+        with trio.CancelScope() as transport._scope:
+            buffer = bytearray(read) + bytearray(64)
+            assert await transport._dispatch(memoryview(buffer), len(read)) is False
+
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            transport._nursery = nursery
+            nursery.start_soon(reader)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (harness.replies(), readers) == ([], ["started"])
+            await harness.send(_interrupt(read_id))
+
+    trio.run(body)
+    assert harness.replies() == [(read_id, -errno.EINTR, b"")]
+    counters = transport.statistics()
+    assert counters["transport_handoffs"] == 1
+    assert (counters["transport_interrupts"], counters["transport_interrupted"]) == (1, 1)
+    assert transport._cancellable == {} and transport._running == 0
+    assert harness.fs.unexpected_errors == 0
+
+
 def test_an_interrupt_does_not_cut_a_write_short(harness: Harness, tmp_path: Path) -> None:
     """A write may have taken effect: it is not cancelled, and its reply says how much
     it wrote (the kernel waits for it), however the INTERRUPT falls."""

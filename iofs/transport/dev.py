@@ -23,9 +23,13 @@ after all hands the reading on to a new reader task, and its task finishes servi
 (a leader/follower hand-off), so nothing waits behind it.
 
 INTERRUPT (a signal reached a caller waiting for a request): a request that changes
-nothing (`CANCELLABLE`: a read, getattr, fsync...) is cancelled and answered EINTR,
-so the caller's system call returns at once; an engine's operation in flight still
-completes first, as the kernel owns its buffer. Any other request runs to its end and
+nothing (`CANCELLABLE`: a read, getattr, fsync...) and may wait for long is cancelled
+and answered EINTR, so the caller's system call returns at once. Which requests may wait
+for long the filesystem says (`Filesystem.waits_long`: while faults are armed, whose
+delays last up to minutes); the others wait at most for an engine's operation, which
+completes first even when cancelled (the kernel owns its buffer), so a cancel scope for
+each (entering and leaving one costs about a fifth of a 4 KiB read's CPU in xfs mode)
+would buy them nothing. Any other request runs to its end and
 is answered as usual, which the protocol allows (the kernel waits for that reply): a
 write or a rename must not report EINTR after it took effect. An INTERRUPT for a
 request already answered is ignored; none is answered (an ENOSYS answer would stop the
@@ -176,6 +180,8 @@ class DevTransport:
         self._first_request: bytes | None = None
         #: The cancel scopes of the cancellable requests being served, by unique.
         self._cancellable: dict[int, trio.CancelScope] = {}
+        #: What the filesystem has to do once a reply is sent (`close_after_replies`).
+        self._after_reply: Callable[[], None] | None = None
         # negotiated at INIT
         self.initialized = False
         self.kernel_minor = 0
@@ -271,6 +277,9 @@ class DevTransport:
     async def serve(self, max_tasks: int) -> None:
         self._max_tasks = max(1, max_tasks)
         self._buffer = bytearray(MAX_WRITE + _HEADER_ROOM)
+        close_after_replies = getattr(self.fs, "close_after_replies", None)
+        if close_after_replies is not None:
+            self._after_reply = close_after_replies()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._read_requests()
@@ -471,7 +480,11 @@ class DevTransport:
         if not may_inline or may_wait is None or may_wait(opcode in _DATA_OPCODES):
             assert self._nursery is not None
             # The scope made now, not when the task starts: an INTERRUPT may come first.
-            scope = self._cancel_scope(pending[0]) if opcode in CANCELLABLE else None
+            scope = None
+            if opcode in CANCELLABLE:
+                waits_long = getattr(self.fs, "waits_long", None)
+                if waits_long is None or waits_long():
+                    scope = self._cancel_scope(pending[0])
             self._nursery.start_soon(self._serve, *pending, False, scope, name="iofs request")
             return None
         self.inline += 1
@@ -535,13 +548,15 @@ class DevTransport:
 
         A `CANCELLABLE` request runs in a cancel scope an INTERRUPT can cancel: *scope*,
         made by the reader before a request's own task starts (an INTERRUPT may be read
-        before that), or, served inline and *cancellable*, one entered before the
-        operation's first step: a scope the operation enters must nest inside it, so it
-        cannot wait for a hand-off."""
+        before that), or, served inline and *cancellable*, the reader's own scope once it
+        waits. Served inline, a request cannot be interrupted before it waits (the reader
+        reads no INTERRUPT meanwhile), and most never wait: entering a scope of its own
+        for each (about a third of a getattr's cost) would buy nothing. The reader's
+        scope was entered before the operation's first step, so a scope the operation
+        enters nests inside it; once the reading is handed on, this task serves only
+        this request, and an INTERRUPT may cancel the scope."""
         handed_on = False
         result: Any = None
-        if cancellable:
-            scope = self._cancel_scope(unique)
         try:
             with _NO_SCOPE if scope is None else scope:
                 if inline:
@@ -554,10 +569,19 @@ class DevTransport:
                         # It waits: a new reader reads on while this task finishes serving.
                         handed_on = True
                         self.handoffs += 1
-                        self._scope = None  # terminate() must not cancel this request
+                        reader_scope, self._scope = self._scope, None  # not terminate()'s now
+                        if cancellable and reader_scope is not None:
+                            scope = self._cancellable[unique] = reader_scope
                         assert self._nursery is not None
                         self._nursery.start_soon(self._read_requests, name="iofs dev reader")
-                        result = await _resume(operation, trap)
+                        try:
+                            result = await _resume(operation, trap)
+                        except trio.Cancelled:
+                            # The reader's scope, entered in `_read_requests`, catches it.
+                            if scope is not None and scope.cancel_called:  # an INTERRUPT
+                                self.interrupted += 1
+                                self._error(unique, errno.EINTR)
+                            raise
                 else:
                     result = await call(*args)
         except FUSEError as exc:
@@ -580,6 +604,8 @@ class DevTransport:
             if self._room is not None:
                 self._room.set()
                 self._room = None
+            if self._after_reply is not None:  # replied: nothing else was served since
+                self._after_reply()
         return not handed_on
 
     # -- replying -----------------------------------------------------------------------
