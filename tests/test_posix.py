@@ -29,7 +29,8 @@ from .conftest import (
 )
 from .differential import outcome, snapshot
 
-#: What the engine (file data: read, write, fsync) plays no part in runs with one engine.
+#: What the engine (file data: read, write, fsync) plays no part in runs with one engine
+#: (the others under -m slow).
 engine_independent = pytest.mark.engine_independent
 
 
