@@ -27,6 +27,18 @@ def test_fio_verify(
     buffered or O_DIRECT (``--direct``): every job of `VERIFY_JOBS` at once, two
     processes each, on one mount (a job per rw/ioengine pair, each verifying its own
     files, so a failure names the pair)."""
+    fio_verify(mount_factory, mount_engine, backing_direct, direct, VERIFY_JOBS)
+
+
+def fio_verify(
+    mount_factory: MountFactory,
+    mount_engine: str,
+    backing_direct: bool,
+    direct: int,
+    jobs: list[tuple[str, str]],
+) -> None:
+    """Mount, run the fio *jobs* (rw, ioengine) at once on it, and check that each wrote
+    and read back (verified) all of its data, and what the engine counted."""
     name = mount_engine.partition("+")[0]
     mnt = mount_factory(engine=f"{name}+direct" if backing_direct else name)
     command = [
@@ -42,7 +54,7 @@ def test_fio_verify(
         "--verify_state_save=0",  # else fio leaves *.state files in the working directory
         "--output-format=json",
     ]
-    for rw, ioengine in VERIFY_JOBS:
+    for rw, ioengine in jobs:
         command += [
             f"--name={rw}-{ioengine}",
             f"--rw={rw}",
@@ -52,8 +64,8 @@ def test_fio_verify(
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
     report = json.loads(result.stdout[result.stdout.index("{") :])
-    jobs = sorted(job["jobname"] for job in report["jobs"])
-    assert jobs == sorted(2 * [f"{rw}-{ioengine}" for rw, ioengine in VERIFY_JOBS])
+    names = sorted(job["jobname"] for job in report["jobs"])
+    assert names == sorted(2 * [f"{rw}-{ioengine}" for rw, ioengine in jobs])
     for job in report["jobs"]:
         assert job["error"] == 0, job["jobname"]
         assert job["write"]["io_bytes"] == 8 * 2**20, job["jobname"]
