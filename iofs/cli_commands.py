@@ -19,13 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import rich.console
-
 from .backends import ENGINES, Capability, EngineConfig
 from .errors import ExitStatus, IofsError
 from .modes import CACHINGS, MODES, SHARED_MMAP_LIMIT, resolve
 
 if TYPE_CHECKING:
+    import rich.console  # imported where it prints: a daemon and most commands never do
+
     from .control_protocol import ModeValue
     from .stats import Snapshot
 
@@ -298,6 +298,8 @@ def engine_bench(args: argparse.Namespace) -> int:
 def _console() -> rich.console.Console:
     """Where stats and top print: in a pipe as wide as the content (nothing is cut or
     wrapped), unless COLUMNS says how wide; on a terminal, the terminal's width."""
+    import rich.console
+
     if sys.stdout.isatty() or "COLUMNS" in os.environ:
         return rich.console.Console()
     return rich.console.Console(width=_UNLIMITED)
@@ -387,6 +389,7 @@ def _faults(mountpoint: Path, spec: str | None) -> int:
 
 def _top(mountpoint: Path, interval: float, count: int | None) -> int:
     """Refresh the dashboard in place every *interval* seconds until Ctrl-C (or *count*)."""
+    import rich.console
     import rich.live
 
     from .control import live_mountpoint, read_statistics

@@ -162,11 +162,23 @@ def skip_unless_runs(setup: str) -> None:
         pytest.skip(f"engine {name} cannot run here: {reason}")
 
 
+#: The one engine setup of the default run for an engine suite's tests marked
+#: ``engine_independent`` (no engine part in them: metadata, FIFOs, listings...), if
+#: chosen (else the first one chosen); the other setups run them under ``-m slow``.
+BASELINE_SETUP = "blocking"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     module = metafunc.module.__name__.rpartition(".")[2]
     if "mount_engine" in metafunc.fixturenames and module in ENGINE_SUITES:
         setups = engine_setups(metafunc.config)
-        metafunc.parametrize("mount_engine", setups, indirect=True, ids=setups, scope="function")
+        one = BASELINE_SETUP if BASELINE_SETUP in setups else setups[0]
+        independent = metafunc.definition.get_closest_marker("engine_independent") is not None
+        params = [
+            pytest.param(s, id=s, marks=pytest.mark.slow if independent and s != one else ())
+            for s in setups
+        ]
+        metafunc.parametrize("mount_engine", params, indirect=True, scope="function")
 
 
 @pytest.fixture

@@ -13,30 +13,38 @@ from .conftest import Mount, MountFactory
 pytestmark = pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
 
 
+#: The fio jobs of one verify run: sequential and random writes (128 KiB blocks, and
+#: 4-64 KiB ones), each through psync and through libaio (16 requests in flight).
+VERIFY_JOBS = [(rw, ioengine) for rw in ("randwrite", "write") for ioengine in ("psync", "libaio")]
+
+
 @pytest.mark.parametrize("backing_direct", [False, True], ids=["backing-cached", "backing-direct"])
 @pytest.mark.parametrize("direct", [0, 1], ids=["buffered", "direct"])
-@pytest.mark.parametrize("ioengine", ["psync", "libaio"])
-@pytest.mark.parametrize("rw", ["randwrite", "write"])
 def test_fio_verify(
+    mount_factory: MountFactory, mount_engine: str, backing_direct: bool, direct: int
+) -> None:
+    """fio's O_DIRECT and buffered I/O on the mount, with the engine's backing fds
+    buffered or O_DIRECT (``--direct``): every job of `VERIFY_JOBS` at once, two
+    processes each, on one mount (a job per rw/ioengine pair, each verifying its own
+    files, so a failure names the pair)."""
+    fio_verify(mount_factory, mount_engine, backing_direct, direct, VERIFY_JOBS)
+
+
+def fio_verify(
     mount_factory: MountFactory,
     mount_engine: str,
     backing_direct: bool,
-    ioengine: str,
     direct: int,
-    rw: str,
+    jobs: list[tuple[str, str]],
 ) -> None:
-    """fio's O_DIRECT and buffered I/O on the mount, with the engine's backing fds
-    buffered or O_DIRECT (``--direct``)."""
+    """Mount, run the fio *jobs* (rw, ioengine) at once on it, and check that each wrote
+    and read back (verified) all of its data, and what the engine counted."""
     name = mount_engine.partition("+")[0]
     mnt = mount_factory(engine=f"{name}+direct" if backing_direct else name)
     command = [
         "fio",
-        "--name=verify",
         f"--directory={mnt.mountpoint}",
-        f"--ioengine={ioengine}",
         f"--direct={direct}",
-        f"--rw={rw}",
-        "--bsrange=4k-64k" if rw == "randwrite" else "--bs=128k",
         "--size=8m",
         "--iodepth=16",
         "--numjobs=2",
@@ -46,15 +54,24 @@ def test_fio_verify(
         "--verify_state_save=0",  # else fio leaves *.state files in the working directory
         "--output-format=json",
     ]
+    for rw, ioengine in jobs:
+        command += [
+            f"--name={rw}-{ioengine}",
+            f"--rw={rw}",
+            f"--ioengine={ioengine}",
+            "--bsrange=4k-64k" if rw == "randwrite" else "--bs=128k",
+        ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr + result.stdout[-2000:]
     report = json.loads(result.stdout[result.stdout.index("{") :])
+    names = sorted(job["jobname"] for job in report["jobs"])
+    assert names == sorted(2 * [f"{rw}-{ioengine}" for rw, ioengine in jobs])
     for job in report["jobs"]:
-        assert job["error"] == 0
-        assert job["write"]["io_bytes"] == 8 * 2**20
-        assert job["read"]["io_bytes"] == 8 * 2**20  # the verify pass read it all back
+        assert job["error"] == 0, job["jobname"]
+        assert job["write"]["io_bytes"] == 8 * 2**20, job["jobname"]
+        assert job["read"]["io_bytes"] == 8 * 2**20, job["jobname"]  # all read back
     stats = mnt.engine_statistics()
-    assert stats["bytes_written"] >= 2 * 8 * 2**20
+    assert stats["bytes_written"] >= len(report["jobs"]) * 8 * 2**20
     assert stats["errors"] == 0
     if backing_direct:
         assert stats["direct_ops"] > 0

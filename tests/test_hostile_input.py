@@ -26,10 +26,13 @@ from functools import partial
 from pathlib import Path
 from typing import cast
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import Mount, needs_fuse, needs_root, race_beside_script
+from iofs.modes import MODES
+
+from .conftest import ALL_MODES, Mount, needs_fuse, needs_root, race_beside_script
 from .differential import Outcome, outcome
 
 pytestmark = needs_fuse
@@ -129,6 +132,24 @@ def _name_results(root: Path) -> list[object]:
     return results
 
 
+def _metadata_modes() -> list[pytest.ParameterSet]:
+    """Every mode for `mode_mount`; those whose metadata path (inline or queued updates,
+    kernel caching or none, passthrough opens) an earlier one already has, so that only
+    the engine differs, under -m slow."""
+    seen: set[tuple[object, ...]] = set()
+    params = []
+    for mode in ALL_MODES:
+        path = (MODES[mode].metadata, MODES[mode].caching, MODES[mode].passthrough)
+        params.append(pytest.param(mode, marks=pytest.mark.slow if path in seen else ()))
+        seen.add(path)
+    return params
+
+
+#: The names tests: metadata alone (the data they write is a few bytes).
+over_metadata_modes = pytest.mark.parametrize("mode_mount", _metadata_modes(), indirect=True)
+
+
+@over_metadata_modes
 def test_names_at_and_past_name_max_like_the_backing(mode_mount: Mount, plain: Path) -> None:
     on_mount = _name_results(mode_mount.mountpoint)
     assert on_mount == _name_results(plain)
@@ -144,6 +165,7 @@ names = (
 )
 
 
+@over_metadata_modes
 @settings(
     max_examples=15,
     deadline=None,

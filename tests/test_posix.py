@@ -29,6 +29,10 @@ from .conftest import (
 )
 from .differential import outcome, snapshot
 
+#: What the engine (file data: read, write, fsync) plays no part in runs with one engine
+#: (the others under -m slow).
+engine_independent = pytest.mark.engine_independent
+
 
 def test_files_round_trip_to_backing(mnt: Mount) -> None:
     (mnt.mountpoint / "f").write_bytes(b"hello")
@@ -69,6 +73,7 @@ def _descend(root_fd: int, names: list[str]) -> list[int]:
     return fds
 
 
+@engine_independent
 def test_tree_deeper_than_path_max(mnt: Mount) -> None:
     names = [f"{i:03d}" + "d" * 200 for i in range(30)]  # about 6 KiB of path
     assert len("/".join(names)) > os.pathconf(mnt.mountpoint, "PC_PATH_MAX")
@@ -109,6 +114,7 @@ def test_tree_deeper_than_path_max(mnt: Mount) -> None:
     assert os.listdir(mnt.backing) == []
 
 
+@engine_independent
 def test_write_through_read_only_fd_fails_with_ebadf(mnt: Mount) -> None:
     path = mnt.mountpoint / "ro"
     path.write_bytes(b"data")
@@ -161,6 +167,7 @@ def test_unaligned_o_direct_does_not_hurt_the_daemon(mnt: Mount) -> None:
     assert (mnt.mountpoint / "u").exists()
 
 
+@engine_independent
 def test_hard_links_share_one_inode(mnt: Mount) -> None:
     a, b = mnt.mountpoint / "a", mnt.mountpoint / "b"
     a.write_bytes(b"one")
@@ -196,6 +203,7 @@ def test_open_unlinked_file_keeps_working(mnt: Mount) -> None:
     assert not path.exists()
 
 
+@engine_independent
 def test_fifo_passes_data(mnt: Mount) -> None:
     path = mnt.mountpoint / "fifo"
     os.mkfifo(path, 0o640)
@@ -209,6 +217,7 @@ def test_fifo_passes_data(mnt: Mount) -> None:
     assert received == [b"through the pipe"]
 
 
+@engine_independent
 def test_unix_socket_node(mnt: Mount) -> None:
     path = mnt.mountpoint / "sock"
     server = socket.socket(socket.AF_UNIX)
@@ -220,6 +229,7 @@ def test_unix_socket_node(mnt: Mount) -> None:
     assert stat.S_ISSOCK(os.lstat(mnt.backing / "sock").st_mode)
 
 
+@engine_independent
 @needs_root
 def test_device_nodes(mnt: Mount) -> None:
     os.mknod(mnt.mountpoint / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
@@ -232,6 +242,7 @@ def test_device_nodes(mnt: Mount) -> None:
     assert stat.S_IMODE(os.stat(mnt.backing / "reg").st_mode) == 0o640
 
 
+@engine_independent
 def test_xattrs_like_a_plain_directory(mnt: Mount, plain: Path) -> None:
     def run(root: Path) -> list[object]:
         f = root / "f"
@@ -263,6 +274,7 @@ def test_xattrs_like_a_plain_directory(mnt: Mount, plain: Path) -> None:
     assert os.getxattr(mnt.backing / "f", "user.b") == b"\x00binary\xff" * 100
 
 
+@engine_independent
 @needs_root
 def test_trusted_xattr_on_symlink_itself(mnt: Mount) -> None:
     os.symlink("target", mnt.mountpoint / "l")
@@ -271,6 +283,7 @@ def test_trusted_xattr_on_symlink_itself(mnt: Mount) -> None:
     assert "trusted.t" in os.listxattr(mnt.mountpoint / "l", follow_symlinks=False)
 
 
+@engine_independent
 def test_statfs_is_the_backing_filesystems(mnt: Mount) -> None:
     fused, backing = os.statvfs(mnt.mountpoint), os.statvfs(mnt.backing)
     for field in ("f_bsize", "f_frsize", "f_blocks", "f_files", "f_namemax"):
@@ -301,6 +314,7 @@ def test_fsync_and_fdatasync_reach_the_backing_file(mnt: Mount) -> None:
         os.close(dir_fd)
 
 
+@engine_independent
 def test_rename_flags_like_a_plain_directory(mnt: Mount, plain: Path) -> None:
     def run(root: Path) -> list[object]:
         (root / "a").write_bytes(b"A")
@@ -327,6 +341,7 @@ def test_rename_flags_like_a_plain_directory(mnt: Mount, plain: Path) -> None:
     assert run(mnt.mountpoint) == run(plain)
 
 
+@engine_independent
 def test_readdir_during_changes_skips_and_repeats_nothing(mnt: Mount) -> None:
     names = {f"entry-{i:05d}-" + "x" * 40 for i in range(2000)}
     for name in names:
@@ -353,6 +368,7 @@ def test_readdir_during_changes_skips_and_repeats_nothing(mnt: Mount) -> None:
     assert set(os.listdir(mnt.mountpoint)) == (names - removed) | added
 
 
+@engine_independent
 def test_listing_reports_dot_entries_and_types(mnt: Mount) -> None:
     (mnt.mountpoint / "d").mkdir()
     (mnt.mountpoint / "f").touch()
@@ -366,6 +382,7 @@ def test_listing_reports_dot_entries_and_types(mnt: Mount) -> None:
     assert kinds == {"d": (True, False), "f": (False, False), "l": (False, True)}
 
 
+@engine_independent
 def test_timestamps_explicit_now_and_omit(mnt: Mount) -> None:
     path = mnt.mountpoint / "t"
     path.write_bytes(b"")
@@ -387,6 +404,7 @@ def test_timestamps_explicit_now_and_omit(mnt: Mount) -> None:
     assert os.stat(path).st_mtime_ns == st.st_mtime_ns
 
 
+@engine_independent
 def test_symlink_timestamps_without_following(mnt: Mount) -> None:
     (mnt.mountpoint / "target").write_bytes(b"")
     os.utime(mnt.mountpoint / "target", ns=(5_000_000_000, 5_000_000_000))
@@ -422,6 +440,7 @@ def test_truncate_chmod_and_sizes(mnt: Mount, plain: Path) -> None:
     assert run(mnt.mountpoint) == run(plain)
 
 
+@engine_independent
 @needs_root
 def test_chown_as_root(mnt: Mount) -> None:
     path = mnt.mountpoint / "owned"
@@ -457,6 +476,7 @@ echo x > shared/file
 """
 
 
+@engine_independent
 @needs_root
 def test_nodes_created_by_a_user_belong_to_that_user(
     mount_factory: MountFactory, plain: Path
@@ -510,6 +530,7 @@ def test_changes_by_a_user_clear_set_id_bits(
     assert run(mnt.mountpoint) == run(plain)
 
 
+@engine_independent
 def test_errors_keep_their_errno(mnt: Mount, plain: Path) -> None:
     def run(root: Path) -> list[object]:
         (root / "f").write_bytes(b"")

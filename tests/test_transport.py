@@ -138,7 +138,7 @@ def fio_verify(mount_factory: MountFactory, ioengine: str) -> None:
     """fio writes with O_DIRECT at queue depth 16 (libaio) or buffered (psync), reads
     everything back and checks it."""
     direct = int(ioengine == "libaio")
-    test_fio.test_fio_verify(mount_factory, "blocking", False, ioengine, direct, "randwrite")
+    test_fio.fio_verify(mount_factory, "blocking", False, direct, [("randwrite", ioengine)])
 
 
 test_fio_verify_over_dev = _over_dev(fio_verify)
