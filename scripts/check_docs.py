@@ -583,6 +583,7 @@ def check(
     """Run every block of *paths*; print a line per block and a summary; return results."""
     blocks = [block for path in paths for block in extract(path.read_text(), _shown(path))]
     scratch = Scratch()
+    print(f"scratch directory: {scratch.path}", flush=True)
     results: list[Result] = []
     previous: tuple[str, str] | None = None
 
