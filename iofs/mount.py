@@ -40,6 +40,7 @@ from .faults import BadFaults, parse_faults
 from .fs import Filesystem
 from .inodes import default_fd_budget
 from .live_mounts import (
+    DEAD_CONNECTION,
     FSTYPE,
     default_log_path,
     find_mount,
@@ -100,7 +101,7 @@ def _check_paths(backing: Path, mountpoint: Path) -> tuple[Path, Path]:
         try:
             st = os.stat(path)
         except OSError as exc:
-            if exc.errno == errno.ENOTCONN:
+            if exc.errno in DEAD_CONNECTION:
                 raise IofsError(
                     f"{path} is a stale mount whose daemon died: run 'iofs umount {path}'",
                     ExitStatus.MOUNT_CONFLICT,

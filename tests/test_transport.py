@@ -38,7 +38,7 @@ from iofs import mounttable, syscalls
 from iofs.backends import EngineConfig, create_engine
 from iofs.faults import parse_faults
 from iofs.fs import Filesystem
-from iofs.live_mounts import find_mount, is_disconnected
+from iofs.live_mounts import containing_mount, find_mount, is_disconnected
 from iofs.transport import devmount
 from iofs.transport import protocol as p
 from iofs.transport.dev import DevTransport
@@ -739,10 +739,19 @@ def test_a_signal_interrupts_a_held_request_on_a_real_mount(
 
 
 def test_a_killed_daemon_leaves_a_mount_iofs_umount_cleans_up(mnt: Mount) -> None:
-    """SIGKILL: the kernel answers ENOTCONN; `iofs umount` detaches, as with pyfuse3."""
+    """SIGKILL: the kernel answers ENOTCONN; `iofs umount` detaches, as with pyfuse3.
+
+    Over uring the kernel aborts the connection only once the dead daemon's ring is torn
+    down, a few milliseconds after the process is gone: a request made in that moment
+    fails with ECONNABORTED. iofs must recognise the dead mount by either errno."""
     assert json.loads(os.getxattr(mnt.mountpoint, "iofs.mode"))["spec"]
+    unseen = mnt.mountpoint / "never-looked-up"  # no cached entry: a LOOKUP for the kernel
     mnt.daemon.kill()
     mnt.daemon.wait()
+    assert containing_mount(unseen) == mnt.mountpoint  # at once, the first access
+    with pytest.raises(OSError) as info:
+        os.stat(unseen)
+    assert info.value.errno == errno.ENOTCONN  # once aborted, always ENOTCONN
     assert is_disconnected(mnt.mountpoint)
     result = subprocess.run(
         [sys.executable, "-m", "iofs", "umount", str(mnt.mountpoint)],
