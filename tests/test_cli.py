@@ -341,13 +341,18 @@ def iofs_as_nobody(prefix: list[str], *args: str) -> subprocess.CompletedProcess
         subprocess.run(["rm", "-rf", env["XDG_RUNTIME_DIR"]], check=False)
 
 
-WITHOUT_KERNEL_ASYNC = [
-    sys.executable,
-    "-m",
-    "tests.without_syscalls",
-    "io_uring_setup,io_setup",
-    "--",
-]
+#: The transport of the mounts that hide io_uring from iofs to take an engine away: the
+#: run's own, unless that is uring, which needs io_uring itself (its refusal without it
+#: is tested in test_transport_uring); then dev, the same protocol over read(2).
+WITHOUT_IO_URING_TRANSPORT = "dev" if default_transport() == "uring" else default_transport()
+
+
+def mount_without(hidden: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``iofs mount ARGS`` with the system calls *hidden* refused, over a transport that
+    does not need them (`WITHOUT_IO_URING_TRANSPORT`)."""
+    command = [sys.executable, "-m", "tests.without_syscalls", hidden, "--", *IOFS, "mount"]
+    command += ["--transport", WITHOUT_IO_URING_TRANSPORT, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
 @needs_fuse
@@ -355,10 +360,8 @@ def test_a_mode_whose_engine_cannot_run_is_refused_with_the_reason(
     dirs: tuple[Path, Path],
 ) -> None:
     backing, mountpoint = dirs
-    result = subprocess.run(
-        [*WITHOUT_KERNEL_ASYNC, *IOFS, "mount", "--mode", "xfs", str(backing), str(mountpoint)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    hidden = "io_uring_setup,io_setup"
+    result = mount_without(hidden, "--mode", "xfs", str(backing), str(mountpoint))
     assert result.returncode == ExitStatus.UNAVAILABLE
     assert result.stderr == (
         "iofs: error: mode xfs: engine 'io_uring' cannot run here: io_uring_setup is not "
@@ -367,10 +370,7 @@ def test_a_mode_whose_engine_cannot_run_is_refused_with_the_reason(
     )
     assert find_mount(mountpoint) is None
     # Mounted in a mode that runs, a switch to the missing engine is refused likewise.
-    result = subprocess.run(
-        [*WITHOUT_KERNEL_ASYNC, *IOFS, "mount", "--mode", "btrfs", str(backing), str(mountpoint)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = mount_without(hidden, "--mode", "btrfs", str(backing), str(mountpoint))
     assert result.returncode == 0, result.stderr
     try:
         switched = iofs("mode", str(mountpoint), "xfs")
@@ -391,11 +391,9 @@ def test_allow_fallback_uses_the_closest_engine_that_runs(dirs: tuple[Path, Path
     """Without io_uring the xfs mode runs on aio; without either, on a thread pool."""
     backing, mountpoint = dirs
     for hidden, expected in (("io_uring_setup", "aio"), ("io_uring_setup,io_setup", "threads")):
-        command = [sys.executable, "-m", "tests.without_syscalls", hidden, "--", *IOFS]
-        result = subprocess.run(
-            [*command, "mount", "--allow-fallback", "--mode", "xfs", str(backing), str(mountpoint)],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        result = mount_without(
+            hidden, "--allow-fallback", "--mode", "xfs", str(backing), str(mountpoint)
+        )
         try:
             assert result.returncode == 0, result.stderr
             assert result.stderr.startswith("iofs: engine io_uring cannot run here (")
