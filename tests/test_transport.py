@@ -506,6 +506,54 @@ def test_counts_and_sizes_beyond_the_request_are_refused(harness: Harness) -> No
     assert harness.fs.unexpected_errors == 0
 
 
+@pytest.mark.parametrize("name", ["dev", "uring"])
+def test_a_read_of_nothing_stops_serving_with_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    """A read of /dev/fuse returns a whole request or fails; 0 bytes never come from a live
+    connection. Taken for a short request and read again, it once made a daemon spin for
+    ever, logging gigabytes. The reader must stop instead: one error logged, `serve`
+    returns with `failure` saying why, and the daemon's `_serve` detaches the mount.
+    Here the descriptor is an empty file, whose every read returns 0 bytes."""
+    from iofs.mount import MountOptions, _serve
+    from iofs.transport.uring import UringTransport
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "empty").touch()
+    reads = 0
+    real_readv = os.readv
+
+    def readv(fd: int, buffers: Any) -> int:
+        nonlocal reads
+        reads += 1
+        assert reads <= 3, "read again after a read of 0 bytes"
+        return real_readv(fd, buffers)
+
+    monkeypatch.setattr(os, "readv", readv)
+    root_fd = os.open(tmp_path / "root", os.O_PATH | os.O_DIRECTORY)
+    fs = Filesystem(root_fd, create_engine("blocking", EngineConfig()))
+    transport = DevTransport() if name == "dev" else UringTransport()
+    transport.fs = fs
+    transport.fd = os.open(tmp_path / "empty", os.O_RDONLY)
+    fs.transport = transport
+    options = MountOptions(backing=tmp_path / "root", mountpoint=tmp_path / "root")
+    try:
+        with caplog.at_level("WARNING"):
+            detach = trio.run(_serve, fs, transport, tmp_path / "root", lambda: None, options)
+    finally:
+        transport.close(unmount=False)
+        fs.close()
+        os.close(root_fd)
+    assert (reads, detach) == (1, True)
+    assert transport.failure == (
+        "a read of /dev/fuse returned 0 bytes, which a live FUSE connection never does"
+    )
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", f"{transport.failure}: stopped serving")
+    ]
+    assert transport.statistics()["transport_malformed"] == 0
+
+
 def test_a_forget_storm_returns_every_lookup(harness: Harness) -> None:
     """10,000 lookups of one file, forgotten in batches and singly: the inode goes."""
     lookup, _ = harness.request(p.LOOKUP, b"file\0")
