@@ -48,7 +48,7 @@ def mount_command(args: argparse.Namespace) -> int:
         # Only dev negotiates FUSE_DIRECT_IO_ALLOW_MMAP (SHARED_MMAP_LIMIT).
         if CACHINGS[caching].direct_io and transport == "pyfuse3":
             print(f"iofs: note: {SHARED_MMAP_LIMIT}", file=sys.stderr)
-    mount(
+    return mount(
         MountOptions(
             backing=args.backing,
             mountpoint=args.mountpoint,
@@ -76,7 +76,6 @@ def mount_command(args: argparse.Namespace) -> int:
             transport=transport,
         )
     )
-    return 0
 
 
 def umount_command(args: argparse.Namespace) -> int:

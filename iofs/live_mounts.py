@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 
 #: The type of an iofs mount in the kernel's mount table.
 FSTYPE = "fuse.iofs"
+#: What a request to a FUSE mount whose daemon has gone fails with: ENOTCONN once the
+#: kernel has aborted the connection; ECONNABORTED (or, over io_uring, ECANCELED) for a
+#: request made before that and ended by the abort. Over the uring transport that is
+#: the first access in the few milliseconds after the daemon died: the kernel aborts
+#: the connection only when the last reference to /dev/fuse goes, and the dead daemon's
+#: io_uring commands hold one until its ring is torn down (docs/troubleshooting.md).
+DEAD_CONNECTION = frozenset({errno.ENOTCONN, errno.ECONNABORTED, errno.ECANCELED})
 
 
 # -- where a mount's state lives -------------------------------------------------------
@@ -111,9 +118,10 @@ def containing_mount(path: Path) -> Path:
     try:
         os.stat(path)
     except OSError as exc:
-        # ENOTCONN: a dead mount; EACCES: a FUSE mount without allow_other, closed to
-        # all but its owner. Both are found in the table below; the caller says more.
-        if exc.errno not in (errno.ENOTCONN, errno.EACCES):
+        # DEAD_CONNECTION: a dead mount; EACCES: a FUSE mount without allow_other,
+        # closed to all but its owner. Both are found in the table below;
+        # the caller says more.
+        if exc.errno not in DEAD_CONNECTION | {errno.EACCES}:
             raise IofsError(f"{path}: {exc.strerror}", ExitStatus.BAD_PATH) from None
     real = Path(os.path.realpath(path))
     best = mounttable.containing(real)
@@ -127,16 +135,13 @@ def containing_mount(path: Path) -> Path:
 
 
 def is_disconnected(mountpoint: Path) -> bool:
-    """True if *mountpoint* is a FUSE mount whose daemon has gone (ENOTCONN)."""
+    """True if *mountpoint* is a FUSE mount whose daemon has gone (`DEAD_CONNECTION`)."""
     try:
         # statfs, not stat: the kernel answers stat from its attribute cache for up to
         # --attr-timeout after the daemon died, but always sends STATFS to the daemon.
         os.statvfs(mountpoint)
     except OSError as exc:
-        # ECONNABORTED, ECANCELED: a request caught by the abort itself, e.g. queued
-        # for an io_uring queue of the dead daemon's ring while it was torn down (the
-        # kernel cancels the commands of a ring whose task has died).
-        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ECANCELED)
+        return exc.errno in DEAD_CONNECTION
     return False
 
 

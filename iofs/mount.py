@@ -40,6 +40,7 @@ from .faults import BadFaults, parse_faults
 from .fs import Filesystem
 from .inodes import default_fd_budget
 from .live_mounts import (
+    DEAD_CONNECTION,
     FSTYPE,
     default_log_path,
     find_mount,
@@ -100,7 +101,7 @@ def _check_paths(backing: Path, mountpoint: Path) -> tuple[Path, Path]:
         try:
             st = os.stat(path)
         except OSError as exc:
-            if exc.errno == errno.ENOTCONN:
+            if exc.errno in DEAD_CONNECTION:
                 raise IofsError(
                     f"{path} is a stale mount whose daemon died: run 'iofs umount {path}'",
                     ExitStatus.MOUNT_CONFLICT,
@@ -197,8 +198,9 @@ def _configure_logging(debug: bool, log_file: Path | None) -> None:
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
-def mount(opts: MountOptions) -> None:
-    """Mount and serve until unmounted or signalled. Raises IofsError on bad input."""
+def mount(opts: MountOptions) -> ExitStatus:
+    """Mount and serve until unmounted or signalled. Raises IofsError on bad input.
+    FAILED if the connection broke (the transport logged how; the mount is detached)."""
     try:
         setting = resolve(
             opts.mode,
@@ -337,6 +339,8 @@ def mount(opts: MountOptions) -> None:
                     state.unlink()
             # A daemon that fails must not leave a mount behind that answers ENOTCONN.
             transport.close(unmount=detach)
+        if transport.failure is not None:
+            return ExitStatus.FAILED  # its log stays, as for any daemon that failed
         log.info("unmounted %s", mountpoint)
         if log_file is not None and opts.log_file is None and read_state(mountpoint) is None:
             # The default log goes with the mount (`--log FILE` keeps one); a daemon that
@@ -344,6 +348,7 @@ def mount(opts: MountOptions) -> None:
             # a newer daemon's state file says it logs there now: leave it to that one.
             with contextlib.suppress(OSError):
                 log_file.unlink()
+        return ExitStatus.OK
     finally:
         fs.close()
         os.close(root_fd)
@@ -519,7 +524,8 @@ async def _serve(
             # Every request handler has returned: the engines only have to drain.
             await fs.aclose()
             nursery.cancel_scope.cancel()
-    return detach
+    # A connection that broke leaves the mount in place: detach it, as after a failure.
+    return detach or transport.failure is not None
 
 
 def _mount_device(mountpoint: Path) -> str | None:

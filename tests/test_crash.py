@@ -25,7 +25,14 @@ import pytest
 
 from iofs.control_protocol import MODE_XATTR
 from iofs.errors import ExitStatus
-from iofs.live_mounts import default_log_path, find_mount, is_disconnected, read_state, state_path
+from iofs.live_mounts import (
+    DEAD_CONNECTION,
+    default_log_path,
+    find_mount,
+    is_disconnected,
+    read_state,
+    state_path,
+)
 from iofs.modes import CACHINGS, MODES, SHARED_MMAP_LIMIT
 from iofs.mounttable import entries as mounts
 from iofs.transport import default_transport
@@ -48,9 +55,10 @@ pytestmark = needs_fuse
 
 IOFS = [sys.executable, "-m", "iofs"]
 
-#: What users of a mount get once its daemon is gone: ECONNABORTED for requests that
-#: were in flight when the connection was cut, ENOTCONN for any made after.
-GONE = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
+#: What users of a mount get once its daemon is gone: ECONNABORTED (over uring also
+#: ECANCELED) for requests that were in flight when the connection was cut, ENOTCONN
+#: for any made after.
+GONE = DEAD_CONNECTION
 
 
 def iofs(*args: str) -> subprocess.CompletedProcess[str]:

@@ -190,8 +190,8 @@ def test_direct_writes_stay_coherent_with_buffered_opens(mnt: Mount, plain: Path
             os.close(reader)
         outcomes.append((seen, mapped, shared))
     # Without FUSE_DIRECT_IO_ALLOW_MMAP (libfuse 3.14 cannot ask for it) the kernel
-    # refuses shared mappings of FOPEN_DIRECT_IO files; the dev transport asks for it.
-    shared = "ok" if mnt.statistics()["transport"] == "dev" else "ENODEV"
+    # refuses shared mappings of FOPEN_DIRECT_IO files; dev and uring ask for it.
+    shared = "ENODEV" if mnt.statistics()["transport"] == "pyfuse3" else "ok"
     assert outcomes == [(b"bbbb", b"bbbb", shared), (b"bbbb", b"bbbb", "ok")]
 
 

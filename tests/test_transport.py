@@ -40,7 +40,7 @@ from iofs import mounttable, syscalls
 from iofs.backends import EngineConfig, create_engine
 from iofs.faults import parse_faults
 from iofs.fs import Filesystem
-from iofs.live_mounts import find_mount, is_disconnected
+from iofs.live_mounts import containing_mount, find_mount, is_disconnected
 from iofs.transport import devmount
 from iofs.transport import protocol as p
 from iofs.transport.dev import DevTransport
@@ -599,6 +599,54 @@ def test_counts_and_sizes_beyond_the_request_are_refused(harness: Harness) -> No
     assert harness.fs.unexpected_errors == 0
 
 
+@pytest.mark.parametrize("name", ["dev", "uring"])
+def test_a_read_of_nothing_stops_serving_with_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    """A read of /dev/fuse returns a whole request or fails; 0 bytes never come from a live
+    connection. Taken for a short request and read again, it once made a daemon spin for
+    ever, logging gigabytes. The reader must stop instead: one error logged, `serve`
+    returns with `failure` saying why, and the daemon's `_serve` detaches the mount.
+    Here the descriptor is an empty file, whose every read returns 0 bytes."""
+    from iofs.mount import MountOptions, _serve
+    from iofs.transport.uring import UringTransport
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "empty").touch()
+    reads = 0
+    real_readv = os.readv
+
+    def readv(fd: int, buffers: Any) -> int:
+        nonlocal reads
+        reads += 1
+        assert reads <= 3, "read again after a read of 0 bytes"
+        return real_readv(fd, buffers)
+
+    monkeypatch.setattr(os, "readv", readv)
+    root_fd = os.open(tmp_path / "root", os.O_PATH | os.O_DIRECTORY)
+    fs = Filesystem(root_fd, create_engine("blocking", EngineConfig()))
+    transport = DevTransport() if name == "dev" else UringTransport()
+    transport.fs = fs
+    transport.fd = os.open(tmp_path / "empty", os.O_RDONLY)
+    fs.transport = transport
+    options = MountOptions(backing=tmp_path / "root", mountpoint=tmp_path / "root")
+    try:
+        with caplog.at_level("WARNING"):
+            detach = trio.run(_serve, fs, transport, tmp_path / "root", lambda: None, options)
+    finally:
+        transport.close(unmount=False)
+        fs.close()
+        os.close(root_fd)
+    assert (reads, detach) == (1, True)
+    assert transport.failure == (
+        "a read of /dev/fuse returned 0 bytes, which a live FUSE connection never does"
+    )
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", f"{transport.failure}: stopped serving")
+    ]
+    assert transport.statistics()["transport_malformed"] == 0
+
+
 def test_a_forget_storm_returns_every_lookup(harness: Harness) -> None:
     """10,000 lookups of one file, forgotten in batches and singly: the inode goes."""
     lookup, _ = harness.request(p.LOOKUP, b"file\0")
@@ -870,10 +918,19 @@ def test_a_signal_interrupts_a_held_request_on_a_real_mount(
 
 
 def test_a_killed_daemon_leaves_a_mount_iofs_umount_cleans_up(mnt: Mount) -> None:
-    """SIGKILL: the kernel answers ENOTCONN; `iofs umount` detaches, as with pyfuse3."""
+    """SIGKILL: the kernel answers ENOTCONN; `iofs umount` detaches, as with pyfuse3.
+
+    Over uring the kernel aborts the connection only once the dead daemon's ring is torn
+    down, a few milliseconds after the process is gone: a request made in that moment
+    fails with ECONNABORTED. iofs must recognise the dead mount by either errno."""
     assert json.loads(os.getxattr(mnt.mountpoint, "iofs.mode"))["spec"]
+    unseen = mnt.mountpoint / "never-looked-up"  # no cached entry: a LOOKUP for the kernel
     mnt.daemon.kill()
     mnt.daemon.wait()
+    assert containing_mount(unseen) == mnt.mountpoint  # at once, the first access
+    with pytest.raises(OSError) as info:
+        os.stat(unseen)
+    assert info.value.errno == errno.ENOTCONN  # once aborted, always ENOTCONN
     assert is_disconnected(mnt.mountpoint)
     result = subprocess.run(
         [sys.executable, "-m", "iofs", "umount", str(mnt.mountpoint)],

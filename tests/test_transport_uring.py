@@ -194,6 +194,30 @@ def test_mount_says_why_in_one_line_and_exits_6(tmp_path: Path) -> None:
     assert not os.path.ismount(mountpoint)
 
 
+def test_without_io_uring_the_mount_is_refused_in_one_line(tmp_path: Path) -> None:
+    """io_uring hidden by a seccomp filter (as a locked-down container's profile would):
+    ``iofs mount --transport uring`` says why in one line and exits 6, and mounts nothing;
+    ``--allow-fallback`` (which picks engines, not transports) does not change that."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse: the mount stops before the transport")
+    backing, mountpoint = tmp_path / "backing", tmp_path / "mnt"
+    backing.mkdir()
+    mountpoint.mkdir()
+    hide = [sys.executable, "-m", "tests.without_syscalls", "io_uring_setup", "--"]
+    for extra in ([], ["--allow-fallback"]):
+        result = subprocess.run(
+            [*hide, sys.executable, "-m", "iofs", "mount", "--transport", "uring", *extra,
+             str(backing), str(mountpoint)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert (result.returncode, result.stderr) == (
+            6,
+            "iofs: error: --transport uring: io_uring_setup is not available (ENOSYS): "
+            "a seccomp filter hides it\n",
+        )
+        assert not os.path.ismount(mountpoint)
+
+
 @pytest.mark.skipif(iouring_abi.probe() is not None, reason="no io_uring here")
 def test_a_command_the_file_does_not_know_completes_with_its_error() -> None:
     """The ring bindings' OP_URING_CMD on 128-byte SQEs: a pipe has no uring_cmd, and the

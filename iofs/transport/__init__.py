@@ -48,6 +48,9 @@ class Transport(Protocol):
     """One way of carrying FUSE requests between the kernel and the filesystem."""
 
     name: str
+    #: Why `serve` stopped although the mount is still there (its connection broke), in
+    #: one line; None after an unmount or `terminate`. The daemon then detaches the mount.
+    failure: str | None
 
     @property
     def direct_io_allows_mmap(self) -> bool:
@@ -73,7 +76,8 @@ class Transport(Protocol):
         """Mount *fs* at *mountpoint* (before the daemon forks). Raises MountFailed."""
 
     async def serve(self, max_tasks: int) -> None:
-        """Serve requests on the trio loop until unmounted or `terminate`d."""
+        """Serve requests on the trio loop until unmounted or `terminate`d, or until the
+        connection breaks (then `failure` says how)."""
 
     def terminate(self) -> None:
         """Stop serving soon (from the loop): `serve` returns."""

@@ -173,6 +173,7 @@ class DevTransport:
         self._max_tasks = 64
         self._room: trio.Event | None = None
         self._terminated = False
+        self.failure: str | None = None
         #: The request the last parser made ready: (unique, operation, arguments, reply).
         self._pending: _Pending | None = None
         self._buffer = bytearray(0)  # shared by the reader tasks, one at a time
@@ -289,6 +290,12 @@ class DevTransport:
         self._terminated = True
         if self._scope is not None:  # the reader's, not the requests' being served
             self._scope.cancel()
+
+    def _stop_broken(self, what: str) -> None:
+        """Stop reading for good: the connection broke in a way no kernel makes it."""
+        self.failure = f"{what}, which a live FUSE connection never does"
+        log.error("%s: stopped serving", self.failure)
+        self._terminated = True
 
     def close(self, unmount: bool) -> None:
         if unmount and self.mountpoint is not None:
@@ -415,6 +422,12 @@ class DevTransport:
                     if exc.errno == errno.ENOENT:  # the request was gone before we read it
                         continue
                     raise
+                if not length:
+                    # The kernel answers a read with a whole request or an error, never
+                    # with nothing: the descriptor or the buffer is not what it should
+                    # be. Reading on would spin on the same empty answer for ever.
+                    self._stop_broken("a read of /dev/fuse returned 0 bytes")
+                    return
                 batch += 1
                 self.requests += 1
                 inline = await self._dispatch(view, length)

@@ -20,6 +20,7 @@ class Pyfuse3Transport:
 
     def __init__(self) -> None:
         self._mounted = False
+        self.failure: str | None = None  # libfuse ends its loop on errors by itself
 
     def passthrough_refusal(self, writeback_cache: bool) -> str | None:
         return (
