@@ -238,13 +238,11 @@ class InodeTable:
         self.reclaims = 0
         self._mount_fd = -1
         self._mount_id = -1
-        #: Descriptors of removed files let go of (`release_if_removed`) and not closed
-        #: yet, or None: closed at once. Closing a removed file's last reference is when
-        #: the backing filesystem frees it (on ext4, a few hundred microseconds of the
-        #: caller's unlink); a transport that calls `close_released` once it has sent
-        #: the reply, before it serves anything else, sets a list (`close_after_replies`
-        #: in `iofs.fs`), so that this overlaps the caller's wake-up instead of delaying
-        #: its reply, and the space is still free before any later request is served.
+        #: Descriptors of removed files let go of and not closed yet, or None: closed at
+        #: once. The last close frees the file (on ext4, a few hundred µs of an unlink);
+        #: a transport that calls `close_released` after sending the reply and before
+        #: serving anything else sets a list (`close_after_replies` in `iofs.fs`): the
+        #: close overlaps the caller's wake-up, and the space is free before any later request.
         self.released: list[int] | None = None
         #: Why inodes are not kept as file handles, or None if they are.
         self.no_handles_reason: str | None = "turned off (--no-file-handles)"
