@@ -198,6 +198,16 @@ def _configure_logging(debug: bool, log_file: Path | None) -> None:
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
+def _drop_log(log_file: Path) -> None:
+    """Close the logging handlers and remove *log_file*."""
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.close()
+    root.handlers[:] = [logging.StreamHandler(sys.stderr)]
+    with contextlib.suppress(OSError):
+        log_file.unlink()
+
+
 def mount(opts: MountOptions) -> ExitStatus:
     """Mount and serve until unmounted or signalled. Raises IofsError on bad input.
     FAILED if the connection broke (the transport logged how; the mount is detached)."""
@@ -233,125 +243,135 @@ def mount(opts: MountOptions) -> ExitStatus:
     log_file = opts.log_file.absolute() if opts.log_file else None  # the daemon does chdir /
     if log_file is None and not opts.foreground:
         log_file = default_log_path(mountpoint)
+    # A mount refused before it served leaves no log behind (`iofs log` needs a mount);
+    # a log that was there already (`--log FILE`, another daemon's) is left alone.
+    fresh_log = log_file is not None and opts.log_file is None and not log_file.exists()
     _configure_logging(opts.debug, log_file)
-    # A crash in C code (ctypes, libfuse) kills the daemon without a Python traceback:
-    # have the fatal signal's stack written where the log goes (stderr, see _daemonize).
-    faulthandler.enable()
-    if opts.transport == "uring":
-        from .transport.uring import prepare_kernel
-
-        # Asked for by name: say why it cannot be had rather than serve another way.
-        if (reason := prepare_kernel()) is not None:
-            raise IofsError(f"--transport uring: {reason}", ExitStatus.UNAVAILABLE)
-
-    limit = raise_fd_limit()
-    budget = opts.fd_budget or default_fd_budget(limit)
-    root_fd = os.open(backing, os.O_PATH | os.O_DIRECTORY)
-    fs = Filesystem(
-        root_fd,
-        engine,
-        setting=setting,
-        attr_timeout=opts.attr_timeout,
-        entry_timeout=opts.entry_timeout,
-        statistics=opts.statistics,
-        writeback_cache=opts.writeback_cache,
-        faults=faults,
-        allow_fallback=opts.allow_fallback,
-        fd_budget=budget,
-        file_handles=opts.file_handles,
-    )
-    how = fs.inodes.no_handles_reason
-    log.info(
-        "open-file limit %d: up to %d descriptors held for inodes; evicted ones found again %s",
-        limit,
-        budget,
-        "by file handle" if how is None else f"by parent and name ({how})",
-    )
-    fs.log_file = str(log_file) if log_file else None
-    if opts.max_background is not None and opts.max_background > MAX_BACKGROUND_LIMIT:
-        raise IofsError(
-            f"--max-background: the kernel takes at most {MAX_BACKGROUND_LIMIT}",
-            ExitStatus.BAD_SETTING,
-        )
-    # A queue deeper than the kernel's limit fills every background slot it has.
-    wanted_background = opts.max_background or min(
-        max(opts.engine_config.queue_depth, KERNEL_MAX_BACKGROUND), MAX_BACKGROUND_LIMIT
-    )
-    transport = create_transport(opts.transport, max_background=wanted_background)
-    fs.transport = transport
-    refusal = fs.passthrough_refusal(setting)
-    if refusal is not None:
-        raise IofsError(f"mode {setting.mode}: {refusal}", ExitStatus.UNAVAILABLE)
+    mounted = False
     try:
-        with _stderr_captured() as captured:
-            try:
-                transport.mount(fs, mountpoint, _fuse_options(opts, backing))
-            except (RuntimeError, MountFailed) as exc:
-                # libfuse says why on stderr ("fuse: unknown option(s): ..."): one line.
-                lines = captured().strip().splitlines()
-                reason = str(exc) if isinstance(exc, MountFailed) or not lines else lines[-1]
-                status = exc.status if isinstance(exc, MountFailed) else None
-                status = status or _init_failure_status(reason)
-                raise IofsError(f"cannot mount {mountpoint}: {reason}", status) from None
-        _raise_background_limits(fs, transport, wanted_background, mountpoint, log_file)
-        state = state_path(mountpoint)
-        detach = True  # unless the kernel has let go already (see _serve)
+        # A crash in C code (ctypes, libfuse) kills the daemon without a Python traceback:
+        # have the fatal signal's stack written where the log goes (stderr, see _daemonize).
+        faulthandler.enable()
+        if opts.transport == "uring":
+            from .transport.uring import prepare_kernel
+
+            # Asked for by name: say why it cannot be had rather than serve another way.
+            if (reason := prepare_kernel()) is not None:
+                raise IofsError(f"--transport uring: {reason}", ExitStatus.UNAVAILABLE)
+
+        limit = raise_fd_limit()
+        budget = opts.fd_budget or default_fd_budget(limit)
+        root_fd = os.open(backing, os.O_PATH | os.O_DIRECTORY)
+        fs = Filesystem(
+            root_fd,
+            engine,
+            setting=setting,
+            attr_timeout=opts.attr_timeout,
+            entry_timeout=opts.entry_timeout,
+            statistics=opts.statistics,
+            writeback_cache=opts.writeback_cache,
+            faults=faults,
+            allow_fallback=opts.allow_fallback,
+            fd_budget=budget,
+            file_handles=opts.file_handles,
+        )
+        how = fs.inodes.no_handles_reason
+        log.info(
+            "open-file limit %d: up to %d descriptors held for inodes; evicted ones found again %s",
+            limit,
+            budget,
+            "by file handle" if how is None else f"by parent and name ({how})",
+        )
+        fs.log_file = str(log_file) if log_file else None
+        if opts.max_background is not None and opts.max_background > MAX_BACKGROUND_LIMIT:
+            raise IofsError(
+                f"--max-background: the kernel takes at most {MAX_BACKGROUND_LIMIT}",
+                ExitStatus.BAD_SETTING,
+            )
+        # A queue deeper than the kernel's limit fills every background slot it has.
+        wanted_background = opts.max_background or min(
+            max(opts.engine_config.queue_depth, KERNEL_MAX_BACKGROUND), MAX_BACKGROUND_LIMIT
+        )
+        transport = create_transport(opts.transport, max_background=wanted_background)
+        fs.transport = transport
+        refusal = fs.passthrough_refusal(setting)
+        if refusal is not None:
+            raise IofsError(f"mode {setting.mode}: {refusal}", ExitStatus.UNAVAILABLE)
         try:
-            if opts.foreground:
-                ready = _noop
-            else:
-                # Kernel AIO contexts belong to the process that set them up: a forked
-                # daemon using its parent's dies of SIGBUS at its first completion. The
-                # engine made above only proved that this one can be made here.
-                trio.run(engine.aclose)
-                ready = _daemonize(log_file)
-                fs.engine = create_engine(setting.engine, engine.config)
-            state.write_text(
-                json.dumps(
-                    {
-                        "pid": os.getpid(),
-                        "started": psutil.Process().create_time(),
-                        "backing": str(backing),
-                        "mountpoint": str(mountpoint),
-                        "mode": setting.spec,
-                        "transport": transport.name,
-                        "log": str(log_file) if log_file else None,
-                    }
+            with _stderr_captured() as captured:
+                try:
+                    transport.mount(fs, mountpoint, _fuse_options(opts, backing))
+                    mounted = True
+                except (RuntimeError, MountFailed) as exc:
+                    # libfuse says why on stderr ("fuse: unknown option(s): ..."): one line.
+                    lines = captured().strip().splitlines()
+                    reason = str(exc) if isinstance(exc, MountFailed) or not lines else lines[-1]
+                    status = exc.status if isinstance(exc, MountFailed) else None
+                    status = status or _init_failure_status(reason)
+                    raise IofsError(f"cannot mount {mountpoint}: {reason}", status) from None
+            _raise_background_limits(fs, transport, wanted_background, mountpoint, log_file)
+            state = state_path(mountpoint)
+            detach = True  # unless the kernel has let go already (see _serve)
+            try:
+                if opts.foreground:
+                    ready = _noop
+                else:
+                    # Kernel AIO contexts belong to the process that set them up: a forked
+                    # daemon using its parent's dies of SIGBUS at its first completion. The
+                    # engine made above only proved that this one can be made here.
+                    trio.run(engine.aclose)
+                    ready = _daemonize(log_file)
+                    fs.engine = create_engine(setting.engine, engine.config)
+                state.write_text(
+                    json.dumps(
+                        {
+                            "pid": os.getpid(),
+                            "started": psutil.Process().create_time(),
+                            "backing": str(backing),
+                            "mountpoint": str(mountpoint),
+                            "mode": setting.spec,
+                            "transport": transport.name,
+                            "log": str(log_file) if log_file else None,
+                        }
+                    )
                 )
-            )
-            # The kernel has applied the caller's umask to every mode it sends.
-            os.umask(0)
-            log.info(
-                "serving %s at %s in mode %s over %s",
-                backing,
-                mountpoint,
-                setting.describe(),
-                transport.name,
-            )
-            detach = trio.run(_serve, fs, transport, mountpoint, ready, opts)
-        except Exception:
-            log.exception("the daemon failed")
-            raise
-        finally:
-            # After a lazy detach a newer daemon may serve the mountpoint: its file stays.
-            if (read_state(mountpoint) or {}).get("pid") == os.getpid():
+                # The kernel has applied the caller's umask to every mode it sends.
+                os.umask(0)
+                log.info(
+                    "serving %s at %s in mode %s over %s",
+                    backing,
+                    mountpoint,
+                    setting.describe(),
+                    transport.name,
+                )
+                detach = trio.run(_serve, fs, transport, mountpoint, ready, opts)
+            except Exception:
+                log.exception("the daemon failed")
+                raise
+            finally:
+                # After a lazy detach a newer daemon may serve the mountpoint: its file stays.
+                if (read_state(mountpoint) or {}).get("pid") == os.getpid():
+                    with contextlib.suppress(OSError):
+                        state.unlink()
+                # A daemon that fails must not leave a mount behind that answers ENOTCONN.
+                transport.close(unmount=detach)
+            if transport.failure is not None:
+                return ExitStatus.FAILED  # its log stays, as for any daemon that failed
+            log.info("unmounted %s", mountpoint)
+            if log_file is not None and opts.log_file is None and read_state(mountpoint) is None:
+                # The default log goes with the mount (`--log FILE` keeps one); a daemon that
+                # failed never gets here and leaves it for `iofs log`. After a lazy detach
+                # a newer daemon's state file says it logs there now: leave it to that one.
                 with contextlib.suppress(OSError):
-                    state.unlink()
-            # A daemon that fails must not leave a mount behind that answers ENOTCONN.
-            transport.close(unmount=detach)
-        if transport.failure is not None:
-            return ExitStatus.FAILED  # its log stays, as for any daemon that failed
-        log.info("unmounted %s", mountpoint)
-        if log_file is not None and opts.log_file is None and read_state(mountpoint) is None:
-            # The default log goes with the mount (`--log FILE` keeps one); a daemon that
-            # failed never gets here and leaves it for `iofs log`. After a lazy detach
-            # a newer daemon's state file says it logs there now: leave it to that one.
-            with contextlib.suppress(OSError):
-                log_file.unlink()
-        return ExitStatus.OK
-    finally:
-        fs.close()
-        os.close(root_fd)
+                    log_file.unlink()
+            return ExitStatus.OK
+        finally:
+            fs.close()
+            os.close(root_fd)
+    except BaseException:
+        if fresh_log and not mounted and log_file is not None:
+            _drop_log(log_file)
+        raise
 
 
 def raise_fd_limit() -> int:

@@ -429,6 +429,8 @@ def test_unknown_fuse_option_is_one_line(dirs: tuple[Path, Path]) -> None:
         f"iofs: error: cannot mount {mountpoint}: fuse: unknown option(s): `-o bogus'\n"
     )
     assert find_mount(mountpoint) is None
+    # No log is left behind for a mount that never served (`iofs log` needs a mount).
+    assert not default_log_path(mountpoint).exists()
 
 
 @pytest.mark.parametrize(
