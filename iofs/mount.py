@@ -35,6 +35,7 @@ from .backends import (
     fallback_engine,
 )
 from .connection import KERNEL_MAX_BACKGROUND, MAX_BACKGROUND_LIMIT, set_background_limits
+from .daemon_log import configure_logging, drop_log
 from .errors import ExitStatus, IofsError
 from .faults import BadFaults, parse_faults
 from .fs import Filesystem
@@ -169,45 +170,6 @@ def _fuse_options(opts: MountOptions, backing: Path) -> set[str]:
     return options
 
 
-class _AbandonedReplies(logging.Filter):
-    """pyfuse3 logs an ERROR when the kernel no longer wants a reply (ENOENT): the
-    caller was interrupted, or the mount is going away while a release was in flight.
-    The work was done and nobody waits for the answer: that is a warning, not an error.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.ERROR and record.getMessage().endswith(
-            "fuse_reply_* failed with No such file or directory"
-        ):
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
-
-
-def _configure_logging(debug: bool, log_file: Path | None) -> None:
-    handler: logging.Handler
-    if log_file is None:
-        handler = logging.StreamHandler(sys.stderr)
-    else:
-        handler = logging.FileHandler(log_file)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    )
-    handler.addFilter(_AbandonedReplies())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-
-
-def _drop_log(log_file: Path) -> None:
-    """Close the logging handlers and remove *log_file*."""
-    root = logging.getLogger()
-    for handler in root.handlers:
-        handler.close()
-    root.handlers[:] = [logging.StreamHandler(sys.stderr)]
-    with contextlib.suppress(OSError):
-        log_file.unlink()
-
-
 def mount(opts: MountOptions) -> ExitStatus:
     """Mount and serve until unmounted or signalled. Raises IofsError on bad input.
     FAILED if the connection broke (the transport logged how; the mount is detached)."""
@@ -246,7 +208,7 @@ def mount(opts: MountOptions) -> ExitStatus:
     # A mount refused before it served leaves no log behind (`iofs log` needs a mount);
     # a log that was there already (`--log FILE`, another daemon's) is left alone.
     fresh_log = log_file is not None and opts.log_file is None and not log_file.exists()
-    _configure_logging(opts.debug, log_file)
+    configure_logging(opts.debug, log_file)
     mounted = False
     try:
         # A crash in C code (ctypes, libfuse) kills the daemon without a Python traceback:
@@ -370,7 +332,7 @@ def mount(opts: MountOptions) -> ExitStatus:
             os.close(root_fd)
     except BaseException:
         if fresh_log and not mounted and log_file is not None:
-            _drop_log(log_file)
+            drop_log(log_file)
         raise
 
 

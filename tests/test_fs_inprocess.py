@@ -16,8 +16,8 @@ import pytest
 from pyfuse3 import FUSEError, RequestContext
 
 from iofs.backends import Buffer, Capability, Engine
+from iofs.daemon_log import AbandonedReplies
 from iofs.fs import Filesystem, _may_access
-from iofs.mount import _AbandonedReplies
 
 
 @dataclass
@@ -220,7 +220,7 @@ async def test_rename_over_a_file_lets_the_replaced_one_go(fs: Filesystem, tmp_p
 def test_abandoned_replies_are_warnings_not_errors() -> None:
     def level(message: str) -> str:
         record = logging.LogRecord("pyfuse3", logging.ERROR, "x", 1, message, (), None)
-        assert _AbandonedReplies().filter(record)
+        assert AbandonedReplies().filter(record)
         return record.levelname
 
     gone = "fuse_releasedir(): fuse_reply_* failed with No such file or directory"
