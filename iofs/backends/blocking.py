@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from .base import Buffer, Capability, Engine, sync_file
+from .base import Buffer, Capability, Engine, EngineConfig, sync_file
 
 
 class BlockingEngine(Engine):
@@ -16,12 +16,22 @@ class BlockingEngine(Engine):
     capabilities = Capability.BLOCKS_LOOP
     summary = "pread/pwrite/fsync on the event-loop thread (the baseline)"
 
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        super().__init__(config)
+        cls = type(self)
+        #: Whether `read` and `write` may skip the hooks: not if a subclass overrides one.
+        self._own_hooks = (cls._pread, cls._pwrite) == (
+            BlockingEngine._pread,
+            BlockingEngine._pwrite,
+        )
+
     # The buffered read and write, the requests a blocking mode serves most, without the
     # base class's layers (`_begin`, `_pread`, `_submitted`... each a Python call or a
     # coroutine): the same counters, a few microseconds less per request. Direct I/O
-    # (the twin, bounce buffers) and a closed engine go the base class's way.
+    # (the twin, bounce buffers), a closed engine and a subclass with hooks of its own
+    # go the base class's way.
     async def read(self, fd: int, offset: int, size: int) -> Buffer:
-        if self.direct or self._closing:
+        if self.direct or self._closing or not self._own_hooks:
             return await super().read(fd, offset, size)
         self._in_flight += 1
         if self._in_flight > self._max_in_flight:  # noqa: PLR1730  (cheaper than max())
@@ -41,7 +51,7 @@ class BlockingEngine(Engine):
         return data
 
     async def write(self, fd: int, offset: int, data: Buffer) -> int:
-        if self.direct or self._closing:
+        if self.direct or self._closing or not self._own_hooks:
             return await super().write(fd, offset, data)
         self._in_flight += 1
         if self._in_flight > self._max_in_flight:  # noqa: PLR1730
