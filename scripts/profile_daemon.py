@@ -3,7 +3,8 @@
 
 Usage (root, needs fio and py-spy, e.g. ``.venv/bin/pip install py-spy``):
     scripts/profile_daemon.py [--iofs PATH] [--mode blocking] [--transport dev]
-                              [--iodepth 16] [--seconds 8] [--rate 500] [--out DIR]
+                              [--iodepth 16] [--rw randread] [--seconds 8] [--rate 500]
+                              [--out DIR]
 
 One daemon (``PATH mount --foreground``: this checkout's ``.venv/bin/iofs`` unless
 ``--iofs`` names another checkout's, for a before/after) serves a 64 MiB file kept in
@@ -11,7 +12,9 @@ memory, so that the disk is out of the picture: the backing directory is made un
 ``--dir``, /dev/shm by default (tmpfs, which takes O_DIRECT since Linux 6.6; the
 ``drop_caches`` that other people's benchmarks issue on a shared machine cannot evict
 it). fio reads the file at random in 4 KiB O_DIRECT requests (libaio at ``--iodepth``;
-psync at 1) for the whole run:
+psync at 1) for the whole run; ``--rw randwrite`` writes it at random in 4 KiB
+buffered write(2)s instead (psync: fio's ``randwrite-4k-buffered``, one synchronous
+FUSE WRITE each):
 
 1. for ``--seconds`` the daemon runs alone: its CPU time (user + system, /proc) over
    the FUSE requests it counted is the **CPU per request**;
@@ -119,9 +122,11 @@ def _requests(mountpoint: Path) -> int:
     return sum(int(op["count"]) for op in document["operations"].values())
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """The process's user and system CPU time so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
@@ -147,18 +152,22 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
             raise SystemExit(
                 f"profile_daemon: the mount failed: {(work / 'daemon.log').read_text()}"
             )
-        engine = "libaio" if args.iodepth > 1 else "psync"
+        engine = "libaio" if args.iodepth > 1 and args.rw == "randread" else "psync"
+        direct = int(args.rw == "randread")
         fio = subprocess.Popen(
             ["fio", "--name=profile", f"--filename={mountpoint / 'data'}", f"--ioengine={engine}",
-             f"--iodepth={args.iodepth}", "--direct=1", "--rw=randread", "--bs=4k", "--size=64m",
+             f"--iodepth={args.iodepth}", f"--direct={direct}", f"--rw={args.rw}", "--bs=4k",
+             "--size=64m",
              f"--runtime={2 * args.seconds + 3}", "--time_based=1", "--output-format=json",
              f"--output={work / 'fio.json'}"],
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1.0)  # fio opens the file and reaches its queue depth
-        cpu, requests = _cpu_seconds(daemon.pid), _requests(mountpoint)
+        (user, system), requests = _cpu_seconds(daemon.pid), _requests(mountpoint)
         time.sleep(args.seconds)
-        cpu, requests = _cpu_seconds(daemon.pid) - cpu, _requests(mountpoint) - requests - 1
+        user_after, system_after = _cpu_seconds(daemon.pid)
+        user, system = user_after - user, system_after - system
+        requests = _requests(mountpoint) - requests - 1
         raw = args.out / f"profile-{args.mode}-{args.transport}.txt"
         if args.no_profile:
             raw.write_text("")
@@ -187,8 +196,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         "mode": args.mode,
         "transport": args.transport,
         "iodepth": args.iodepth,
+        "rw": args.rw,
         "requests_per_s": round(requests / args.seconds),
-        "cpu_us_per_request": round(cpu / requests * 1e6, 1) if requests else None,
+        "cpu_us_per_request": round((user + system) / requests * 1e6, 1) if requests else None,
+        "user_us_per_request": round(user / requests * 1e6, 1) if requests else None,
         "raw": str(raw),
         **summary,
     }
@@ -200,6 +211,12 @@ def main() -> None:
     parser.add_argument("--mode", default="blocking")
     parser.add_argument("--transport", default="dev", help="(default: dev, iofs's default)")
     parser.add_argument("--iodepth", type=int, default=16)
+    parser.add_argument(
+        "--rw",
+        choices=("randread", "randwrite"),
+        default="randread",
+        help="randwrite: 4 KiB buffered writes (psync), as fio's randwrite-4k-buffered",
+    )
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--top", type=int, default=12)
@@ -222,8 +239,9 @@ def main() -> None:
         json.dumps(result, indent=1)
     )
     print(
-        f"{args.mode} on {args.transport} ({args.iofs}): {result['requests_per_s']} requests/s, "
-        f"{result['cpu_us_per_request']} µs CPU per request, {result['busy_samples']} busy samples"
+        f"{args.mode} on {args.transport}, {args.rw} at iodepth {args.iodepth} ({args.iofs}): "
+        f"{result['requests_per_s']} requests/s, {result['cpu_us_per_request']} µs CPU per "
+        f"request ({result['user_us_per_request']} µs user), {result['busy_samples']} busy samples"
     )
     for group, share in result["groups"].items():  # type: ignore[attr-defined]
         print(f"  {share:5.1f}%  {group}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import subprocess
 import tempfile
@@ -113,16 +114,20 @@ def file_size_limit(rw_fd: int) -> int:
     (Not RLIMIT_FSIZE: that limit is per process and would also stop pytest's own
     output when it goes to a file.)
     """
+    return _largest_file_size(rw_fd)
+
+
+def _largest_file_size(fd: int) -> int:
     low, high = 0, (1 << 63) - 1  # a byte can be written at low, not at high
     while high - low > 1:
         middle = (low + high) // 2
         try:
-            os.pwrite(rw_fd, b"x", middle)
+            os.pwrite(fd, b"x", middle)
         except OSError:
             high = middle
         else:
             low = middle
-    os.ftruncate(rw_fd, 0)
+    os.ftruncate(fd, 0)
     return high
 
 
@@ -152,6 +157,64 @@ async def test_statistics_count_what_was_done(engine: Engine, rw_fd: int) -> Non
     assert stats.max_in_flight >= 1
     with pytest.raises(AttributeError):
         stats.reads = 0  # type: ignore[misc]
+
+
+@pytest.mark.trio
+async def test_the_blocking_engines_own_read_and_write_do_what_the_base_class_does(
+    tmp_path: Path,
+) -> None:
+    """BlockingEngine serves buffered reads and writes without the base class's layers:
+    the same operations through both give the same results, errors and statistics
+    (short writes at the file size limit, end of file, a bad descriptor included)."""
+    own, base = create_engine("blocking", EngineConfig()), create_engine("blocking", EngineConfig())
+    fds = [os.open(tmp_path / name, os.O_RDWR | os.O_CREAT, 0o644) for name in ("own", "base")]
+    limit = _largest_file_size(fds[0])
+    bad = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    operations = [
+        ("write", 0, b"a" * 1000),
+        ("write", 1000, b"b" * 24),
+        ("read", 0, 4096),
+        ("read", 1 << 20, 4096),
+        ("write", limit - 1000, b"x" * 10_000),
+        ("write", limit, b"y"),
+        ("read", limit - 1000, 4096),
+        ("read", -1, 10),
+        ("read a directory", 0, 1),
+    ]
+    try:
+        outcomes = []
+        for engine, fd, read, write in (
+            (own, fds[0], own.read, own.write),
+            (
+                base,
+                fds[1],
+                functools.partial(Engine.read, base),
+                functools.partial(Engine.write, base),
+            ),
+        ):
+            done: list[bytes | int | None] = []
+            for kind, offset, argument in operations:
+                target = bad if kind == "read a directory" else fd
+                try:
+                    if kind.startswith("read"):
+                        assert isinstance(argument, int)
+                        done.append(bytes(await read(target, offset, argument)))
+                    else:
+                        assert isinstance(argument, bytes)
+                        done.append(await write(target, offset, argument))
+                except OSError as exc:
+                    done.append(exc.errno)
+            outcomes.append((done, engine.statistics()))
+        (own_done, own_stats), (base_done, base_stats) = outcomes
+        assert own_done == base_done
+        assert own_done[4] == 1000  # the short write
+        assert own_stats == base_stats
+        assert (own_stats.writes, own_stats.errors) == (3, 3)
+    finally:
+        for fd in (*fds, bad):
+            os.close(fd)
+        await own.aclose()
+        await base.aclose()
 
 
 def test_engines_declare_capabilities() -> None:

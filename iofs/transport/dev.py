@@ -56,7 +56,6 @@ FALLOCATE reaches `Filesystem.fallocate` (pyfuse3 has no such operation).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import logging
@@ -89,6 +88,9 @@ _XATTR_CREATE, _XATTR_REPLACE = 1, 2
 _IN_SIZE = p.IN_HEADER.size
 _OUT_SIZE = p.OUT_HEADER.size
 _WRITE_DATA = _IN_SIZE + p.WRITE_IN.size
+_pack_out = p.OUT_HEADER.pack
+_pack_write_out = p.WRITE_OUT.pack
+_WRITE_REPLY_SIZE = _OUT_SIZE + p.WRITE_OUT.size
 #: A request ready to be served: (unique, operation, its arguments, how to reply).
 _Pending = tuple[int, Callable[..., Coroutine[Any, Any, Any]], tuple[Any, ...], Any]
 #: Requests whose operation reaches the I/O engine (see `Filesystem.may_wait`).
@@ -96,8 +98,6 @@ _DATA_OPCODES = frozenset({p.READ, p.WRITE, p.FSYNC})
 #: Requests a reader serves inline in a row before it lets the loop's other tasks run
 #: (its replies let the kernel send more, so the queue might never run dry).
 _INLINE_STREAK = 32
-#: What a request that no INTERRUPT cancels is served in.
-_NO_SCOPE = contextlib.nullcontext()
 #: Requests an INTERRUPT cancels (answered EINTR): they change nothing the caller could
 #: see after an EINTR, so being cut short loses nothing. (fsync may fail with EINTR.)
 #: Not GETXATTR: reading ``iofs.mode=SETTING`` switches the mode.
@@ -183,6 +183,8 @@ class DevTransport:
         self._cancellable: dict[int, trio.CancelScope] = {}
         #: What the filesystem has to do once a reply is sent (`close_after_replies`).
         self._after_reply: Callable[[], None] | None = None
+        #: `Filesystem.waits_long`, looked up once in `serve`; None: every request may.
+        self._waits_long: Callable[[], bool] | None = None
         # negotiated at INIT
         self.initialized = False
         self.kernel_minor = 0
@@ -281,6 +283,7 @@ class DevTransport:
         close_after_replies = getattr(self.fs, "close_after_replies", None)
         if close_after_replies is not None:
             self._after_reply = close_after_replies()
+        self._waits_long = getattr(self.fs, "waits_long", None)  # only iofs's fs says
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._read_requests()
@@ -495,13 +498,34 @@ class DevTransport:
             # The scope made now, not when the task starts: an INTERRUPT may come first.
             scope = None
             if opcode in CANCELLABLE:
-                waits_long = getattr(self.fs, "waits_long", None)
+                waits_long = self._waits_long
                 if waits_long is None or waits_long():
                     scope = self._cancel_scope(pending[0])
             self._nursery.start_soon(self._serve, *pending, False, scope, name="iofs request")
             return None
         self.inline += 1
-        return await self._serve(*pending, True, None, opcode in CANCELLABLE)
+        # Served here, without a coroutine of its own: most never wait (see `_serve`).
+        unique, call, args, reply = pending
+        try:
+            operation = call(*args)
+            trap = operation.send(None)
+        except StopIteration as done:
+            result = done.value
+        except Exception as exc:  # its first step failed: answered as in `_serve`
+            self._fail(unique, exc)
+            self._served()
+            return True
+        except BaseException:
+            self._served()
+            raise
+        else:  # it waits after all: this task hands the reading on (see `_serve`)
+            cancellable = opcode in CANCELLABLE
+            return await self._serve(unique, operation, trap, reply, True, None, cancellable)
+        try:
+            reply(unique, result)
+        finally:
+            self._served()
+        return True
 
     def _cancel_scope(self, unique: int) -> trio.CancelScope:
         """A cancel scope for request *unique*, which an INTERRUPT for it cancels."""
@@ -543,21 +567,25 @@ class DevTransport:
     ) -> None:
         """Make the request ready for the reader to serve (see `_read_requests`)."""
         self._running += 1
-        self.max_in_flight = max(self.max_in_flight, self._running)
+        if self._running > self.max_in_flight:  # noqa: PLR1730  (cheaper than max())
+            self.max_in_flight = self._running
         self._pending = (unique, call, args, reply)
 
     async def _serve(
         self,
         unique: int,
-        call: Callable[..., Coroutine[Any, Any, Any]],
-        args: tuple[Any, ...],
+        call: Any,
+        args: Any,
         reply: Callable[[int, Any], None],
         inline: bool,
         scope: trio.CancelScope | None = None,
         cancellable: bool = False,
     ) -> bool:
-        """Serve one request and reply; False if, served *inline* by the reader, it had
-        to wait: a new reader task was started, and this one has served the request.
+        """Serve one request in a task of its own (*call* with *args*) and reply; or,
+        *inline*, finish serving a request the reader started (`_dispatch`) that has to
+        wait: *call* is its operation's coroutine, *args* what its first step yielded; a
+        new reader task is started, and this one, no longer the reader, serves the
+        request (returns False).
 
         A `CANCELLABLE` request runs in a cancel scope an INTERRUPT can cancel: *scope*,
         made by the reader before a request's own task starts (an INTERRUPT may be read
@@ -571,39 +599,30 @@ class DevTransport:
         handed_on = False
         result: Any = None
         try:
-            with _NO_SCOPE if scope is None else scope:
-                if inline:
-                    operation = call(*args)
-                    try:
-                        trap = operation.send(None)
-                    except StopIteration as done:
-                        result = done.value
-                    else:
-                        # It waits: a new reader reads on while this task finishes serving.
-                        handed_on = True
-                        self.handoffs += 1
-                        reader_scope, self._scope = self._scope, None  # not terminate()'s now
-                        if cancellable and reader_scope is not None:
-                            scope = self._cancellable[unique] = reader_scope
-                        assert self._nursery is not None
-                        self._nursery.start_soon(self._read_requests, name="iofs dev reader")
-                        try:
-                            result = await _resume(operation, trap)
-                        except trio.Cancelled:
-                            # The reader's scope, entered in `_read_requests`, catches it.
-                            if scope is not None and scope.cancel_called:  # an INTERRUPT
-                                self.interrupted += 1
-                                self._error(unique, errno.EINTR)
-                            raise
-                else:
+            if inline:
+                # It waits: a new reader reads on while this task finishes serving.
+                handed_on = True
+                self.handoffs += 1
+                reader_scope, self._scope = self._scope, None  # not terminate()'s now
+                if cancellable and reader_scope is not None:
+                    scope = self._cancellable[unique] = reader_scope
+                assert self._nursery is not None
+                self._nursery.start_soon(self._read_requests, name="iofs dev reader")
+                try:
+                    result = await _resume(call, args)
+                except trio.Cancelled:
+                    # The reader's scope, entered in `_read_requests`, catches it.
+                    if scope is not None and scope.cancel_called:  # an INTERRUPT
+                        self.interrupted += 1
+                        self._error(unique, errno.EINTR)
+                    raise
+            elif scope is None:
+                result = await call(*args)
+            else:
+                with scope:
                     result = await call(*args)
-        except FUSEError as exc:
-            self._error(unique, exc.errno)
-        except OSError as exc:
-            self._error(unique, exc.errno or errno.EIO)
-        except Exception:
-            log.exception("unexpected error serving FUSE request %d", unique)
-            self._error(unique, errno.EIO)
+        except Exception as exc:
+            self._fail(unique, exc)
         else:
             if scope is not None and scope.cancelled_caught:  # by an INTERRUPT: a signal
                 self.interrupted += 1
@@ -613,13 +632,27 @@ class DevTransport:
         finally:
             if scope is not None and self._cancellable.get(unique) is scope:
                 del self._cancellable[unique]  # (a lying kernel may reuse a unique)
-            self._running -= 1
-            if self._room is not None:
-                self._room.set()
-                self._room = None
-            if self._after_reply is not None:  # replied: nothing else was served since
-                self._after_reply()
+            self._served()
         return not handed_on
+
+    def _fail(self, unique: int, exc: Exception) -> None:
+        """Answer request *unique*, whose operation raised *exc*, with an error."""
+        if isinstance(exc, FUSEError):
+            self._error(unique, exc.errno)
+        elif isinstance(exc, OSError):
+            self._error(unique, exc.errno or errno.EIO)
+        else:
+            log.error("unexpected error serving FUSE request %d", unique, exc_info=exc)
+            self._error(unique, errno.EIO)
+
+    def _served(self) -> None:
+        """A request has been answered (or found the connection gone)."""
+        self._running -= 1
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+        if self._after_reply is not None:  # replied: nothing else was served since
+            self._after_reply()
 
     # -- replying -----------------------------------------------------------------------
     def _send(self, parts: list[Any]) -> None:
@@ -651,10 +684,15 @@ class DevTransport:
         self._reply(unique, _attr_out(attr))
 
     def _reply_data(self, unique: int, data: Any) -> None:
-        self._reply(unique, memoryview(data).cast("B"))
+        kind = type(data)
+        if kind is not bytes and kind is not bytearray:  # len() in bytes, whatever the format
+            data = memoryview(data).cast("B")
+        self._send([_pack_out(_OUT_SIZE + len(data), 0, unique), data])
 
     def _reply_write(self, unique: int, written: int) -> None:
-        self._reply(unique, p.WRITE_OUT.pack(written, 0))
+        # The header apart from the rest, as every reply: the uring transport's `_send`
+        # writes it into the entry's header and the rest into its payload.
+        self._send([_pack_out(_WRITE_REPLY_SIZE, 0, unique), _pack_write_out(written, 0)])
 
     def _reply_open(self, unique: int, info: FileInfo) -> None:
         self._reply(unique, _open_out(info))
