@@ -4,7 +4,7 @@
 Usage (root, from the checkout; needs fio):
     scripts/compare_peers.py [--peers DIR] [--rounds N] [--modes blocking xfs ...]
                              [--transports dev pyfuse3 uring] [--before IOFS --before-modes ...]
-                             [--jobs a,b] [--dir DIR] [--out DIR]
+                             [--hp-caching] [--jobs a,b] [--dir DIR] [--out DIR]
 
 The same fio matrix (the quick form of ``../shared/bench/fiomatrix.py``: 128 MiB files,
 4 s per job) runs on a fresh directory natively, through each target, one target after
@@ -17,8 +17,12 @@ and each of ``--transports`` (default: dev, iofs's default), with this checkout'
 made before the default became dev named the pyfuse3 rows ``iofs-MODE`` and the dev
 ones ``iofs-MODE-dev``.) ``--before`` names another checkout's ``iofs`` (e.g.
 ``../main/.venv/bin/iofs``), run in ``--before-modes`` on the same transports as
-``iofs-MODE-TRANSPORT-before``: a before/after in one run. Without peers only native and
-iofs run.
+``iofs-MODE-TRANSPORT-before``: a before/after in one run (``iofs-MODE-before`` for an
+iofs from before the transports). ``--hp-caching`` adds
+``iofs-MODE-TRANSPORT-hpcache`` for each mode: iofs mounted with the caching choices
+``passthrough_hp --nopassthrough`` makes by default (`HP_CACHING`: the writeback cache,
+entries and attributes cached for 86,400 s), so that iofs's own cost can be told apart
+from a difference in caching policy. Without peers only native and iofs run.
 
 Every fio result is appended to ``OUT/results.jsonl`` (with the command and the round);
 the table printed at the end gives medians, and each iofs mode's ratio to ``hp-nopt``
@@ -46,6 +50,12 @@ ROOT = Path(__file__).resolve().parent.parent
 IOFS = ROOT / ".venv" / "bin" / "iofs"
 SIZE, RUNTIME = "128M", 4
 
+#: What libfuse's passthrough_hp (3.17, example/passthrough_hp.cc) does unless told
+#: --nocache: its timeout is 86,400 s for entries and attributes, and with a timeout and
+#: without passthrough it asks for FUSE_CAP_WRITEBACK_CACHE (sfs_init). iofs's defaults
+#: are 1 s and no writeback cache, so that changes made beside the mount show.
+HP_CACHING = ("--writeback-cache", "--entry-timeout", "86400", "--attr-timeout", "86400")
+
 #: name -> fio arguments; the intent is in the name (see ../shared/bench/fiomatrix.py).
 JOBS = {
     "seqread-1m": "--rw=read --bs=1M --ioengine=psync --direct=0",
@@ -68,7 +78,10 @@ META = {
 
 
 def targets(
-    peers: Path | None, modes: list[str], transports: tuple[str, ...] = ("dev",)
+    peers: Path | None,
+    modes: list[str],
+    transports: tuple[str, ...] = ("dev",),
+    hp_caching: bool = False,
 ) -> dict[str, list[str] | None]:
     found: dict[str, list[str] | None] = {"native": None}
     if peers is not None:
@@ -88,15 +101,29 @@ def targets(
         for transport in ("dev",) if mode == "passthrough" else transports:
             label = f"iofs-{mode}" + ("" if mode == "passthrough" else f"-{transport}")
             command = [str(IOFS), "mount", "--foreground", "--mode", mode]
-            found[label] = [*command, "--transport", transport]
+            command = [*command, "--transport", transport]
+            found[label] = command
+            if hp_caching and mode != "passthrough":  # passthrough refuses the writeback cache
+                found[f"{label}-hpcache"] = [*command, *HP_CACHING]
     return found
 
 
 def before_targets(
     iofs: Path, modes: list[str], transports: tuple[str, ...]
 ) -> dict[str, list[str] | None]:
-    """``iofs-MODE-TRANSPORT-before``: the same targets with another checkout's iofs."""
+    """``iofs-MODE-TRANSPORT-before``: the same targets with another checkout's iofs.
+
+    An iofs from before the transports (no ``--transport``: pyfuse3 only) gives
+    ``iofs-MODE-before``, whatever ``--transports`` says.
+    """
     found: dict[str, list[str] | None] = {}
+    usage = subprocess.run(
+        [str(iofs), "mount", "--help"], capture_output=True, text=True, check=False
+    ).stdout
+    if "--transport" not in usage:
+        for mode in modes:
+            found[f"iofs-{mode}-before"] = [str(iofs), "mount", "--foreground", "--mode", mode]
+        return found
     for mode in modes:
         for transport in transports:
             label = f"iofs-{mode}-{transport}"
@@ -191,9 +218,26 @@ def run_target(
     return results
 
 
-def table(results: list[dict[str, object]], labels: list[str], jobs: list[str]) -> str:
-    base = "hp-nopt" if "hp-nopt" in labels else "native"
-    medians: dict[tuple[str, str], float] = {}
+#: Issue 12's targets: (job, the blocking row's reference, the least ratio wanted). The
+#: reference "iofs-xfs" is xfs mode's row over blocking mode's (the same transport).
+TARGETS = (
+    ("randwrite-4k-qd16-direct", "hp-nopt", 0.6),
+    ("randwrite-4k-qd16-direct", "pyfuse3-example", 1.0),
+    ("randwrite-4k-buffered", "hp-nopt", 0.8),
+    ("seqwrite-1m", "hp-nopt", 1.0),
+    ("write-4k-fdatasync", "hp-nopt", 0.9),
+    ("randread-4k-qd16-direct", "hp-nopt", 0.75),
+    ("randread-4k-qd16-direct", "iofs-xfs", 0.6),
+    ("filecreate", "hp-nopt", 0.9),
+    ("filedelete", "hp-nopt", 0.8),
+)
+
+Medians = dict[tuple[str, str], float]
+
+
+def medians_of(results: list[dict[str, object]], labels: list[str], jobs: list[str]) -> Medians:
+    """(target, job) -> the median over the rounds (MiB/s for the 1m jobs, else IOPS)."""
+    medians: Medians = {}
     for label in labels:
         for job in jobs:
             figures = [
@@ -203,6 +247,36 @@ def table(results: list[dict[str, object]], labels: list[str], jobs: list[str]) 
             ]
             if figures:
                 medians[(label, job)] = statistics.median(figures)
+    return medians
+
+
+def target_table(medians: Medians, labels: list[str]) -> str:
+    """Issue 12's targets for each blocking-mode row of the run (empty if none can say)."""
+    rows = [label for label in labels if label.startswith("iofs-blocking")]
+    lines = []
+    for job, reference, wanted in TARGETS:
+        cells = []
+        for row in rows:
+            other = row.replace("iofs-blocking", "iofs-xfs", 1) if reference == "iofs-xfs" else None
+            value = medians.get((other or row, job))
+            base = medians.get((row if other else reference, job))
+            if value is None or not base:
+                cells.append("-")
+                continue
+            ratio = value / base
+            cells.append(f"{ratio:.2f}x " + ("met" if ratio >= wanted else "**missed**"))
+        if any(cell != "-" for cell in cells):
+            what = "xfs / blocking" if reference == "iofs-xfs" else f"blocking / {reference}"
+            lines.append(f"| {job}, {what} | >= {wanted}x | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = ["| target | wanted | " + " | ".join(rows) + " |", "|---|---:|" + "---:|" * len(rows)]
+    return "\n".join(head + lines)
+
+
+def table(results: list[dict[str, object]], labels: list[str], jobs: list[str]) -> str:
+    base = "hp-nopt" if "hp-nopt" in labels else "native"
+    medians = medians_of(results, labels, jobs)
     lines = [
         "| job | " + " | ".join(labels) + " |",
         "|---|" + "---|" * len(labels),
@@ -225,6 +299,9 @@ def table(results: list[dict[str, object]], labels: list[str], jobs: list[str]) 
         f"\nMedians; MiB/s for the 1m jobs, IOPS otherwise; iofs's ratio to {base} in the same run"
         + (" (iofs-passthrough's to hp-passthrough)." if "hp-passthrough" in labels else ".")
     )
+    targets_met = target_table(medians, labels)
+    if targets_met:
+        lines.append("\nIssue 12's targets, from the same medians:\n\n" + targets_met)
     return "\n".join(lines)
 
 
@@ -236,6 +313,12 @@ def main() -> None:
     parser.add_argument("--transports", nargs="+", default=["dev"], choices=list(TRANSPORT_NAMES))
     parser.add_argument("--before", type=Path, help="another checkout's iofs, for a before")
     parser.add_argument("--before-modes", nargs="+", default=["blocking"])
+    parser.add_argument(
+        "--hp-caching",
+        action="store_true",
+        help="also run each iofs mode with passthrough_hp's caching (writeback cache, "
+        "86400 s timeouts): rows iofs-MODE-TRANSPORT-hpcache",
+    )
     parser.add_argument("--jobs", help="comma-separated subset of the jobs")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where to work")
     parser.add_argument("--out", type=Path, help="keep results.jsonl here (default: a new dir)")
@@ -247,7 +330,7 @@ def main() -> None:
     jobs = list({**JOBS, **META})
     if args.jobs:
         jobs = [job for job in jobs if job in args.jobs.split(",")]
-    chosen = targets(args.peers, args.modes, tuple(args.transports))
+    chosen = targets(args.peers, args.modes, tuple(args.transports), args.hp_caching)
     if args.before is not None:
         chosen.update(before_targets(args.before, args.before_modes, tuple(args.transports)))
     if args.dir is not None:
