@@ -180,8 +180,9 @@ async def test_a_removed_files_last_descriptor_is_closed_once_replied(
     fs: Filesystem, tmp_path: Path
 ) -> None:
     """For a transport that calls back once it has sent a reply (the dev transport), the
-    last descriptor of an unlinked file is closed then: the file is freed after the
-    caller's reply went out, and before anything else is served."""
+    last descriptor of an unlinked file is handed then to the closer's thread: the file
+    is freed after the caller's reply went out, and before any request that could take
+    or report space is served."""
     (tmp_path / "f").write_bytes(b"x" * 8192)
     f = await lookup_path(fs, "f")
     after_reply = fs.close_after_replies()
@@ -190,7 +191,9 @@ async def test_a_removed_files_last_descriptor_is_closed_once_replied(
     assert open_fds() == held  # the reply goes first
     assert (await fs.getattr(f, CTX)).st_nlink == 0
     after_reply()
+    await fs.statfs(CTX)  # reports space: waits until the file is freed
     assert open_fds() == held - 1
+    assert fs.closer is not None and fs.closer.idle
     after_reply()  # nothing left to close
     assert open_fds() == held - 1
 
