@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 
 import trio
 
@@ -41,6 +42,8 @@ class Closer:
         self._thread: threading.Thread | None = None
         #: Requests that waited for closes to finish (`wait` found some pending).
         self.waits = 0
+        #: What the thread closes with (a test may hold it up).
+        self.close_in_thread: Callable[[int], None] = os.close
 
     @property
     def idle(self) -> bool:
@@ -68,7 +71,7 @@ class Closer:
     def _run(self) -> None:
         while (fd := self._queue.get()) is not None:
             try:
-                os.close(fd)
+                self.close_in_thread(fd)
             except OSError as exc:  # the space may stay taken; the daemon goes on
                 log.error("closing the descriptor of a removed file failed: %s", exc)
             with self._lock:
