@@ -378,7 +378,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_seconds_or_zero,
         default=1.0,
         metavar=TIME,
-        help="how long the kernel may cache name lookups (default 1s)",
+        help="how long the kernel may cache name lookups, found or not (default 1s)",
     )
     mount.add_argument(
         "--stats-log",

@@ -50,6 +50,7 @@ from pyfuse3 import (
 from . import syscalls
 from .backends import Buffer, Capability, Engine, create_engine
 from .backends.base import sync_file
+from .closer import Closer
 from .connection import KERNEL_CONGESTION_THRESHOLD, KERNEL_MAX_BACKGROUND, BackgroundLimits
 from .control_protocol import CONTROL_XATTRS, Refusal, write_in_read
 from .control_server import ControlServer
@@ -85,6 +86,28 @@ _RETRIED_WHEN_OUT_OF_DESCRIPTORS = frozenset(
         "opendir",
         "readdir",
         "statfs",
+        "getxattr",
+        "listxattr",
+        "access",
+    }
+)
+
+#: Operations that neither take nor report space: they need not wait for the removed
+#: files' descriptors that a `Closer` is closing (see `iofs.closer`); any other does.
+_BLIND_TO_SPACE = frozenset(
+    {
+        "lookup",
+        "getattr",
+        "unlink",
+        "rmdir",
+        "readlink",
+        "open",
+        "read",
+        "flush",
+        "release",
+        "opendir",
+        "readdir",
+        "releasedir",
         "getxattr",
         "listxattr",
         "access",
@@ -136,6 +159,9 @@ def _handle_as(
         error = True
         nbytes = 0
         try:
+            closer = self.closer
+            if closer is not None and not closer.idle and op not in _BLIND_TO_SPACE:
+                await closer.wait()  # the space of removed files is free first
             try:
                 result = await fn(self, *args, **kwargs)
             except OSError as exc:
@@ -309,6 +335,9 @@ class Filesystem(pyfuse3.Operations):
         self.device: tuple[int, int] | None = None
         self.others_allowed = False
         self._switching = trio.Lock()  # one switch (and its mapping scan) at a time
+        #: Closes removed files' last descriptors beside the loop, once a transport that
+        #: replies before it serves anything else asks for it (`close_after_replies`).
+        self.closer: Closer | None = None
         self._note_waits()
 
     # -- lifecycle and modes -------------------------------------------------------------
@@ -321,15 +350,18 @@ class Filesystem(pyfuse3.Operations):
 
     def close_after_replies(self) -> Callable[[], None]:
         """For a transport that sends each reply before it serves anything else: from now
-        on a removed file's last descriptor is closed by the function returned, which the
-        transport calls once it has sent a reply (see `InodeTable.released`)."""
+        on a removed file's last descriptor is handed, by the function returned, which
+        the transport calls once it has sent a reply (see `InodeTable.released`), to a
+        `Closer`; a later request that could take or report space waits for it."""
         inodes = self.inodes
         if inodes.released is None:
             inodes.released = []
+        closer = self.closer = self.closer or Closer()
 
         def after_reply() -> None:
-            if inodes.released:
-                inodes.close_released()
+            released = inodes.released
+            while released:
+                closer.close(released.pop())
 
         return after_reply
 
@@ -506,6 +538,8 @@ class Filesystem(pyfuse3.Operations):
         self._dirs.clear()
         self._passthrough.clear()  # the kernel let go of the backing ids with the mount
         self._backings.clear()
+        if self.closer is not None:
+            self.closer.stop()
         self.inodes.close()
 
     # -- helpers ----------------------------------------------------------------------
@@ -748,7 +782,19 @@ class Filesystem(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext
     ) -> EntryAttributes:
-        return self._entry(self.inodes[parent_inode], name)
+        parent = self.inodes[parent_inode]
+        try:
+            return self._entry(parent, name)
+        except FileNotFoundError:
+            timeout = self.entry_timeout
+            if not timeout:
+                raise
+        # A negative entry: the kernel keeps the absence for the entry timeout, as it
+        # keeps names, so the open(O_CREAT) that usually follows a failed lookup goes
+        # straight to CREATE instead of asking again (one request less per new file).
+        entry = EntryAttributes()
+        entry.entry_timeout, entry.attr_timeout = timeout, 0
+        return entry
 
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         for inode_id, count in inode_list:

@@ -240,9 +240,9 @@ class InodeTable:
         self._mount_id = -1
         #: Descriptors of removed files let go of and not closed yet, or None: closed at
         #: once. The last close frees the file (on ext4, a few hundred µs of an unlink);
-        #: a transport that calls `close_released` after sending the reply and before
-        #: serving anything else sets a list (`close_after_replies` in `iofs.fs`): the
-        #: close overlaps the caller's wake-up, and the space is free before any later request.
+        #: a transport that replies before it serves anything else sets a list, which
+        #: `close_after_replies` in `iofs.fs` hands to a `Closer` after each reply: closed
+        #: beside the loop, before any later request that could take or report space.
         self.released: list[int] | None = None
         #: Why inodes are not kept as file handles, or None if they are.
         self.no_handles_reason: str | None = "turned off (--no-file-handles)"

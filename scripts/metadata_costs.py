@@ -2,22 +2,24 @@
 """What one create, stat and unlink cost the daemon: FUSE requests and backing system calls.
 
 Usage (root, strace installed): scripts/metadata_costs.py [--peers DIR] [--count N] [--mode M]
+[--iofs PATH]
 
-For iofs (``.venv/bin/iofs`` of this checkout) and, with ``--peers`` (built by
-``../shared/bench/build-peers.sh``), for libfuse's ``passthrough_hp --nopassthrough``, it
-mounts a fresh directory and then, N times each: creates a file (open O_CREAT|O_EXCL,
-close), stats it after the kernel has dropped its dentries and inodes (so that the
-kernel must look the name up), and unlinks it. During each phase ``strace -c -f`` is
-attached to the daemon. FUSE requests are counted from ``iofs stats`` for iofs and from
-``--debug-fuse`` for passthrough_hp. Prints a markdown table of requests and system
-calls per operation; the FUSE transport's own calls (read and writev on /dev/fuse, epoll)
-are listed apart.
+For iofs (``.venv/bin/iofs`` of this checkout, or ``--iofs``) and, with ``--peers`` (built
+by ``../shared/bench/build-peers.sh``), for libfuse's ``passthrough_hp --nopassthrough``,
+it mounts a fresh directory and then, N times each: creates a file as fio's filecreate
+job does (stat of the missing name, open O_CREAT|O_WRONLY, close), stats it after the
+kernel has dropped its dentries and inodes (so that the kernel must look the name up),
+and unlinks it. During each phase ``strace -c -f`` is attached to the daemon. FUSE
+requests are counted from ``iofs stats`` for iofs and from ``--debug-fuse`` for
+passthrough_hp. Prints a markdown table of requests and system calls per operation; the
+FUSE transport's own calls (read, readv and writev on /dev/fuse, epoll) are listed apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -34,7 +36,7 @@ from iofs.daemon import stop_peer_daemon
 ROOT = Path(__file__).resolve().parent.parent
 IOFS = ROOT / ".venv" / "bin" / "iofs"
 #: System calls that move FUSE requests rather than serve them.
-TRANSPORT = {"read", "writev", "epoll_wait", "epoll_ctl", "epoll_pwait", "poll", "futex"}
+TRANSPORT = {"read", "readv", "writev", "epoll_wait", "epoll_ctl", "epoll_pwait", "poll", "futex"}
 PHASES = ("create", "stat", "unlink")
 
 
@@ -82,7 +84,9 @@ def _phase(name: str, mountpoint: Path, count: int) -> None:
     paths = [mountpoint / f"f{index}" for index in range(count)]
     if name == "create":
         for path in paths:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            with contextlib.suppress(FileNotFoundError):
+                os.stat(path)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
     elif name == "stat":
         for path in paths:
             os.stat(path)
@@ -147,10 +151,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200, help="operations per phase")
     parser.add_argument("--mode", default="blocking", help="iofs mode (default blocking)")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="where to work")
+    parser.add_argument("--iofs", type=Path, default=IOFS, help="the iofs to measure")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("strace") is None:
         sys.exit("metadata_costs: needs root and strace")
-    targets = {f"iofs-{args.mode}": [str(IOFS), "mount", "--foreground", "--mode", args.mode]}
+    targets = {f"iofs-{args.mode}": [str(args.iofs), "mount", "--foreground", "--mode", args.mode]}
     if args.peers is not None:
         targets["passthrough_hp"] = [
             str(args.peers / "passthrough_hp"),

@@ -10,6 +10,9 @@ Measured, each the median of N requests (R rounds, the median round printed):
 - the requests of one ``unlink(2)`` of a file the kernel knows, as fio's ``filedelete``
   job makes them: GETATTR of the directory (its attributes were invalidated by the
   previous unlink), LOOKUP of the name (the kernel's entry expired), UNLINK, FORGET;
+- the requests of one ``open(O_CREAT)`` and ``close`` of a new file, as fio's
+  ``filecreate`` job makes them: GETATTR of the directory, LOOKUP of the missing name,
+  CREATE, FLUSH, RELEASE;
 - a 4 KiB WRITE and a 4 KiB READ of a 16 MiB file in blocking mode, each served
   inline by the reader (what ``randwrite-4k-buffered`` and ``randread-4k-qd16-direct``
   cost the daemon besides the kernel's read(2) and writev(2)).
@@ -97,6 +100,19 @@ async def _measure(backing: Path, count: int) -> dict[str, float]:
                 await send(p.UNLINK, d, name + b"\0", "unlink: unlink")
                 await send(p.FORGET, inode, p.FORGET_IN.pack(2), "unlink: forget")
 
+            # fio's filecreate: GETATTR of the directory (changed by the previous create),
+            # LOOKUP of the new name (missing), CREATE, FLUSH and RELEASE at close.
+            create_in = p.CREATE_IN.pack(os.O_CREAT | os.O_WRONLY, 0o100644, 0o022, 0)
+            for name in (b"c.0.%d" % i for i in range(count)):
+                await send(p.GETATTR, d, getattr_in, "create: getattr (directory)")
+                await send(p.LOOKUP, d, name + b"\0", "create: lookup (missing)")
+                await send(p.CREATE, d, create_in + name + b"\0", "create: create")
+                [(fh, opened)] = fs._files.items()
+                flush_in = p.FLUSH_IN.pack(fh, 0, 0, 0)
+                await send(p.FLUSH, opened.id, flush_in, "create: flush")
+                release_in = p.RELEASE_IN.pack(fh, os.O_WRONLY, 0, 0)
+                await send(p.RELEASE, opened.id, release_in, "create: release")
+
             data_file = backing / "data"
             with open(data_file, "wb") as f:
                 f.truncate(16 << 20)
@@ -143,8 +159,9 @@ def main() -> None:
         figures = [r[kind] for r in rounds]
         shown = ", ".join(f"{f:.1f}" for f in figures)
         print(f"  {kind:30} {statistics.median(figures):6.1f}  ({shown})")
-    cycle = [sum(v for k, v in r.items() if k.startswith("unlink")) for r in rounds]
-    print(f"  {'unlink: all four':30} {statistics.median(cycle):6.1f}")
+    for op, what in (("unlink", "the four"), ("create", "the five")):
+        cycle = [sum(v for k, v in r.items() if k.startswith(op + ":")) for r in rounds]
+        print(f"  {op + ': ' + what:30} {statistics.median(cycle):6.1f}")
 
 
 if __name__ == "__main__":

@@ -204,6 +204,7 @@ def start_mount(
     file_handles: bool = True,
     max_background: int | None = None,
     transport: str | None = None,
+    entry_timeout: float = 1.0,
 ) -> Mount:
     """Start a foreground daemon and wait until the kernel shows the mount.
 
@@ -227,6 +228,7 @@ def start_mount(
         file_handles=file_handles,
         max_background=max_background,
         transport=transport or default_transport(),
+        entry_timeout=entry_timeout,
     )
     program = command or [sys.executable, "-m", "iofs"]
     try:

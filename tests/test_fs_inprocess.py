@@ -108,7 +108,6 @@ async def test_hard_links_and_renames_keep_one_inode(fs: Filesystem, tmp_path: P
 @pytest.mark.trio
 async def test_backing_errors_keep_their_errno(fs: Filesystem) -> None:
     calls: list[tuple[Callable[[], Awaitable[object]], int]] = [
-        (lambda: fs.lookup(pyfuse3.ROOT_INODE, b"missing", CTX), errno.ENOENT),
         (lambda: fs.rmdir(pyfuse3.ROOT_INODE, b"missing", CTX), errno.ENOENT),
         (lambda: fs.readlink(pyfuse3.ROOT_INODE, CTX), errno.EINVAL),
         (lambda: fs.read(12345, 0, 1), errno.EBADF),
@@ -117,6 +116,27 @@ async def test_backing_errors_keep_their_errno(fs: Filesystem) -> None:
         with pytest.raises(FUSEError) as info:
             await call()
         assert info.value.errno == expected
+
+
+@pytest.mark.trio
+async def test_a_missing_name_is_a_negative_entry_kept_for_the_entry_timeout(
+    fs: Filesystem, tmp_path: Path
+) -> None:
+    """A negative entry (node 0) with the entry timeout, so that the kernel does not ask
+    again before an open(O_CREAT); none with a timeout of 0, where only ENOENT says it."""
+    entry = await fs.lookup(pyfuse3.ROOT_INODE, b"missing", CTX)
+    assert (entry.st_ino, entry.entry_timeout) == (0, fs.entry_timeout) and entry.entry_timeout
+    assert fs.counters()["inodes"] == 1  # nothing was counted for the kernel to forget
+    (tmp_path / "file").write_bytes(b"x")
+    file = await fs.lookup(pyfuse3.ROOT_INODE, b"file", CTX)
+    with pytest.raises(FUSEError) as info:  # other errors stay errors
+        await fs.lookup(file.st_ino, b"x", CTX)
+    assert info.value.errno == errno.ENOTDIR
+    fs.mount_entry_timeout = 0
+    with pytest.raises(FUSEError) as info:
+        await fs.lookup(pyfuse3.ROOT_INODE, b"missing", CTX)
+    assert info.value.errno == errno.ENOENT
+    assert fs.statistics().operations["lookup"].errors == 1  # the ENOTDIR only
 
 
 @pytest.mark.trio

@@ -7,11 +7,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyfuse3
 import pytest
+import trio
+import trio.testing
 from pyfuse3 import FUSEError
 
 from iofs.fs import Filesystem
@@ -180,8 +183,9 @@ async def test_a_removed_files_last_descriptor_is_closed_once_replied(
     fs: Filesystem, tmp_path: Path
 ) -> None:
     """For a transport that calls back once it has sent a reply (the dev transport), the
-    last descriptor of an unlinked file is closed then: the file is freed after the
-    caller's reply went out, and before anything else is served."""
+    last descriptor of an unlinked file is handed then to the closer's thread: the file
+    is freed after the caller's reply went out, and before any request that could take
+    or report space is served."""
     (tmp_path / "f").write_bytes(b"x" * 8192)
     f = await lookup_path(fs, "f")
     after_reply = fs.close_after_replies()
@@ -189,8 +193,28 @@ async def test_a_removed_files_last_descriptor_is_closed_once_replied(
     await fs.unlink(pyfuse3.ROOT_INODE, b"f", CTX)
     assert open_fds() == held  # the reply goes first
     assert (await fs.getattr(f, CTX)).st_nlink == 0
+    assert fs.closer is not None
+    gate = threading.Event()  # holds the closer's thread up, as a slow disk would
+
+    def slow_close(fd: int) -> None:
+        gate.wait()
+        os.close(fd)
+
+    fs.closer.close_in_thread = slow_close
     after_reply()
-    assert open_fds() == held - 1
+    await fs.getattr(f, CTX)  # neither takes nor reports space: does not wait
+    answered: list[int] = []
+
+    async def statfs() -> None:  # reports space: waits until the file is freed
+        await fs.statfs(CTX)
+        answered.append(open_fds())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(statfs)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not answered and open_fds() == held and not fs.closer.idle
+        gate.set()
+    assert answered == [held - 1] and fs.closer.idle
     after_reply()  # nothing left to close
     assert open_fds() == held - 1
 

@@ -193,6 +193,46 @@ def test_one_request_per_write(mnt: Mount) -> None:
     assert (mnt.backing / "data").read_bytes() == b"x" * 64 * 4096
 
 
+def test_a_failed_lookup_spares_the_create_a_second_one(mount_factory: MountFactory) -> None:
+    """A missing name is a negative entry the kernel keeps for the entry timeout: the
+    open(O_CREAT) after a failed stat (fio's filecreate, most programs) is one CREATE,
+    with no second LOOKUP. A name made through the mount replaces the negative entry
+    whichever way it is made; with --entry-timeout 0 a name made beside the mount shows
+    at once, as before."""
+    mnt = mount_factory(entry_timeout=3600)  # long: nothing here depends on timing
+    path = mnt.mountpoint / "new"
+    before = _operations(mnt)
+    with pytest.raises(FileNotFoundError):
+        os.stat(path)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # as fio's (O_EXCL looks again)
+    after = _operations(mnt)
+    assert after["lookup"] - before.get("lookup", 0) == 1
+    assert after["create"] - before.get("create", 0) == 1
+    assert os.stat(path).st_ino == os.stat(mnt.mountpoint / "new").st_ino
+    (mnt.mountpoint / "source").write_bytes(b"data")
+    makers: dict[str, Callable[[Path], object]] = {
+        "mkdir": lambda p: p.mkdir(),
+        "symlink": lambda p: p.symlink_to("new"),
+        "mknod": os.mkfifo,
+        "link": lambda p: os.link(mnt.mountpoint / "source", p),
+        "rename": (mnt.mountpoint / "source").rename,
+    }
+    for name, make in makers.items():
+        target = mnt.mountpoint / f"made-by-{name}"
+        with pytest.raises(FileNotFoundError):
+            os.lstat(target)
+        make(target)
+        assert os.lstat(target).st_mode == os.lstat(mnt.backing / f"made-by-{name}").st_mode
+    assert (mnt.mountpoint / "made-by-rename").read_bytes() == b"data"
+    with pytest.raises(FileNotFoundError):
+        os.lstat(mnt.mountpoint / "source")  # renamed away: its entry went with it
+    uncached = mount_factory(entry_timeout=0)
+    with pytest.raises(FileNotFoundError):
+        os.stat(uncached.mountpoint / "beside")
+    (uncached.backing / "beside").write_bytes(b"x")
+    assert os.stat(uncached.mountpoint / "beside").st_size == 1
+
+
 #: security.capability, VFS_CAP_REVISION_2, effective, permitted CAP_NET_RAW (13).
 _CAPABILITY = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 _NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
