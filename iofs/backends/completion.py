@@ -563,9 +563,17 @@ class CompletionEngine(Engine):
             self._submit()  # enough for the device to start on while the rest come
 
     def commit(self) -> None:
-        """Commit the operations prepared and not committed yet (`start_read`'s)."""
+        """Commit the operations prepared and not committed yet (`start_read`'s).
+
+        Should the reaper have stopped meanwhile (its nursery cancelled), wait for them
+        here, blocking, as `_wait` does without a reaper: nobody else would reap them.
+        """
         if self._queued:
             self._submit()
+        while self._outstanding and not self._reaper_running:
+            self._blocking_waits += 1
+            with contextlib.suppress(InterruptedError):  # a signal: look again
+                self._reap(wait=True)
 
     def _read_done(self, slot: Slot, result: int) -> None:
         """A task-free read completed with *result*: hand it over, free its slot."""
