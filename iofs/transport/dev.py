@@ -22,6 +22,12 @@ The filesystem's word is a guess, not a promise: a request served inline that mu
 after all hands the reading on to a new reader task, and its task finishes serving it
 (a leader/follower hand-off), so nothing waits behind it.
 
+A read the filesystem can start without a task (`Filesystem.start_read`: an aligned
+O_DIRECT read on a kernel-async engine, no faults armed) gets none: the reader prepares
+it, commits the reads of a batch with one system call before it waits (or yields), and
+the reply is written from the completion, by whoever reaps it. (The uring transport,
+whose replies its flusher task commits, keeps a task per read.)
+
 INTERRUPT (a signal reached a caller waiting for a request): a request that changes
 nothing (`CANCELLABLE`: a read, getattr, fsync...) and may wait for long is cancelled
 and answered EINTR, so the caller's system call returns at once. Which requests may wait
@@ -927,7 +933,12 @@ class DevTransport:
         start_read = self._start_read
         if start_read is not None and self._running < self._max_tasks:
             self._running += 1  # first: the read may complete before start_read returns
-            if start_read(fh, offset, size, unique, self._read_done):
+            try:
+                started = start_read(fh, offset, size, unique, self._read_done)
+            except BaseException:
+                self._running -= 1
+                raise
+            if started:
                 self.task_free += 1
                 self._reads_started = True
                 self.max_in_flight = max(self.max_in_flight, self._running)
