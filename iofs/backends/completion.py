@@ -547,7 +547,7 @@ class CompletionEngine(Engine):
     def start_read(self, twin: int, offset: int, size: int, done: ReadDone, token: Any) -> None:
         """Prepare a read `task_free_twin` allowed (nothing may await in between) and
         return: ``done(token, ...)`` is called once it completed, from whoever reaps it
-        (perhaps before this returns). The caller `commit`s the batch, at the latest
+        (another task's commit may). The caller `commit`s the batch, at the latest
         before its task waits; in flight, the read counts as any other (drain, stats)."""
         self._begin()
         self._direct_ops += 1
@@ -558,9 +558,10 @@ class CompletionEngine(Engine):
         slot.done, slot.token = done, token
         opcode, flags = self.OPCODES[READ]
         self._prepare(opcode, twin, slot.scratch_address, size, offset, flags, slot.index)
+        # Committed by the caller once it has read what the kernel queued: one system
+        # call for them all (committing every EARLY_SUBMIT, as `_io` does, measured a
+        # quarter more CPU per read on ext4, three commits where one would do).
         self._queued += 1
-        if self._park_early and self._queued >= EARLY_SUBMIT:
-            self._submit()  # enough for the device to start on while the rest come
 
     def commit(self) -> None:
         """Commit the operations prepared and not committed yet (`start_read`'s).
