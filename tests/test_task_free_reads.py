@@ -140,14 +140,13 @@ def test_concurrent_reads_return_exactly_the_backing_bytes(
         assert data == CONTENT[offset : offset + size], (offset, size)
     after = xfs_mount.statistics()
     assert after["operations"]["read"]["errors"] == 0  # type: ignore[index]
-    direct = sum(1 for _, _, is_direct in requests if is_direct)
     started = after["extra"]["transport_task_free_reads"]  # type: ignore[index]
     earlier = before["extra"]["transport_task_free_reads"]  # type: ignore[index]
-    # Every aligned O_DIRECT read but those at or past the end (the kernel answers
-    # them itself) went without a task.
-    within = sum(1 for offset, _, is_direct in requests if is_direct and offset < SIZE)
-    assert started - earlier >= within
-    assert direct >= within
+    # Aligned O_DIRECT reads before the end (the kernel answers those at or past it
+    # itself) went without a task: not necessarily all of them, the readahead of the
+    # buffered ones may hold every slot (then a read takes the task path).
+    if any(is_direct and offset < SIZE for offset, _, is_direct in requests):
+        assert started > earlier
 
 
 def test_task_free_reads_are_counted_like_any_read(mount_factory: MountFactory) -> None:
