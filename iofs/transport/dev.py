@@ -954,12 +954,7 @@ class DevTransport:
             else:
                 self._reply(unique, data)
         finally:
-            self._running -= 1
-            if self._room is not None:
-                self._room.set()
-                self._room = None
-            if self._after_reply is not None:
-                self._after_reply()
+            self._served()
 
     def _commit_reads(self) -> None:
         """Commit the reads started without a task since the last commit: one system
