@@ -22,6 +22,12 @@ The filesystem's word is a guess, not a promise: a request served inline that mu
 after all hands the reading on to a new reader task, and its task finishes serving it
 (a leader/follower hand-off), so nothing waits behind it.
 
+A read the filesystem can start without a task (`Filesystem.start_read`: an aligned
+O_DIRECT read on a kernel-async engine, no faults armed) gets none: the reader prepares
+it, commits the reads of a batch with one system call before it waits (or yields), and
+the reply is written from the completion, by whoever reaps it. (The uring transport,
+whose replies its flusher task commits, keeps a task per read.)
+
 INTERRUPT (a signal reached a caller waiting for a request): a request that changes
 nothing (`CANCELLABLE`: a read, getattr, fsync...) and may wait for long is cancelled
 and answered EINTR, so the caller's system call returns at once. Which requests may wait
@@ -185,6 +191,10 @@ class DevTransport:
         self._after_reply: Callable[[], None] | None = None
         #: `Filesystem.waits_long`, looked up once in `serve`; None: every request may.
         self._waits_long: Callable[[], bool] | None = None
+        #: The filesystem's `start_read`, if it has one; a read started since the last
+        #: `_commit_reads`.
+        self._start_read: Callable[..., bool] | None = None
+        self._reads_started = False
         # negotiated at INIT
         self.initialized = False
         self.kernel_minor = 0
@@ -205,6 +215,7 @@ class DevTransport:
         self.privileges_dropped = 0
         self.inline = 0  # requests served by the reader itself
         self.handoffs = 0  # of those, the ones that waited and handed the reading on
+        self.task_free = 0  # reads started without a task, replied on completion
         self._parsers: dict[int, Callable[[int, int, RequestContext, memoryview], None]] = {
             p.LOOKUP: self._lookup,
             p.GETATTR: self._getattr,
@@ -284,10 +295,17 @@ class DevTransport:
         if close_after_replies is not None:
             self._after_reply = close_after_replies()
         self._waits_long = getattr(self.fs, "waits_long", None)  # only iofs's fs says
+        self._start_read = getattr(self.fs, "start_read", None)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self._read_requests()
-        # every handler has replied (or found the connection gone)
+        # Every task has replied (or found the connection gone); the reads started
+        # without a task complete in the engine's reaper: wait for their replies too.
+        with trio.CancelScope(shield=True):
+            self._commit_reads()
+            while self._running:
+                self._room = trio.Event()
+                await self._room.wait()
 
     def terminate(self) -> None:
         self._terminated = True
@@ -376,6 +394,7 @@ class DevTransport:
             "transport_max_in_flight": self.max_in_flight,
             "transport_inline": self.inline,
             "transport_handoffs": self.handoffs,
+            "transport_task_free_reads": self.task_free,
             "transport_abandoned_replies": self.abandoned_replies,
             "transport_malformed": self.malformed,
             "transport_unsupported": self.unsupported,
@@ -407,6 +426,7 @@ class DevTransport:
                 await self._dispatch(view, len(first), may_inline=False)
             while not self._terminated:
                 if self._running >= self._max_tasks:
+                    self._commit_reads()
                     self._room = trio.Event()
                     await self._room.wait()
                 try:
@@ -414,6 +434,7 @@ class DevTransport:
                 except BlockingIOError:
                     self.max_batch = max(self.max_batch, batch)
                     batch = streak = 0
+                    self._commit_reads()
                     await trio.lowlevel.wait_readable(fd)
                     self.wakeups += 1
                     continue
@@ -434,13 +455,12 @@ class DevTransport:
                 batch += 1
                 self.requests += 1
                 inline = await self._dispatch(view, length)
-                if inline is None:
-                    continue
-                if not inline:
+                if inline is False:
                     return  # this task serves a request that waits: another reads now
-                streak += 1
+                streak += 1  # (None too: a read started without a task may reply inline)
                 if streak >= _INLINE_STREAK:
                     streak = 0
+                    self._commit_reads()
                     await trio.lowlevel.checkpoint()
 
     async def _dispatch(
@@ -910,7 +930,38 @@ class DevTransport:
 
     def _read(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
         fh, offset, size, _, _, _, _ = _fixed(p.READ_IN, body)
+        start_read = self._start_read
+        if start_read is not None and self._running < self._max_tasks:
+            self._running += 1  # first: the read may complete before start_read returns
+            try:
+                started = start_read(fh, offset, size, unique, self._read_done)
+            except BaseException:
+                self._running -= 1
+                raise
+            if started:
+                self.task_free += 1
+                self._reads_started = True
+                self.max_in_flight = max(self.max_in_flight, self._running)
+                return
+            self._running -= 1
         self._spawn(unique, self.fs.read, (fh, offset, size), self._reply_data)
+
+    def _read_done(self, unique: int, count: int, data: memoryview | None) -> None:
+        """A read started without a task completed: reply (see `_read_requests`)."""
+        try:
+            if data is None:
+                self._error(unique, -count)
+            else:
+                self._reply(unique, data)
+        finally:
+            self._served()
+
+    def _commit_reads(self) -> None:
+        """Commit the reads started without a task since the last commit: one system
+        call for the batch, before the reader waits (or lets other tasks run)."""
+        if self._reads_started:
+            self._reads_started = False
+            self.fs.commit_reads()
 
     def _write(self, unique: int, nodeid: int, ctx: RequestContext, body: memoryview) -> None:
         fh, offset, size, write_flags, _, _, _ = _fixed(p.WRITE_IN, body)
