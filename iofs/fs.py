@@ -112,6 +112,10 @@ _BLIND_TO_SPACE = frozenset(
         "getxattr",
         "listxattr",
         "access",
+        # Only a change of size may (`setattr` waits for that itself): with the
+        # writeback cache the kernel sends a SETATTR of the times of each file it drops,
+        # and waiting there put every close back in the way of fio's filedelete.
+        "setattr",
     }
 )
 
@@ -836,6 +840,9 @@ class Filesystem(pyfuse3.Operations):
             gid = attr.st_gid if fields.update_gid else -1
             os.chown(path, uid, gid)
         if fields.update_size:
+            closer = self.closer
+            if closer is not None and not closer.idle:
+                await closer.wait()  # a size may take space (see _BLIND_TO_SPACE)
             if fd is not None:
                 os.ftruncate(fd, attr.st_size)
             else:

@@ -19,6 +19,8 @@ from pyfuse3 import FUSEError
 
 from iofs.fs import Filesystem
 from iofs.inodes import MIN_FD_BUDGET, probe_file_handles
+from iofs.transport import protocol as p
+from iofs.transport.dev import SetattrFields
 
 from .conftest import ROOT
 from .test_fs_inprocess import CTX, RecordingEngine
@@ -188,6 +190,8 @@ async def test_a_removed_files_last_descriptor_is_closed_once_replied(
     or report space is served."""
     (tmp_path / "f").write_bytes(b"x" * 8192)
     f = await lookup_path(fs, "f")
+    (tmp_path / "g").write_bytes(b"g")
+    g = await lookup_path(fs, "g")
     after_reply = fs.close_after_replies()
     held = open_fds()
     await fs.unlink(pyfuse3.ROOT_INODE, b"f", CTX)
@@ -203,18 +207,36 @@ async def test_a_removed_files_last_descriptor_is_closed_once_replied(
     fs.closer.close_in_thread = slow_close
     after_reply()
     await fs.getattr(f, CTX)  # neither takes nor reports space: does not wait
-    answered: list[int] = []
+    answered: list[str] = []
+
+    async def set_times() -> None:  # times only: does not wait either
+        times = pyfuse3.EntryAttributes()
+        times.st_atime_ns = times.st_mtime_ns = 10**18
+        await fs.setattr(g, times, SetattrFields(p.FATTR_ATIME | p.FATTR_MTIME), None, CTX)
+        answered.append("times")
 
     async def statfs() -> None:  # reports space: waits until the file is freed
         await fs.statfs(CTX)
-        answered.append(open_fds())
+        answered.append(f"statfs {open_fds()}")
+
+    async def truncate() -> None:  # a size may take space: waits too
+        size = pyfuse3.EntryAttributes()
+        size.st_size = 1 << 20
+        await fs.setattr(g, size, SetattrFields(p.FATTR_SIZE), None, CTX)
+        answered.append(f"truncate {open_fds()}")
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(statfs)
-        await trio.testing.wait_all_tasks_blocked()
-        assert not answered and open_fds() == held and not fs.closer.idle
-        gate.set()
-    assert answered == [held - 1] and fs.closer.idle
+        try:
+            for request in (set_times, statfs, truncate):
+                nursery.start_soon(request)
+            await trio.testing.wait_all_tasks_blocked()
+            assert answered == ["times"] and open_fds() == held and not fs.closer.idle
+            assert os.stat(tmp_path / "g").st_mtime_ns == 10**18
+            assert os.stat(tmp_path / "g").st_size == 1
+        finally:
+            gate.set()  # (the waits are in threads: a failure must not leave them hanging)
+    assert sorted(answered) == sorted(["times", f"statfs {held - 1}", f"truncate {held - 1}"])
+    assert fs.closer.idle and os.stat(tmp_path / "g").st_size == 1 << 20
     after_reply()  # nothing left to close
     assert open_fds() == held - 1
 
