@@ -10,6 +10,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pyfuse3
 import pytest
@@ -180,6 +181,11 @@ async def test_removed_nodes(fs: Filesystem, tmp_path: Path) -> None:
     assert fs.counters()["fds_pinned"] == 0
 
 
+def _fields(valid: int) -> pyfuse3.SetattrFields:
+    """What the dev transport hands `Filesystem.setattr` for a SETATTR's *valid* bits."""
+    return cast(pyfuse3.SetattrFields, SetattrFields(valid))
+
+
 @pytest.mark.trio
 async def test_a_removed_files_last_descriptor_is_closed_once_replied(
     fs: Filesystem, tmp_path: Path
@@ -212,7 +218,7 @@ async def test_a_removed_files_last_descriptor_is_closed_once_replied(
     async def set_times() -> None:  # times only: does not wait either
         times = pyfuse3.EntryAttributes()
         times.st_atime_ns = times.st_mtime_ns = 10**18
-        await fs.setattr(g, times, SetattrFields(p.FATTR_ATIME | p.FATTR_MTIME), None, CTX)
+        await fs.setattr(g, times, _fields(p.FATTR_ATIME | p.FATTR_MTIME), None, CTX)
         answered.append("times")
 
     async def statfs() -> None:  # reports space: waits until the file is freed
@@ -222,7 +228,7 @@ async def test_a_removed_files_last_descriptor_is_closed_once_replied(
     async def truncate() -> None:  # a size may take space: waits too
         size = pyfuse3.EntryAttributes()
         size.st_size = 1 << 20
-        await fs.setattr(g, size, SetattrFields(p.FATTR_SIZE), None, CTX)
+        await fs.setattr(g, size, _fields(p.FATTR_SIZE), None, CTX)
         answered.append(f"truncate {open_fds()}")
 
     async with trio.open_nursery() as nursery:
