@@ -10,7 +10,7 @@ What must not change is that the space is free before any request that could tak
 report it (a write, a create, statfs...): such a request first waits until every
 descriptor handed over is closed (`Closer.wait`, called by the handler decorator in
 `iofs.fs`). Requests that neither take nor report space (lookup, getattr, unlink, read,
-release...) do not wait.
+release, a SETATTR that changes no size...) do not wait.
 """
 
 from __future__ import annotations
