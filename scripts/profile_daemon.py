@@ -25,7 +25,7 @@ The samples are grouped by who spends them (the kernel's /dev/fuse, iofs, trio,
 pyfuse3/libfuse...) and the top entries by self time are listed; samples idle in
 epoll_wait are left out. The raw samples stay in ``OUT/profile-MODE-TRANSPORT.txt``
 (py-spy's collapsed stacks: flamegraph.pl or speedscope read them), the figures in
-``OUT/profile-MODE-TRANSPORT.json``.
+``OUT/profile-MODE-TRANSPORT.json``; OUT is a new directory in /var/tmp unless ``--out``.
 """
 
 from __future__ import annotations
@@ -221,7 +221,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--no-profile", action="store_true", help="CPU per request only")
-    parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument(
+        "--out", type=Path, help="where the results go (default: a new directory in /var/tmp)"
+    )
     parser.add_argument("--dir", type=Path, default=Path("/dev/shm"), help="backing's parent")
     parser.add_argument(
         "--py-spy", default=shutil.which("py-spy") or str(ROOT / ".venv/bin/py-spy")
@@ -229,6 +231,8 @@ def main() -> None:
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("fio") is None or not Path(args.py_spy).exists():
         sys.exit("profile_daemon: needs root, fio and py-spy")
+    if args.out is None:  # not the current directory: a checkout's would collect them
+        args.out = Path(tempfile.mkdtemp(prefix="iofs-profile-results-", dir="/var/tmp"))
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="iofs-profile-", dir=args.dir))
     try:
@@ -248,6 +252,7 @@ def main() -> None:
     print("  self%  incl%  function")
     for self_share, inclusive, name in result["top"]:  # type: ignore[attr-defined]
         print(f"  {self_share:5.1f}  {inclusive:5.1f}  {name}")
+    print(f"results in {args.out}")
 
 
 if __name__ == "__main__":
