@@ -941,7 +941,8 @@ class DevTransport:
             if started:
                 self.task_free += 1
                 self._reads_started = True
-                self.max_in_flight = max(self.max_in_flight, self._running)
+                if self._running > self.max_in_flight:  # noqa: PLR1730  (as in `_spawn`)
+                    self.max_in_flight = self._running
                 return
             self._running -= 1
         self._spawn(unique, self.fs.read, (fh, offset, size), self._reply_data)
